@@ -1,0 +1,159 @@
+"""Predict labels with confidences for new images using a trained checkpoint.
+
+    python predict.py --image sample.jpg --top-k 3
+    python predict.py --image photos/ "more/*.png" --json predictions.json --visualize grid.png
+
+Preprocessing is classifier.eval_transform, the very function validation uses, built from
+the preprocessing saved in the checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import sys
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from checkpoint import load_checkpoint
+from classifier import ImageFolderDataset, UserError, collate_skipping_bad, eval_transform, list_images
+from devices import pick_device
+
+MAX_PICTURES = 24  # --visualize draws at most this many images, to keep the figure readable
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Predict the top-k labels of images with a trained ViT classifier.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--image", nargs="+", required=True, metavar="PATH",
+                   help="image files, folders (searched recursively) or glob patterns")
+    p.add_argument("--model", type=Path, default=Path("checkpoints/best"), help="checkpoint directory")
+    p.add_argument("--top-k", type=int, default=3, help="how many labels to show per image")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="where to run")
+    p.add_argument("--json", metavar="FILE", help="also write the predictions as JSON to FILE ('-': stdout)")
+    p.add_argument("--visualize", type=Path, metavar="OUT.png",
+                   help=f"save the images with their top-k labels and confidence bars (first {MAX_PICTURES})")
+    args = p.parse_args(argv)
+    if args.top_k < 1:
+        p.error("--top-k must be at least 1")
+    if args.batch_size < 1:
+        p.error("--batch-size must be at least 1")
+    return args
+
+
+def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files, folders and globs -> (image paths in order, [(input, reason)] for inputs that match nothing)."""
+    paths, missing = [], []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = list_images(path)
+            paths += found
+            if not found:
+                missing.append((item, "folder has no image files"))
+        elif path.is_file():
+            paths.append(path)
+        elif glob.has_magic(item):
+            matches = sorted(Path(m) for m in glob.glob(item, recursive=True) if Path(m).is_file())
+            paths += matches
+            if not matches:
+                missing.append((item, "pattern matches no files"))
+        else:
+            missing.append((item, "file not found"))
+    return list(dict.fromkeys(paths)), missing  # drop repeats, keep order
+
+
+def predict(model: torch.nn.Module, transform, image_size: int, labels: list[str], paths: list[Path],
+            top_k: int, batch_size: int, device: torch.device) -> tuple[list[dict], list[tuple[str, str]]]:
+    """Top-k (label, confidence) for every readable image; unreadable ones come back as (path, reason)."""
+    dataset = ImageFolderDataset([(path, 0) for path in paths], transform, image_size)
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_skipping_bad)
+    results, failures = [], []
+    k = min(top_k, len(labels))
+    with torch.inference_mode():
+        for images, _, good_paths, bad in loader:
+            failures += bad
+            if images is None:
+                continue
+            probabilities = model(pixel_values=images.to(device)).logits.float().softmax(dim=1)
+            confidences, indices = probabilities.topk(k, dim=1)
+            for path, conf_row, index_row in zip(good_paths, confidences.tolist(), indices.tolist()):
+                results.append({"path": path, "predictions": [
+                    {"label": labels[i], "confidence": round(c, 6)} for c, i in zip(conf_row, index_row)]})
+    return results, failures
+
+
+def print_table(results: list[dict], file=sys.stdout) -> None:
+    width = max((len(p["label"]) for r in results for p in r["predictions"]), default=5)
+    for result in results:
+        print(result["path"], file=file)
+        for rank, p in enumerate(result["predictions"], 1):
+            bar = "#" * round(p["confidence"] * 20)
+            print(f"  {rank}. {p['label']:<{width}}  {p['confidence'] * 100:6.2f}%  {bar}", file=file)
+
+
+def visualize(results: list[dict], out: Path) -> None:
+    """One row per image: the picture, and its top-k labels as horizontal confidence bars."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from images import load_image
+
+    shown = results[:MAX_PICTURES]
+    figure, axes = plt.subplots(len(shown), 2, figsize=(8, 2.2 * len(shown)), squeeze=False,
+                                gridspec_kw={"width_ratios": [1, 1.6]})
+    for (image_axis, bar_axis), result in zip(axes, shown):
+        image_axis.imshow(load_image(result["path"]))
+        image_axis.set_title(Path(result["path"]).name, fontsize=9)
+        image_axis.axis("off")
+        names = [p["label"] for p in result["predictions"]][::-1]
+        confidences = [p["confidence"] * 100 for p in result["predictions"]][::-1]
+        bars = bar_axis.barh(names, confidences, color=["#9ab"] * (len(names) - 1) + ["#2a7"])
+        bar_axis.bar_label(bars, fmt="%.1f%%", padding=3, fontsize=9)
+        bar_axis.set_xlim(0, 115)
+        bar_axis.set_xlabel("confidence (%)")
+        bar_axis.spines[["top", "right"]].set_visible(False)
+    figure.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=100)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        model, prep, labels = load_checkpoint(args.model)
+        device = pick_device(args.device)
+        model.to(device)
+        paths, failures = expand_inputs(args.image)
+        if args.top_k > len(labels):
+            print(f"note: --top-k {args.top_k} capped at the model's {len(labels)} classes", file=sys.stderr)
+        results, bad = predict(model, eval_transform(prep), prep.image_size, labels, paths,
+                               args.top_k, args.batch_size, device)
+        failures += bad
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print_table(results, file=sys.stderr if args.json == "-" else sys.stdout)
+    for path, reason in failures:
+        print(f"error: {path}: {reason}", file=sys.stderr)
+    if args.json:
+        report = json.dumps({"model": str(args.model), "results": results,
+                             "errors": [{"path": p, "error": r} for p, r in failures]}, indent=2)
+        if args.json == "-":
+            print(report)
+        else:
+            Path(args.json).write_text(report + "\n")
+    if args.visualize and results:
+        visualize(results, args.visualize)
+        print(f"Saved the picture to {args.visualize}", file=sys.stderr)
+    if failures:
+        print(f"{len(failures)} of {len(results) + len(failures)} input(s) could not be predicted", file=sys.stderr)
+    return 1 if failures or not results else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

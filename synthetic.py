@@ -1,0 +1,128 @@
+"""The synthetic shapes data set behind ``python classifier.py --generate-data``.
+
+A real visual task drawn with Pillow: classes differ by shape or pattern, never by colour
+alone; colour, size, position, rotation, background, blur and noise vary within every class.
+Each image has its own seeded RNG, so the same seed writes byte-identical files.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+SHAPES = ("circle", "square", "triangle", "star", "cross", "stripes", "ring", "hexagon")
+DEFAULT_CLASSES = "circle,square,triangle,star,cross,stripes"
+
+
+def _polygon(cx: float, cy: float, radius: float, corners: int, angle: float, inner: float = 1.0):
+    """Points of a regular polygon (inner < 1 alternates radii, which makes a star)."""
+    points = []
+    steps = corners * (2 if inner < 1.0 else 1)
+    for i in range(steps):
+        r = radius * (inner if inner < 1.0 and i % 2 else 1.0)
+        a = angle + 2 * math.pi * i / steps
+        points.append((cx + r * math.cos(a), cy + r * math.sin(a)))
+    return points
+
+
+def draw_shape(shape: str, size: int, rng: random.Random) -> Image.Image:
+    """Draw one random instance of ``shape``: colours, size, place, angle and noise vary."""
+    scale = 2  # draw large, then downsample: cheap anti-aliasing
+    canvas = size * scale
+    background = tuple(rng.randint(0, 255) for _ in range(3))
+    while True:  # a foreground colour that stands out from the background
+        colour = tuple(rng.randint(0, 255) for _ in range(3))
+        if sum(abs(a - b) for a, b in zip(colour, background)) > 180:
+            break
+    image = Image.new("RGB", (canvas, canvas), background)
+    draw = ImageDraw.Draw(image)
+    radius = canvas * rng.uniform(0.2, 0.38)
+    cx = rng.uniform(radius, canvas - radius)
+    cy = rng.uniform(radius, canvas - radius)
+    angle = rng.uniform(0, 2 * math.pi)
+    width = max(2, int(radius * rng.uniform(0.25, 0.4)))
+    if shape == "circle":
+        draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=colour)
+    elif shape == "ring":
+        draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], outline=colour, width=width)
+    elif shape == "square":
+        draw.polygon(_polygon(cx, cy, radius, 4, angle), fill=colour)
+    elif shape == "triangle":
+        draw.polygon(_polygon(cx, cy, radius, 3, angle), fill=colour)
+    elif shape == "hexagon":
+        draw.polygon(_polygon(cx, cy, radius, 6, angle), fill=colour)
+    elif shape == "star":
+        draw.polygon(_polygon(cx, cy, radius, 5, angle, inner=0.45), fill=colour)
+    elif shape == "cross":
+        for a in (angle, angle + math.pi / 2):
+            dx, dy = radius * math.cos(a), radius * math.sin(a)
+            draw.line([cx - dx, cy - dy, cx + dx, cy + dy], fill=colour, width=width)
+    elif shape == "stripes":
+        gap = canvas / rng.randint(4, 7)
+        dx, dy = math.cos(angle), math.sin(angle)
+        for k in range(-12, 13):  # parallel bars across the whole picture
+            ox, oy = cx + k * gap * -dy, cy + k * gap * dx
+            draw.line([ox - 2 * canvas * dx, oy - 2 * canvas * dy, ox + 2 * canvas * dx, oy + 2 * canvas * dy],
+                      fill=colour, width=max(2, int(gap * 0.45)))
+    else:
+        raise ValueError(f"unknown shape {shape!r}")
+    image = image.resize((size, size), Image.LANCZOS).filter(ImageFilter.GaussianBlur(rng.uniform(0, 0.6)))
+    noise = np.random.default_rng(rng.randrange(2**32)).normal(0, rng.uniform(0, 18), (size, size, 3))
+    pixels = np.clip(np.asarray(image, dtype=np.float32) + noise, 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels)
+
+
+def parse_classes(spec: str) -> list[str]:
+    """argparse type: ``"circle,star"`` -> those shapes; ``"4"`` -> the first four shapes."""
+    if spec.strip().isdigit():
+        count = int(spec)
+        if not 2 <= count <= len(SHAPES):
+            raise argparse.ArgumentTypeError(f"choose between 2 and {len(SHAPES)} classes, not {count}")
+        return list(SHAPES[:count])
+    names = [name.strip() for name in spec.split(",") if name.strip()]
+    unknown = [name for name in names if name not in SHAPES]
+    if unknown or len(set(names)) < 2 or len(set(names)) < len(names):
+        raise argparse.ArgumentTypeError(
+            f"{spec!r}: give two or more different shapes from {', '.join(SHAPES)} (or a number)")
+    return names
+
+
+def at_least(minimum: int):
+    """argparse type: an integer no smaller than ``minimum``."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    parse.__name__ = "integer"
+    return parse
+
+
+def generate_data(out: Path, classes: list[str], per_class: int, image_size: int, seed: int,
+                  samples_dir: Path) -> None:
+    """Write ``out/<class>/<class>_NNNN.jpg`` and a few loose images for the predict quick start.
+
+    Every image has its own seeded RNG, so the same seed always gives byte-identical files.
+    """
+    for class_index, name in enumerate(classes):
+        class_dir = out / name
+        class_dir.mkdir(parents=True, exist_ok=True)
+        for stale in class_dir.glob(f"{name}_*.jpg"):  # only our own earlier output
+            stale.unlink()
+        for i in range(per_class):
+            rng = random.Random(f"{seed}/{name}/{i}")
+            draw_shape(name, image_size, rng).save(class_dir / f"{name}_{i:04d}.jpg", quality=92)
+        print(f"  {name:<10} {per_class} images -> {class_dir}")
+    samples_dir.mkdir(parents=True, exist_ok=True)
+    loose = samples_dir / "samples"
+    loose.mkdir(exist_ok=True)
+    for name in classes:  # a different seed stream: these are not copies of training images
+        draw_shape(name, image_size, random.Random(f"{seed}/sample/{name}")).save(loose / f"{name}.jpg", quality=92)
+    shutil.copyfile(loose / f"{classes[0]}.jpg", samples_dir / "sample.jpg")
+    print(f"Wrote {len(classes) * per_class} images in {len(classes)} classes to {out}/, "
+          f"sample images to {samples_dir / 'sample.jpg'} and {loose}/")
