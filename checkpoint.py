@@ -24,6 +24,7 @@ def load_checkpoint(directory: str | Path) -> tuple[nn.Module, Preprocessing, li
     if not (directory / "config.json").is_file() or not (directory / "preprocessor_config.json").is_file():
         raise UserError(f"{directory} is not a trained checkpoint (config.json and preprocessor_config.json "
                         f"expected). Train one with `python train.py`, or pass --model DIR")
+    hf_logging.disable_progress_bar()
     model = AutoModelForImageClassification.from_pretrained(directory, dtype=torch.float32).eval()
     prep = Preprocessing.from_image_processor(AutoImageProcessor.from_pretrained(directory))
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
@@ -53,7 +54,6 @@ def save_model(model: nn.Module, prep: Preprocessing, directory: Path, info: dic
     """Save a ``save_pretrained`` directory (config with labels, safetensors, preprocessing)
     atomically, with an optional training_info.json and training_state.pt (for --resume)."""
     def write(tmp: Path) -> None:
-        hf_logging.disable_progress_bar()  # no "Writing model shards" bar on every epoch
         model.save_pretrained(tmp, safe_serialization=True)
         prep.to_image_processor().save_pretrained(tmp)
         if info is not None:

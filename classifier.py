@@ -307,6 +307,7 @@ def create_model(name: str, labels: list[str], pretrained: bool = True, dropout:
     from transformers import (AutoConfig, AutoImageProcessor, AutoModelForImageClassification,
                               ViTConfig, ViTForImageClassification)
     from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar for a model this size
     id2label = dict(enumerate(labels))
     label2id = {label: i for i, label in id2label.items()}
     if not pretrained:
@@ -336,6 +337,15 @@ def create_model(name: str, labels: list[str], pretrained: bool = True, dropout:
     return model, Preprocessing.from_image_processor(processor, image_size)
 
 
+def encoder_blocks(model: nn.Module) -> nn.ModuleList | None:
+    """The transformer blocks, first to last (``layers`` in transformers 5, ``encoder.layer`` before)."""
+    base = model.base_model
+    for blocks in (getattr(base, "layers", None), getattr(getattr(base, "encoder", None), "layer", None)):
+        if isinstance(blocks, nn.ModuleList):
+            return blocks
+    return None
+
+
 def freeze(model: nn.Module, spec: str) -> None:
     """``none``: train everything; ``backbone``: only the head; ``N``: head + last N encoder blocks."""
     if spec == "none":
@@ -346,7 +356,7 @@ def freeze(model: nn.Module, spec: str) -> None:
     if spec != "backbone":
         if not spec.isdigit():
             raise UserError(f"--freeze {spec!r}: use none, backbone or a number of encoder blocks")
-        blocks = getattr(getattr(model.base_model, "encoder", None), "layer", None)
+        blocks = encoder_blocks(model)
         if blocks is None:
             raise UserError(f"--freeze N needs a transformer encoder; use none or backbone for this model")
         trainable += list(blocks)[len(blocks) - int(spec):] if int(spec) else []
@@ -368,9 +378,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classes", type=parse_classes, default=DEFAULT_CLASSES,
                         help=f"comma-separated shapes, or a count; available: {', '.join(SHAPES)} "
                              f"(default: {DEFAULT_CLASSES})")
-    parser.add_argument("--per-class", type=at_least(2), default=150, help="images per class (default: 150)")
-    parser.add_argument("--image-size", type=at_least(16), default=96,
-                        help="side of each image in pixels (default: 96)")
+    parser.add_argument("--per-class", type=at_least(2), default=1000, help="images per class (default: 1000)")
+    parser.add_argument("--image-size", type=at_least(16), default=64,
+                        help="side of each image in pixels (default: 64)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files (default: 0)")
     parser.add_argument("--samples-dir", type=Path, default=Path("."),
                         help="where sample.jpg and samples/ go (default: current folder)")

@@ -18,17 +18,17 @@ TRANSPARENCY_BACKGROUND = (128, 128, 128)
 
 
 def _high_depth_to_8bit(image: Image.Image) -> Image.Image:
-    """Scale 16/32-bit integer and float images into 0..255 instead of clipping them to white."""
-    pixels = np.asarray(image, dtype=np.float64)
-    if image.mode == "F":
-        low, high = float(pixels.min()), float(pixels.max())
-        if low >= 0.0 and high <= 1.0:  # float images in 0..1
-            scaled = pixels * 255.0
-        else:
-            scaled = (pixels - low) * (255.0 / max(high - low, 1e-12))
-    else:  # I;16 and I: 16-bit data (most files) or wider integers
-        full_scale = 65535.0 if pixels.max() <= 65535 else float(pixels.max())
-        scaled = np.clip(pixels, 0, None) * (255.0 / full_scale)
+    """Scale 16/32-bit integer and float images into 0..255 instead of clipping them to white.
+
+    I;16 is 16-bit by definition; plain I and F hold whatever the file had, so the full scale is
+    the smallest usual range the data fits in: 0..1 (floats), 0..255, 0..65535, else its peak."""
+    pixels = np.clip(np.asarray(image, dtype=np.float64), 0, None)
+    peak = float(pixels.max())
+    if image.mode.startswith("I;16"):
+        full_scale = 65535.0
+    else:
+        full_scale = next((r for r in (1.0, 255.0, 65535.0) if peak <= r and (r > 1.0 or image.mode == "F")), peak)
+    scaled = pixels * (255.0 / max(full_scale, 1e-12))
     return Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
 
 
@@ -55,7 +55,7 @@ def load_image(path: str | Path, target_size: int | None = None) -> Image.Image:
     """
     with Image.open(path) as image:
         if target_size and image.format == "JPEG":
-            image.draft("RGB", (target_size * 2, target_size * 2))
+            image.draft("RGB", (target_size, target_size))
         image.load()  # decode now, so truncated or corrupt files fail here, inside the try of the caller
         upright = ImageOps.exif_transpose(image)
         return to_rgb(upright)

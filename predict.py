@@ -18,7 +18,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from checkpoint import load_checkpoint
-from classifier import ImageFolderDataset, UserError, collate_skipping_bad, eval_transform, list_images
+from classifier import (ImageFolderDataset, Preprocessing, UserError, collate_skipping_bad, eval_transform,
+                        list_images)
 from devices import pick_device
 
 MAX_PICTURES = 24  # --visualize draws at most this many images, to keep the figure readable
@@ -66,10 +67,10 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]
     return list(dict.fromkeys(paths)), missing  # drop repeats, keep order
 
 
-def predict(model: torch.nn.Module, transform, image_size: int, labels: list[str], paths: list[Path],
+def predict(model: torch.nn.Module, prep: Preprocessing, labels: list[str], paths: list[Path],
             top_k: int, batch_size: int, device: torch.device) -> tuple[list[dict], list[tuple[str, str]]]:
     """Top-k (label, confidence) for every readable image; unreadable ones come back as (path, reason)."""
-    dataset = ImageFolderDataset([(path, 0) for path in paths], transform, image_size)
+    dataset = ImageFolderDataset([(path, 0) for path in paths], eval_transform(prep), prep.resize_size)
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_skipping_bad)
     results, failures = [], []
     k = min(top_k, len(labels))
@@ -131,8 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         paths, failures = expand_inputs(args.image)
         if args.top_k > len(labels):
             print(f"note: --top-k {args.top_k} capped at the model's {len(labels)} classes", file=sys.stderr)
-        results, bad = predict(model, eval_transform(prep), prep.image_size, labels, paths,
-                               args.top_k, args.batch_size, device)
+        results, bad = predict(model, prep, labels, paths, args.top_k, args.batch_size, device)
         failures += bad
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)

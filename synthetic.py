@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 SHAPES = ("circle", "square", "triangle", "star", "cross", "stripes", "ring", "hexagon")
-DEFAULT_CLASSES = "circle,square,triangle,star,cross,stripes"
+DEFAULT_CLASSES = "circle,triangle,star,cross,stripes"
 
 
 def _polygon(cx: float, cy: float, radius: float, corners: int, angle: float, inner: float = 1.0):
@@ -37,13 +37,13 @@ def draw_shape(shape: str, size: int, rng: random.Random) -> Image.Image:
     background = tuple(rng.randint(0, 255) for _ in range(3))
     while True:  # a foreground colour that stands out from the background
         colour = tuple(rng.randint(0, 255) for _ in range(3))
-        if sum(abs(a - b) for a, b in zip(colour, background)) > 180:
+        if sum(abs(a - b) for a, b in zip(colour, background)) > 240:
             break
     image = Image.new("RGB", (canvas, canvas), background)
     draw = ImageDraw.Draw(image)
-    radius = canvas * rng.uniform(0.2, 0.38)
-    cx = rng.uniform(radius, canvas - radius)
-    cy = rng.uniform(radius, canvas - radius)
+    radius = canvas * rng.uniform(0.26, 0.4)
+    cx = canvas / 2 + rng.uniform(-1, 1) * (canvas / 2 - radius)  # anywhere it fits whole
+    cy = canvas / 2 + rng.uniform(-1, 1) * (canvas / 2 - radius)
     angle = rng.uniform(0, 2 * math.pi)
     width = max(2, int(radius * rng.uniform(0.25, 0.4)))
     if shape == "circle":
@@ -71,8 +71,8 @@ def draw_shape(shape: str, size: int, rng: random.Random) -> Image.Image:
                       fill=colour, width=max(2, int(gap * 0.45)))
     else:
         raise ValueError(f"unknown shape {shape!r}")
-    image = image.resize((size, size), Image.LANCZOS).filter(ImageFilter.GaussianBlur(rng.uniform(0, 0.6)))
-    noise = np.random.default_rng(rng.randrange(2**32)).normal(0, rng.uniform(0, 18), (size, size, 3))
+    image = image.resize((size, size), Image.LANCZOS).filter(ImageFilter.GaussianBlur(rng.uniform(0, 0.5)))
+    noise = np.random.default_rng(rng.randrange(2**32)).normal(0, rng.uniform(0, 12), (size, size, 3))
     pixels = np.clip(np.asarray(image, dtype=np.float32) + noise, 0, 255).astype(np.uint8)
     return Image.fromarray(pixels)
 

@@ -201,10 +201,10 @@ def train(args: argparse.Namespace) -> dict:
     loader_options = dict(batch_size=args.batch_size, num_workers=args.num_workers,
                           collate_fn=collate_skipping_bad, pin_memory=device.type == "cuda")
     shuffle_generator = torch.Generator()
-    train_loader = DataLoader(ImageFolderDataset(train_samples, train_transform(prep, **augment), prep.image_size),
+    train_loader = DataLoader(ImageFolderDataset(train_samples, train_transform(prep, **augment), prep.resize_size),
                               shuffle=True, drop_last=len(train_samples) > args.batch_size,
                               generator=shuffle_generator, **loader_options)
-    val_loader = DataLoader(ImageFolderDataset(val_samples, eval_transform(prep), prep.image_size),
+    val_loader = DataLoader(ImageFolderDataset(val_samples, eval_transform(prep), prep.resize_size),
                             **loader_options)
 
     optimizer = make_optimizer(model, args.lr, args.weight_decay)

@@ -1,0 +1,96 @@
+"""predict.py: inputs of every kind, top-k, JSON, pictures, bad files, and agreement with transformers."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+import predict
+from conftest import CLASSES
+
+
+@pytest.fixture(scope="module")
+def images(pattern_data, tmp_path_factory):
+    """Six generated images in a folder of their own (two per class)."""
+    folder = tmp_path_factory.mktemp("to-predict")
+    for name in CLASSES:
+        for i in range(2):
+            Image.open(pattern_data / name / f"{name}_{i:03d}.png").save(folder / f"{name}{i}.jpg")
+    return folder
+
+
+def run(capsys, *argv):
+    code = predict.main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_single_image_prints_top_k_with_confidences(trained_run, images, capsys):
+    code, out, _ = run(capsys, "--model", str(trained_run / "best"), "--image", str(images / "horizontal0.jpg"),
+                       "--top-k", "2")
+    lines = out.strip().splitlines()
+    assert code == 0 and lines[0].endswith("horizontal0.jpg")
+    assert len(lines) == 3 and lines[1].lstrip().startswith("1.") and lines[2].lstrip().startswith("2.")
+    assert all("%" in line for line in lines[1:])
+
+
+def test_several_files_a_folder_and_a_glob_with_json(trained_run, images, tmp_path, capsys):
+    report = tmp_path / "out.json"
+    code, _, _ = run(capsys, "--model", str(trained_run / "best"), "--image", str(images / "horizontal0.jpg"),
+                     str(images / "vertical1.jpg"), "--json", str(report), "--batch-size", "1")
+    data = json.loads(report.read_text())
+    assert code == 0 and [r["path"] for r in data["results"]] == [str(images / "horizontal0.jpg"), str(images / "vertical1.jpg")]
+    code, _, _ = run(capsys, "--model", str(trained_run / "best"), "--image", str(images), "--json", str(report))
+    assert code == 0 and len(json.loads(report.read_text())["results"]) == 6
+    code, out, _ = run(capsys, "--model", str(trained_run / "best"), "--image", str(images / "plain*.jpg"),
+                       "--json", "-")
+    data = json.loads(out)
+    assert code == 0 and len(data["results"]) == 2 and data["errors"] == []
+    for result in data["results"]:
+        confidences = [p["confidence"] for p in result["predictions"]]
+        assert len(confidences) == 3 and confidences == sorted(confidences, reverse=True)
+        assert 0.99 <= sum(confidences) <= 1.01  # 3 classes, top-3: all of the probability
+
+
+def test_top_k_above_the_class_count_is_capped(trained_run, images, capsys):
+    code, out, err = run(capsys, "--model", str(trained_run / "best"), "--image", str(images / "vertical0.jpg"),
+                         "--top-k", "10")
+    assert code == 0 and "capped" in err and len(out.strip().splitlines()) == 4
+
+
+def test_bad_files_are_reported_and_the_good_ones_still_predicted(trained_run, images, tmp_path, capsys):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "text.png").write_text("this is not a picture")
+    good = images / "horizontal1.jpg"
+    code, out, err = run(capsys, "--model", str(trained_run / "best"), "--image", str(tmp_path / "empty.jpg"),
+                         str(good), str(tmp_path / "text.png"), str(tmp_path / "missing.jpg"), "--json", "-")
+    data = json.loads(out)
+    assert code == 1
+    assert [r["path"] for r in data["results"]] == [str(good)]
+    assert {e["path"] for e in data["errors"]} == {str(tmp_path / n) for n in ("empty.jpg", "text.png", "missing.jpg")}
+    for name in ("empty.jpg", "text.png", "missing.jpg"):
+        assert name in err
+
+
+def test_visualize_writes_a_picture(trained_run, images, tmp_path, capsys):
+    picture = tmp_path / "grid.png"
+    code, _, _ = run(capsys, "--model", str(trained_run / "best"), "--image", str(images), "--visualize", str(picture))
+    assert code == 0
+    with Image.open(picture) as image:
+        assert image.format == "PNG" and image.width >= 600 and image.height >= 6 * 150
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path, images, capsys):
+    code, _, err = run(capsys, "--model", str(tmp_path / "nothing"), "--image", str(images))
+    assert code == 2 and "not a trained checkpoint" in err
+
+
+def test_transformers_pipeline_loads_the_checkpoint_and_agrees(trained_run, pattern_data, capsys):
+    from transformers import pipeline
+    paths = [str(p) for name in CLASSES for p in sorted((pattern_data / name).iterdir())[:5]]
+    classify = pipeline("image-classification", model=str(trained_run / "best"), device="cpu")
+    theirs = [result[0]["label"] for result in classify(paths)]
+    code, out, _ = run(capsys, "--model", str(trained_run / "best"), "--image", *paths, "--json", "-")
+    ours = [r["predictions"][0]["label"] for r in json.loads(out)["results"]]
+    assert code == 0 and ours == theirs
