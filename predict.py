@@ -18,8 +18,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from checkpoint import load_checkpoint
-from classifier import (ImageFolderDataset, Preprocessing, UserError, collate_skipping_bad, eval_transform,
-                        list_images)
+from classifier import (HelpFormatter, ImageFolderDataset, Preprocessing, UserError, collate_skipping_bad,
+                        eval_transform, list_images)
 from devices import pick_device
 
 MAX_PICTURES = 24  # --visualize draws at most this many images, to keep the figure readable
@@ -27,7 +27,7 @@ MAX_PICTURES = 24  # --visualize draws at most this many images, to keep the fig
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Predict the top-k labels of images with a trained ViT classifier.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--image", nargs="+", required=True, metavar="PATH",
                    help="image files, folders (searched recursively) or glob patterns")
     p.add_argument("--model", type=Path, default=Path("checkpoints/best"), help="checkpoint directory")

@@ -109,11 +109,14 @@ def generate_data(out: Path, classes: list[str], per_class: int, image_size: int
 
     Every image has its own seeded RNG, so the same seed always gives byte-identical files.
     """
-    for class_index, name in enumerate(classes):
+    for shape in SHAPES:  # remove our own earlier output (and only that), so no stale class survives
+        for stale in (out / shape).glob(f"{shape}_[0-9][0-9][0-9][0-9].jpg"):
+            stale.unlink()
+        if (out / shape).is_dir() and not any((out / shape).iterdir()):
+            (out / shape).rmdir()
+    for name in classes:
         class_dir = out / name
         class_dir.mkdir(parents=True, exist_ok=True)
-        for stale in class_dir.glob(f"{name}_*.jpg"):  # only our own earlier output
-            stale.unlink()
         for i in range(per_class):
             rng = random.Random(f"{seed}/{name}/{i}")
             draw_shape(name, image_size, rng).save(class_dir / f"{name}_{i:04d}.jpg", quality=92)
@@ -121,6 +124,8 @@ def generate_data(out: Path, classes: list[str], per_class: int, image_size: int
     samples_dir.mkdir(parents=True, exist_ok=True)
     loose = samples_dir / "samples"
     loose.mkdir(exist_ok=True)
+    for stale in SHAPES:  # only our own earlier samples, so samples/ matches this data set
+        (loose / f"{stale}.jpg").unlink(missing_ok=True)
     for name in classes:  # a different seed stream: these are not copies of training images
         draw_shape(name, image_size, random.Random(f"{seed}/sample/{name}")).save(loose / f"{name}.jpg", quality=92)
     shutil.copyfile(loose / f"{classes[0]}.jpg", samples_dir / "sample.jpg")

@@ -23,16 +23,17 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from checkpoint import load_training_state, save_model
-from classifier import (PRESETS, ImageFolderDataset, UserError, collate_skipping_bad, create_model,
-                        eval_transform, freeze, load_splits, train_transform)
+from classifier import (HelpFormatter, ImageFolderDataset, UserError, collate_skipping_bad, eval_transform,
+                        load_splits, train_transform)
 from devices import autocast_dtype, pick_device
+from model import PRESETS, create_model, freeze
 
 METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_top3", "lr", "seconds"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Fine-tune a pre-trained ViT on a folder of images.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--data", type=Path, default=Path("data"),
                    help="folder with one sub-folder per class (or train/ and val/ sub-folders)")
     p.add_argument("--model", default="vit-base",
@@ -40,14 +41,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-pretrained", action="store_true",
                    help="build the preset's architecture with random weights (offline, no download)")
     p.add_argument("--image-size", type=int, default=None,
-                   help="input size in pixels (multiple of the patch size); default: the model's own")
+                   help="input size in pixels, a multiple of the patch size (default: the model's own)")
     p.add_argument("--freeze", default="none",
                    help="none: train all; backbone: train the head only; N: head + last N encoder blocks")
     p.add_argument("--dropout", type=float, default=0.1, help="dropout before the classification head")
     p.add_argument("--epochs", type=int, default=10, help="number of passes over the training set")
     p.add_argument("--batch-size", type=int, default=32, help="images per training step")
     p.add_argument("--lr", type=float, default=None,
-                   help="peak learning rate; default 5e-5 for pretrained weights, 5e-4 with --no-pretrained")
+                   help="peak learning rate (default: 5e-5 for pretrained weights, 3e-4 with --no-pretrained)")
     p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (not on biases/norms)")
     p.add_argument("--warmup", type=float, default=0.1, help="fraction of all steps spent warming up the LR")
     p.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this (0: off)")
@@ -81,7 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if not ok:
             p.error(message)
     if args.lr is None:
-        args.lr = 5e-4 if args.no_pretrained else 5e-5
+        args.lr = 3e-4 if args.no_pretrained else 5e-5
     return args
 
 

@@ -123,3 +123,13 @@ def test_generate_data_command_line(tmp_path, capsys):
     assert code == 0
     assert len(list((tmp_path / "d").rglob("*.jpg"))) == 6
     assert Image.open(tmp_path / "sample.jpg").size == (24, 24)
+
+
+def test_regenerating_replaces_our_old_files_and_keeps_the_users(tmp_path):
+    generate_data(tmp_path / "d", ["circle", "square"], per_class=3, image_size=24, seed=0, samples_dir=tmp_path)
+    (tmp_path / "d" / "square" / "my_photo.jpg").write_bytes(b"user data")
+    generate_data(tmp_path / "d", ["circle", "star"], per_class=2, image_size=24, seed=0, samples_dir=tmp_path)
+    files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.jpg"))
+    assert files == ["d/circle/circle_0000.jpg", "d/circle/circle_0001.jpg", "d/square/my_photo.jpg",
+                     "d/star/star_0000.jpg", "d/star/star_0001.jpg", "sample.jpg",
+                     "samples/circle.jpg", "samples/star.jpg"]

@@ -8,7 +8,8 @@ import sys
 import pytest
 import torch
 
-from classifier import DropoutLinear, UserError, create_model, encoder_blocks, freeze, resolve_source
+from classifier import UserError
+from model import DropoutLinear, create_model, encoder_blocks, freeze, resolve_source
 from conftest import ROOT
 
 LABELS = ["a", "b", "c"]

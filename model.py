@@ -1,0 +1,181 @@
+"""The ViT wrapper: presets, loading from the Hub or a local directory, our classification
+head, freezing and input-size changes. Works with any AutoModelForImageClassification backbone
+that has a linear ``classifier``; ``--freeze N`` and ``--image-size`` need a ViT-style encoder.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from classifier import Preprocessing, UserError
+
+IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+INCEPTION_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+# preset -> (public pre-trained checkpoint, its architecture, its normalisation); the architecture
+# lets --no-pretrained build the same network offline with random weights.
+PRESETS = {
+    "vit-tiny": ("facebook/deit-tiny-patch16-224", (192, 12, 3), IMAGENET_MEAN_STD),
+    "vit-small": ("facebook/deit-small-patch16-224", (384, 12, 6), IMAGENET_MEAN_STD),
+    "vit-base": ("google/vit-base-patch16-224-in21k", (768, 12, 12), INCEPTION_MEAN_STD),
+    "vit-large": ("google/vit-large-patch16-224-in21k", (1024, 24, 16), INCEPTION_MEAN_STD),
+}
+
+
+class DropoutLinear(nn.Linear):
+    """Our classification head: dropout, then a linear layer. It subclasses nn.Linear so its
+    weights save as ``classifier.weight``/``classifier.bias`` and a plain Hugging Face
+    model (e.g. transformers.pipeline) loads our checkpoints unchanged."""
+
+    def __init__(self, in_features: int, out_features: int, dropout: float):
+        super().__init__(in_features, out_features)
+        self.dropout = nn.Dropout(dropout)
+        nn.init.trunc_normal_(self.weight, std=0.02)
+        nn.init.zeros_(self.bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.dropout(features))
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def resolve_source(name: str) -> tuple[str, bool]:
+    """Turn a preset, local directory or Hub id into (source, local_files_only).
+
+    Fails fast with the ways out when the weights can't be had, instead of a long retry loop
+    and a traceback."""
+    if name in PRESETS:
+        name = PRESETS[name][0]
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError(f"{path} is not a model checkpoint (no config.json in it)")
+        return str(path), True
+    if path.suffix or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise UserError(f"model {name!r} not found: not a preset ({', '.join(PRESETS)}) nor a directory")
+    from huggingface_hub import try_to_load_from_cache
+    cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
+    if _hub_reachable():
+        return name, False
+    if cached:
+        return name, True
+    raise UserError(
+        f"the pre-trained weights of {name!r} can't be downloaded (no connection to the Hugging Face Hub) "
+        f"and are not in the local cache. Ways out: connect once so they are cached; pass a local "
+        f"checkpoint with --model /path/to/checkpoint; or train from random weights with --no-pretrained")
+
+
+def _replace_head(model: nn.Module, num_labels: int, dropout: float, keep_weights: bool) -> None:
+    """Put a DropoutLinear sized for our classes where the model keeps its classifier."""
+    head = getattr(model, "classifier", None)
+    if isinstance(head, nn.Sequential) and isinstance(head[-1], nn.Linear):
+        parent, key, linear = head, str(len(head) - 1), head[-1]
+    elif isinstance(head, nn.Linear):
+        parent, key, linear = model, "classifier", head
+    else:
+        raise UserError(f"{type(model).__name__} has no linear `classifier` head this tool can replace")
+    new_head = DropoutLinear(linear.in_features, num_labels, dropout)
+    if keep_weights:  # same classes as the checkpoint: continue from its trained head
+        new_head.load_state_dict(linear.state_dict())
+    setattr(parent, key, new_head)
+
+
+def resize_position_embeddings(model: nn.Module, image_size: int) -> None:
+    """Interpolate a ViT's position embeddings to a new input size (bicubic on the patch grid)."""
+    config, embeddings = model.config, getattr(model.base_model, "embeddings", None)
+    if config.image_size == image_size:
+        return
+    if not isinstance(getattr(embeddings, "position_embeddings", None), nn.Parameter):
+        raise UserError(f"--image-size {image_size}: only ViT-style models can change input size here")
+    if image_size % config.patch_size:
+        raise UserError(f"--image-size must be a multiple of the patch size {config.patch_size}")
+    old = embeddings.position_embeddings.data
+    old_grid, new_grid = config.image_size // config.patch_size, image_size // config.patch_size
+    n_tokens = old.shape[1] - old_grid ** 2  # [CLS] (and distillation) tokens keep their vectors
+    grid = old[:, n_tokens:].reshape(1, old_grid, old_grid, -1).permute(0, 3, 1, 2)
+    grid = nn.functional.interpolate(grid, size=(new_grid, new_grid), mode="bicubic", align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid ** 2, -1)
+    embeddings.position_embeddings = nn.Parameter(torch.cat([old[:, :n_tokens], grid], dim=1))
+    embeddings.image_size = embeddings.patch_embeddings.image_size = (image_size, image_size)
+    embeddings.patch_embeddings.num_patches = new_grid ** 2
+    config.image_size = image_size
+
+
+def create_model(name: str, labels: list[str], pretrained: bool = True, dropout: float = 0.1,
+                 image_size: int | None = None) -> tuple[nn.Module, Preprocessing]:
+    """Build the classifier for ``labels`` from a preset, Hub id or local checkpoint directory.
+
+    With ``pretrained=False`` a preset's architecture is built with random weights, offline."""
+    from transformers import (AutoConfig, AutoImageProcessor, AutoModelForImageClassification,
+                              ViTConfig, ViTForImageClassification)
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar for a model this size
+    id2label = dict(enumerate(labels))
+    label2id = {label: i for i, label in id2label.items()}
+    if not pretrained:
+        if name not in PRESETS:
+            raise UserError(f"--no-pretrained needs a preset ({', '.join(PRESETS)}), not {name!r}")
+        _, (hidden, layers, heads), (mean, std) = PRESETS[name]
+        config = ViTConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                           intermediate_size=4 * hidden, image_size=image_size or 224,
+                           id2label=id2label, label2id=label2id)
+        model = ViTForImageClassification(config)
+        _replace_head(model, len(labels), dropout, keep_weights=False)
+        return model, Preprocessing(config.image_size, 0.875, mean, std)
+    source, local_only = resolve_source(name)
+    old_labels = list(AutoConfig.from_pretrained(source, local_files_only=local_only).id2label.values())
+    processor = AutoImageProcessor.from_pretrained(source, local_files_only=local_only)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # we replace the head on purpose: no "newly initialized" warning
+    try:
+        model = AutoModelForImageClassification.from_pretrained(
+            source, num_labels=len(labels), id2label=id2label, label2id=label2id,
+            ignore_mismatched_sizes=True, local_files_only=local_only, dtype=torch.float32)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    _replace_head(model, len(labels), dropout, keep_weights=old_labels == labels)
+    if image_size:
+        resize_position_embeddings(model, image_size)
+    return model, Preprocessing.from_image_processor(processor, image_size)
+
+
+def encoder_blocks(model: nn.Module) -> nn.ModuleList | None:
+    """The transformer blocks, first to last (``layers`` in transformers 5, ``encoder.layer`` before)."""
+    base = model.base_model
+    for blocks in (getattr(base, "layers", None), getattr(getattr(base, "encoder", None), "layer", None)):
+        if isinstance(blocks, nn.ModuleList):
+            return blocks
+    return None
+
+
+def freeze(model: nn.Module, spec: str) -> None:
+    """``none``: train everything; ``backbone``: only the head; ``N``: head + last N encoder blocks."""
+    if spec == "none":
+        return
+    for parameter in model.parameters():
+        parameter.requires_grad = False
+    trainable = [model.classifier]
+    if spec != "backbone":
+        if not spec.isdigit():
+            raise UserError(f"--freeze {spec!r}: use none, backbone or a number of encoder blocks")
+        blocks = encoder_blocks(model)
+        if blocks is None:
+            raise UserError(f"--freeze N needs a transformer encoder; use none or backbone for this model")
+        trainable += list(blocks)[len(blocks) - int(spec):] if int(spec) else []
+        trainable += [m for n, m in model.base_model.named_children() if n in ("layernorm", "norm")]
+    for module in trainable:
+        for parameter in module.parameters():
+            parameter.requires_grad = True
