@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("data"), help="where to write the data set")
     parser.add_argument("--classes", type=parse_classes, default=DEFAULT_CLASSES,
                         help=f"comma-separated shapes, or a count; available: {', '.join(SHAPES)}")
-    parser.add_argument("--per-class", type=at_least(2), default=1000, help="images per class")
+    parser.add_argument("--per-class", type=at_least(2), default=1200, help="images per class")
     parser.add_argument("--image-size", type=at_least(16), default=64,
                         help="side of each image in pixels")
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files")
