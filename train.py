@@ -222,7 +222,7 @@ def train(args: argparse.Namespace) -> dict:
         best, stale_epochs, start_epoch = state["best"], state["stale_epochs"], state["epoch"] + 1
         print(f"Resuming from {resume_dir} after epoch {state['epoch']}")
     metrics_path = args.output_dir / "metrics.csv"
-    rows = read_metrics(metrics_path, start_epoch - 1) if resume_dir else []
+    rows = read_metrics(resume_dir.parent / "metrics.csv", start_epoch - 1) if resume_dir else []
 
     n_params = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
