@@ -4,6 +4,7 @@ that has a linear ``classifier``; ``--freeze N`` and ``--image-size`` need a ViT
 """
 from __future__ import annotations
 
+import difflib
 import os
 import socket
 from pathlib import Path
@@ -24,6 +25,10 @@ PRESETS = {
     "vit-base": ("google/vit-base-patch16-224-in21k", (768, 12, 12), INCEPTION_MEAN_STD),
     "vit-large": ("google/vit-large-patch16-224-in21k", (1024, 24, 16), INCEPTION_MEAN_STD),
 }
+
+
+WAYS_OUT = ("Ways out: connect once so they are cached; pass a local checkpoint with "
+            "--model /path/to/checkpoint; or train from random weights with --no-pretrained")
 
 
 class DropoutLinear(nn.Linear):
@@ -64,8 +69,11 @@ def resolve_source(name: str) -> tuple[str, bool]:
         if not (path / "config.json").is_file():
             raise UserError(f"{path} is not a model checkpoint (no config.json in it)")
         return str(path), True
-    if path.suffix or name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise UserError(f"model {name!r} not found: not a preset ({', '.join(PRESETS)}) nor a directory")
+    if "/" not in name or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        close = difflib.get_close_matches(name, PRESETS, n=1)
+        hint = f" Did you mean {close[0]}?" if close else ""
+        raise UserError(f"--model {name!r} is not a preset ({', '.join(PRESETS)}), an existing directory, "
+                        f"or a Hub id (owner/name).{hint}")
     from huggingface_hub import try_to_load_from_cache
     cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
     if _hub_reachable():
@@ -74,8 +82,7 @@ def resolve_source(name: str) -> tuple[str, bool]:
         return name, True
     raise UserError(
         f"the pre-trained weights of {name!r} can't be downloaded (no connection to the Hugging Face Hub) "
-        f"and are not in the local cache. Ways out: connect once so they are cached; pass a local "
-        f"checkpoint with --model /path/to/checkpoint; or train from random weights with --no-pretrained")
+        f"and are not in the local cache. {WAYS_OUT}")
 
 
 def _replace_head(model: nn.Module, num_labels: int, dropout: float, keep_weights: bool) -> None:
@@ -128,6 +135,8 @@ def create_model(name: str, labels: list[str], pretrained: bool = True, dropout:
     if not pretrained:
         if name not in PRESETS:
             raise UserError(f"--no-pretrained needs a preset ({', '.join(PRESETS)}), not {name!r}")
+        if image_size and image_size % 16:
+            raise UserError(f"--image-size {image_size}: must be a multiple of the patch size 16")
         _, (hidden, layers, heads), (mean, std) = PRESETS[name]
         config = ViTConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                            intermediate_size=4 * hidden, image_size=image_size or 224,
@@ -136,14 +145,16 @@ def create_model(name: str, labels: list[str], pretrained: bool = True, dropout:
         _replace_head(model, len(labels), dropout, keep_weights=False)
         return model, Preprocessing(config.image_size, 0.875, mean, std)
     source, local_only = resolve_source(name)
-    old_labels = list(AutoConfig.from_pretrained(source, local_files_only=local_only).id2label.values())
-    processor = AutoImageProcessor.from_pretrained(source, local_files_only=local_only)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # we replace the head on purpose: no "newly initialized" warning
     try:
+        old_labels = list(AutoConfig.from_pretrained(source, local_files_only=local_only).id2label.values())
+        processor = AutoImageProcessor.from_pretrained(source, local_files_only=local_only)
         model = AutoModelForImageClassification.from_pretrained(
             source, num_labels=len(labels), id2label=id2label, label2id=label2id,
             ignore_mismatched_sizes=True, local_files_only=local_only, dtype=torch.float32)
+    except OSError as error:  # e.g. a half-downloaded cache, or a directory missing its weights
+        raise UserError(f"could not load {source}: {str(error).splitlines()[0]} {WAYS_OUT}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
     _replace_head(model, len(labels), dropout, keep_weights=old_labels == labels)

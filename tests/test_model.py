@@ -86,3 +86,14 @@ def test_unavailable_weights_give_one_clear_message(tmp_path, pattern_data):
     for way_out in ("connect once", "--model /path/to/checkpoint", "--no-pretrained"):
         assert way_out in message
     assert not (tmp_path / "out" / "best").exists()
+
+
+def test_a_preset_typo_gets_a_suggestion_and_a_broken_directory_a_clear_error(tmp_path, tiny_vit):
+    with pytest.raises(UserError, match="Did you mean vit-tiny"):
+        resolve_source("vit-tiyn")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("config.json", "preprocessor_config.json"):
+        (broken / name).write_bytes((tiny_vit / name).read_bytes())
+    with pytest.raises(UserError, match="could not load"):
+        create_model(str(broken), LABELS)
