@@ -228,7 +228,7 @@ def train(args: argparse.Namespace) -> dict:
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     print(f"{len(labels)} classes, {len(train_samples)} training and {len(val_samples)} validation images | "
           f"{args.model}{' (random init)' if args.no_pretrained else ''} @ {prep.image_size}px, "
-          f"{n_train / 1e6:.1f}M of {n_params / 1e6:.1f}M parameters trained | "
+          f"{n_train:,} of {n_params:,} parameters trained | "
           f"{device.type}, {str(dtype).replace('torch.', '') if dtype else 'fp32'}")
     bad_files: dict[str, str] = {}
     for epoch in range(start_epoch, args.epochs + 1):
