@@ -32,8 +32,9 @@ def load_checkpoint(directory: str | Path) -> tuple[nn.Module, Preprocessing, li
 
 
 def atomic_write_dir(directory: Path, write) -> None:
-    """Call ``write(tmp_dir)``, then swap tmp_dir into ``directory`` with renames, so a crash
-    leaves either the old or the new checkpoint, never a half-written one."""
+    """Call ``write(tmp_dir)``, then swap tmp_dir into ``directory`` with renames. A crash never
+    leaves a half-written checkpoint under ``directory``: during the two renames the complete old
+    one sits in ``NAME.old`` and the complete new one in ``NAME.tmp``."""
     directory = Path(directory)
     tmp, old = directory.with_name(directory.name + ".tmp"), directory.with_name(directory.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""Data and model for the ViT image classifier.
+"""The data side of the ViT image classifier.
 
 This module holds the data side that train.py and predict.py share:
   * the folder data set (one sub-folder per class), its split and transforms,
@@ -41,10 +41,6 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 # ---------------------------------------------------------------------------
 # The folder data set
 # ---------------------------------------------------------------------------
-def _is_hidden(path: Path, root: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
-
-
 def list_images(folder: Path) -> list[Path]:
     """Image files under ``folder``, recursively, sorted; hidden files and folders are skipped."""
     found = []
@@ -173,33 +169,35 @@ class Preprocessing:
                                       image_mean=list(self.mean), image_std=list(self.std), resample=3)
 
 
+def _resize_and_centre_crop(prep: Preprocessing) -> list:
+    return [v2.Resize(prep.resize_size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+            v2.CenterCrop(prep.image_size)]
+
+
+def _to_normalised_float(prep: Preprocessing) -> list:
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(prep.mean, prep.std)]
+
+
 def eval_transform(prep: Preprocessing) -> v2.Compose:
     """THE evaluation preprocessing: validation and predict.py both use exactly this."""
-    return v2.Compose([
-        v2.PILToTensor(),
-        v2.Resize(prep.resize_size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-        v2.CenterCrop(prep.image_size),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(prep.mean, prep.std),
-    ])
+    return v2.Compose([v2.PILToTensor(), *_resize_and_centre_crop(prep), *_to_normalised_float(prep)])
 
 
 def train_transform(prep: Preprocessing, crop: bool = True, flip: bool = True, rotate: bool = True,
                     color_jitter: bool = True) -> v2.Compose:
-    """Training augmentation; each part can be switched off. Ends like eval_transform."""
+    """Training augmentation; each part can be switched off. With all off it equals eval_transform."""
     steps = [v2.PILToTensor()]
     if rotate:
         steps.append(v2.RandomRotation(15, interpolation=v2.InterpolationMode.BILINEAR))
     if crop:
         steps.append(v2.RandomResizedCrop(prep.image_size, scale=(0.6, 1.0), antialias=True))
     else:
-        steps += [v2.Resize(prep.resize_size, antialias=True), v2.CenterCrop(prep.image_size)]
+        steps += _resize_and_centre_crop(prep)
     if flip:
         steps.append(v2.RandomHorizontalFlip())
     if color_jitter:
         steps.append(v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05))
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(prep.mean, prep.std)]
-    return v2.Compose(steps)
+    return v2.Compose(steps + _to_normalised_float(prep))
 
 
 # ---------------------------------------------------------------------------

@@ -111,7 +111,8 @@ def test_train_transform_gives_model_sized_tensors_and_can_be_switched_off():
     image = Image.new("RGB", (50, 40), (200, 10, 10))
     assert train_transform(prep)(image).shape == (3, 32, 32)
     plain = train_transform(prep, crop=False, flip=False, rotate=False, color_jitter=False)
-    assert torch.equal(plain(image), plain(image))  # nothing random left
+    assert torch.equal(plain(image), plain(image))  # nothing random left ...
+    assert torch.equal(plain(image), eval_transform(prep)(image))  # ... and no drift from evaluation
     random_steps = {"RandomRotation", "RandomResizedCrop", "RandomHorizontalFlip", "ColorJitter"}
     assert random_steps <= {type(t).__name__ for t in train_transform(prep).transforms}
     assert not random_steps & {type(t).__name__ for t in plain.transforms}
