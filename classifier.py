@@ -43,12 +43,17 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 # ---------------------------------------------------------------------------
 def list_images(folder: Path) -> list[Path]:
     """Image files under ``folder``, recursively, sorted; hidden files and folders are skipped."""
-    found = []
+    found, visited = [], set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in visited:  # a symlink back into the tree: walk each real folder once
+            dirnames[:] = []
+            continue
+        visited.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for filename in sorted(filenames):
-            if not filename.startswith(".") and Path(filename).suffix.lower() in IMAGE_EXTENSIONS:
-                found.append(Path(dirpath) / filename)
+        base = Path(dirpath)
+        found += [base / name for name in sorted(filenames)
+                  if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS]
     return found
 
 
@@ -58,6 +63,11 @@ def scan_class_folders(root: Path) -> dict[str, list[Path]]:
         raise UserError(f"data folder {root} does not exist. Point --data at a folder with one "
                         f"sub-folder per class, or run `python classifier.py --generate-data` first")
     classes = {}
+    stray = [p.name for p in root.iterdir()
+             if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS]
+    if stray:
+        print(f"note: {len(stray)} image(s) directly in {root} belong to no class and are ignored "
+              f"(e.g. {sorted(stray)[0]}); move them into a class sub-folder", file=sys.stderr)
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         files = list_images(sub)
         if files:
@@ -104,10 +114,14 @@ def load_splits(root: Path, val_split: float, seed: int):
 
 class ImageFolderDataset(Dataset):
     """(path, label) samples decoded on demand. A file that fails to decode yields
-    ``(None, label, path, reason)`` instead of raising, so one bad image never stops a run."""
+    ``(None, label, path, reason)`` instead of raising, so one bad image never stops a run.
+
+    With ``epoch_seed`` set, the random augmentation of sample i is seeded from (epoch_seed, i)
+    alone, so it is the same whatever the worker count, process count or resume point."""
 
     def __init__(self, samples: list[tuple[Path, int]], transform, decode_size: int | None = None):
         self.samples, self.transform, self.decode_size = samples, transform, decode_size
+        self.epoch_seed: int | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -116,8 +130,10 @@ class ImageFolderDataset(Dataset):
         path, label = self.samples[index]
         try:
             image = load_image(path, self.decode_size)
-        except (OSError, ValueError, Image.DecompressionBombError) as error:
-            return None, label, str(path), str(error)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+            return None, label, str(path), f"{type(error).__name__}: {error}"
+        if self.epoch_seed is not None:
+            torch.manual_seed(self.epoch_seed * 1_000_003 + index)
         return self.transform(image), label, str(path), None
 
 
@@ -207,22 +223,58 @@ def main(argv: list[str] | None = None) -> int:
     from synthetic import DEFAULT_CLASSES, SHAPES, at_least, generate_data, parse_classes
     parser = argparse.ArgumentParser(description="Data tools for the ViT image classifier.",
                                      formatter_class=HelpFormatter)
-    parser.add_argument("--generate-data", action="store_true",
-                        help="write a synthetic shapes data set (one sub-folder per class) and sample images")
-    parser.add_argument("--out", type=Path, default=Path("data"), help="where to write the data set")
-    parser.add_argument("--classes", type=parse_classes, default=DEFAULT_CLASSES,
-                        help=f"comma-separated shapes, or a count; available: {', '.join(SHAPES)}")
-    parser.add_argument("--per-class", type=at_least(2), default=1200, help="images per class")
-    parser.add_argument("--image-size", type=at_least(16), default=64,
-                        help="side of each image in pixels")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files")
-    parser.add_argument("--samples-dir", type=Path, default=Path("."),
-                        help="where sample.jpg and samples/ go")
+    command = parser.add_mutually_exclusive_group()
+    command.add_argument("--generate-data", action="store_true",
+                         help="write a synthetic shapes data set (one sub-folder per class) and sample images")
+    command.add_argument("--check-data", type=Path, metavar="DIR",
+                         help="audit a data set as train.py will read it: class counts, unreadable, small "
+                              "and duplicate files, class imbalance. Exit code 1 if training is impossible")
+    parser.add_argument("--image-size", type=at_least(16), default=None, metavar="N",
+                        help="--generate-data: side of each image in pixels (default: 64); --check-data: "
+                             "the model input size, smaller images are reported (default: 224)")
+    generate = parser.add_argument_group("--generate-data options")
+    generate.add_argument("--out", type=Path, default=Path("data"), help="where to write the data set")
+    generate.add_argument("--classes", type=parse_classes, default=DEFAULT_CLASSES,
+                          help=f"comma-separated shapes, or a count; available: {', '.join(SHAPES)}")
+    generate.add_argument("--per-class", type=at_least(2), default=1200, help="images per class")
+    generate.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files")
+    generate.add_argument("--samples-dir", type=Path, default=Path("."),
+                          help="where sample.jpg and samples/ go")
+    check = parser.add_argument_group("--check-data options")
+    check.add_argument("--val-split", type=float, default=0.2,
+                       help="fraction of each class held out for validation; must match train.py's "
+                            "--val-split (ignored with train/ and val/ folders)")
+    check.add_argument("--split-seed", type=int, default=42,
+                       help="seed of the train/validation split; must match train.py's --seed")
+    check.add_argument("--json", metavar="FILE", help="also write the report as JSON ('-' for stdout)")
     args = parser.parse_args(argv)
+    if args.check_data:
+        import json
+        from audit import audit_dataset, format_report
+        root = args.check_data
+        try:
+            if not 0 < args.val_split < 1:
+                raise UserError(f"--val-split must be between 0 and 1, got {args.val_split}")
+            labels, train, val = load_splits(root, args.val_split, args.split_seed)
+            # load_splits took the split from root/train and root/val exactly when all training files lie there
+            split = ("the train/ and val/ folders" if all(p.is_relative_to(root / "train") for p, _ in train)
+                     else f"{args.val_split * 100:g}% of each class held out, seed {args.split_seed}")
+            report = {"data": str(root), "split": split,
+                      **audit_dataset(labels, train, val, args.image_size or 224)}
+            if args.json and args.json != "-":
+                Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        except (UserError, OSError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        # With the JSON on stdout, the text goes to stderr so that stdout stays parseable.
+        print(format_report(report), file=sys.stderr if args.json == "-" else sys.stdout)
+        if args.json == "-":
+            print(json.dumps(report, indent=2))
+        return 1 if report["fatal"] else 0
     if not args.generate_data:
         parser.print_help()
         return 0
-    generate_data(args.out, args.classes, args.per_class, args.image_size, args.seed, args.samples_dir)
+    generate_data(args.out, args.classes, args.per_class, args.image_size or 64, args.seed, args.samples_dir)
     return 0
 
 

@@ -53,9 +53,12 @@ def load_image(path: str | Path, target_size: int | None = None) -> Image.Image:
     ``target_size`` lets big JPEGs decode at a reduced scale (never below that size),
     which is much faster than decoding 12 megapixels to feed a 224-pixel model.
     """
-    with Image.open(path) as image:
-        if target_size and image.format == "JPEG":
-            image.draft("RGB", (target_size, target_size))
-        image.load()  # decode now, so truncated or corrupt files fail here, inside the try of the caller
-        upright = ImageOps.exif_transpose(image)
-        return to_rgb(upright)
+    try:
+        with Image.open(path) as image:
+            if target_size and image.format == "JPEG":
+                image.draft("RGB", (target_size, target_size))
+            image.load()  # decode now, so truncated or corrupt files fail here, inside the try of the caller
+            upright = ImageOps.exif_transpose(image)
+            return to_rgb(upright)
+    except SyntaxError as error:  # Pillow's PNG reader reports a broken chunk this way
+        raise OSError(f"broken image file: {error}") from error

@@ -152,7 +152,8 @@ def create_model(name: str, labels: list[str], pretrained: bool = True, dropout:
         processor = AutoImageProcessor.from_pretrained(source, local_files_only=local_only)
         model = AutoModelForImageClassification.from_pretrained(
             source, num_labels=len(labels), id2label=id2label, label2id=label2id,
-            ignore_mismatched_sizes=True, local_files_only=local_only, dtype=torch.float32)
+            ignore_mismatched_sizes=True, local_files_only=local_only, dtype=torch.float32,
+            use_safetensors=True if Path(source).is_dir() else None)  # local weights: safetensors only
     except OSError as error:  # e.g. a half-downloaded cache, or a directory missing its weights
         raise UserError(f"could not load {source}: {str(error).splitlines()[0]} {WAYS_OUT}") from None
     finally:

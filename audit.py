@@ -1,0 +1,261 @@
+"""Data set audit: what would spoil a training run, found before it starts.
+
+``python classifier.py --check-data DIR`` runs the full audit (every file decoded, as training
+will decode it). train.py runs the quick one (``decode=False``: sizes and hashes only, no image
+opened) at start-up and prints ``format_report(report, brief=True)``.
+
+The report is plain data (string paths, numbers, lists), so it can be written as JSON as it is.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import defaultdict
+from pathlib import Path
+
+from PIL import Image
+from tqdm import tqdm
+
+from images import load_image
+
+# The errors classifier.ImageFolderDataset catches: what makes training skip a file.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+IMBALANCE_THRESHOLD = 3.0  # largest / smallest class from which class weighting is worth it
+HEAD_BYTES = 64 * 1024  # same-size files are compared on this much first, before a full read
+EXAMPLES = 3  # example paths of small images shown per class
+LISTED = 20  # longest list the text report prints; the JSON report has every entry
+
+
+# ---------------------------------------------------------------------------
+# Exact duplicates
+# ---------------------------------------------------------------------------
+def _group_by_digest(paths: list[Path], limit: int | None) -> list[list[Path]]:
+    """Split ``paths`` by a hash of their first ``limit`` bytes (None: all); keep groups of 2+."""
+    by_digest = defaultdict(list)
+    for path in paths:
+        try:
+            with open(path, "rb") as file:
+                by_digest[hashlib.blake2b(file.read(limit)).digest()].append(path)
+        except OSError:
+            continue  # unreadable: decoding reports it; it cannot be anyone's duplicate
+    return [group for group in by_digest.values() if len(group) > 1]
+
+
+def find_duplicates(paths: list[Path]) -> list[list[Path]]:
+    """Groups of byte-identical files, in the order of ``paths``.
+
+    Only files whose size another file shares are read at all, and only those whose first
+    64 KiB also agree are read in full, so 100k photos cost little more than 100k stats."""
+    by_size = defaultdict(list)
+    for path in paths:
+        try:
+            by_size[os.stat(path).st_size].append(path)
+        except OSError:
+            continue
+    groups = [group for group in by_size.values() if len(group) > 1]
+    for limit in (HEAD_BYTES, None):
+        groups = [same for group in groups for same in _group_by_digest(group, limit)]
+    return groups
+
+
+def _duplicates(samples: list[tuple[Path, str, str]]) -> dict:
+    """Duplicate groups with their classes and splits, and how many cross a split or a class."""
+    where = {path: (name, split) for path, name, split in samples}
+    groups = []
+    for paths in find_duplicates([path for path, _, _ in samples]):
+        files = [{"path": str(path), "class": where[path][0], "split": where[path][1]} for path in paths]
+        groups.append({"files": files,
+                       "cross_split": len({f["split"] for f in files}) > 1,
+                       "cross_class": len({f["class"] for f in files}) > 1})
+    return {"groups": groups,
+            "redundant_files": sum(len(group["files"]) - 1 for group in groups),
+            "cross_split_groups": sum(group["cross_split"] for group in groups),
+            "cross_class_groups": sum(group["cross_class"] for group in groups)}
+
+
+# ---------------------------------------------------------------------------
+# Decoding
+# ---------------------------------------------------------------------------
+def _decode_all(samples: list[tuple[Path, str, str]], classes: dict, image_size: int | None):
+    """Decode every file as training does; count unreadable and small files into ``classes``.
+
+    Returns (unreadable files with reasons, up to EXAMPLES small images per class)."""
+    unreadable, small_examples = [], defaultdict(list)
+    for counts in classes.values():
+        counts.update(unreadable=0, small=0)
+    for path, name, split in tqdm(samples, desc="decoding", unit="img", disable=None):
+        try:
+            with Image.open(path) as header:
+                width, height = header.size  # the stored size: load_image may decode JPEGs scaled down
+            load_image(path, image_size)
+        except DECODE_ERRORS as error:
+            classes[name]["unreadable"] += 1
+            unreadable.append({"path": str(path), "class": name, "split": split,
+                               "reason": f"{type(error).__name__}: {error}"})
+            continue
+        if image_size and min(width, height) < image_size:
+            classes[name]["small"] += 1
+            if len(small_examples[name]) < EXAMPLES:
+                small_examples[name].append({"path": str(path), "width": width, "height": height})
+    return unreadable, dict(small_examples)
+
+
+# ---------------------------------------------------------------------------
+# The audit
+# ---------------------------------------------------------------------------
+def _verdict(report: dict) -> tuple[list[str], list[str]]:
+    """(reasons training is impossible, recommendations) drawn from the finished counts."""
+    fatal, advice = [], []
+    usable = 0
+    for name, counts in report["classes"].items():
+        readable = counts["total"] - counts.get("unreadable", 0)
+        if not counts["total"]:
+            fatal.append(f"class {name!r} has no images")
+        elif not readable:
+            fatal.append(f"class {name!r}: all {counts['total']} files are unreadable")
+        usable += readable > 0
+    if usable < 2:
+        fatal.append(f"{usable} class(es) with usable images; training needs at least 2")
+    ratio = report["imbalance_ratio"]
+    if ratio is not None and ratio >= IMBALANCE_THRESHOLD:
+        advice.append(f"classes are imbalanced ({ratio:.1f}:1): train with --class-weights auto "
+                      f"or --balanced-sampler")
+    duplicates = report["duplicates"]
+    if duplicates["cross_split_groups"]:
+        advice.append("delete one copy of each image in both train and val: the model has seen "
+                      "those validation images, so validation accuracy is too high")
+    if duplicates["cross_class_groups"]:
+        advice.append("images filed under two classes teach contradictory labels: keep each in one class")
+    if report["unreadable"]:
+        advice.append("delete or re-export the unreadable files (training skips them)")
+    small = sum(counts.get("small", 0) for counts in report["classes"].values())
+    if small:
+        advice.append(f"{small} image(s) are smaller than the {report['image_size']} px model input "
+                      f"and will be upscaled (blurred): replace them with larger ones if you can")
+    return fatal, advice
+
+
+def audit_dataset(labels: list[str], train: list[tuple[Path, int]], val: list[tuple[Path, int]],
+                  image_size: int | None = 224, decode: bool = True) -> dict:
+    """Audit a split as classifier.load_splits returns it.
+
+    Always: per-class counts, the imbalance ratio, exact duplicates (by size, then hash).
+    With ``decode``: also every file decoded, for unreadable files and images whose shorter side
+    is below ``image_size`` (None: no size check). Without it no image is opened."""
+    samples = [(Path(path), labels[label], split)
+               for split, items in (("train", train), ("val", val)) for path, label in items]
+    classes = {name: {"train": 0, "val": 0, "total": 0} for name in labels}
+    for _, name, split in samples:
+        classes[name][split] += 1
+        classes[name]["total"] += 1
+    sizes = {name: counts["total"] for name, counts in classes.items()}
+    largest, smallest = max(sizes, key=sizes.get), min(sizes, key=sizes.get)
+    report = {
+        "decoded": decode,
+        "image_size": image_size,
+        "classes": classes,
+        "totals": {key: sum(counts[key] for counts in classes.values()) for key in ("train", "val", "total")},
+        "largest_class": largest,
+        "smallest_class": smallest,
+        "imbalance_ratio": round(sizes[largest] / sizes[smallest], 2) if sizes[smallest] else None,
+        "duplicates": _duplicates(samples),
+        "unreadable": [],
+        "small_examples": {},
+    }
+    if decode:
+        report["unreadable"], report["small_examples"] = _decode_all(samples, classes, image_size)
+    report["fatal"], report["recommendations"] = _verdict(report)
+    return report
+
+
+# ---------------------------------------------------------------------------
+# Text report
+# ---------------------------------------------------------------------------
+def _summary(report: dict) -> str:
+    totals = report["totals"]
+    return (f"Data: {len(report['classes'])} classes, {totals['train']} train + {totals['val']} val "
+            f"= {totals['total']} images")
+
+
+def _imbalance(report: dict) -> str:
+    classes, largest, smallest = report["classes"], report["largest_class"], report["smallest_class"]
+    ratio = report["imbalance_ratio"]
+    return (f"Imbalance: largest / smallest class = {'n/a' if ratio is None else f'{ratio:.1f}'} "
+            f"(largest: {largest} {classes[largest]['total']}, smallest: {smallest} {classes[smallest]['total']})")
+
+
+def _brief(report: dict) -> list[str]:
+    """At most about six lines, for the start of training."""
+    lines = [_summary(report), _imbalance(report)]
+    ratio = report["imbalance_ratio"]
+    if ratio is not None and ratio >= IMBALANCE_THRESHOLD:
+        lines[-1] += "; consider --class-weights auto or --balanced-sampler"
+    duplicates = report["duplicates"]
+    if duplicates["cross_split_groups"]:
+        lines.append(f"Warning: {duplicates['cross_split_groups']} image(s) are in both train and val, "
+                     f"which inflates validation accuracy (python classifier.py --check-data lists them)")
+    if duplicates["cross_class_groups"]:
+        lines.append(f"Warning: {duplicates['cross_class_groups']} image(s) are filed under two classes")
+    if report["fatal"]:
+        lines.append("Fatal: " + "; ".join(report["fatal"]))
+    return lines
+
+
+def _table(report: dict) -> list[str]:
+    """Per-class counts, aligned, with a totals row."""
+    columns = ["train", "val", "total"]
+    if report["decoded"]:
+        columns += ["unreadable", "small"]
+    rows = [[name] + [str(counts[c]) for c in columns] for name, counts in report["classes"].items()]
+    rows.append(["total"] + [str(sum(counts[c] for counts in report["classes"].values())) for c in columns])
+    header = ["class"] + columns
+    widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join([cells[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:])])
+    return [line(header)] + [line(row) for row in rows]
+
+
+def _listed(items: list[str]) -> list[str]:
+    """The first LISTED items, indented, and a count of the rest."""
+    more = [f"  ... and {len(items) - LISTED} more (the --json report lists all)"] if len(items) > LISTED else []
+    return [f"  {item}" for item in items[:LISTED]] + more
+
+
+def _full(report: dict) -> list[str]:
+    lines = [_summary(report) + ("" if report["decoded"] else " (files not decoded)")]
+    if report.get("data"):
+        lines.append(f"Folder: {report['data']}; split: {report['split']}")
+    lines += ["", *_table(report), "", _imbalance(report)]
+    if report["unreadable"]:
+        lines += [f"Unreadable files ({len(report['unreadable'])}):",
+                  *_listed([f"{bad['path']}: {bad['reason']}" for bad in report["unreadable"]])]
+    if report["small_examples"]:
+        lines.append(f"Images smaller than {report['image_size']} px (shorter side), per class:")
+        for name, examples in report["small_examples"].items():
+            shown = ", ".join(f"{e['path']} ({e['width']}x{e['height']})" for e in examples)
+            lines.append(f"  {name}: {report['classes'][name]['small']}, e.g. {shown}")
+    duplicates = report["duplicates"]
+    if duplicates["groups"]:
+        lines.append(f"Exact duplicates: {len(duplicates['groups'])} group(s), "
+                     f"{duplicates['redundant_files']} redundant file(s); "
+                     f"{duplicates['cross_split_groups']} across train/val, "
+                     f"{duplicates['cross_class_groups']} across classes")
+        # The harmful groups first: they change the numbers, plain repeats only waste time.
+        ranked = sorted(duplicates["groups"], key=lambda g: not (g["cross_split"] or g["cross_class"]))
+        lines += _listed([" = ".join(f"{f['path']} ({f['class']}, {f['split']})" for f in group["files"])
+                          for group in ranked])
+    else:
+        lines.append("Exact duplicates: none")
+    if report["recommendations"]:
+        lines += ["Recommendations:", *(f"  - {advice}" for advice in report["recommendations"])]
+    if report["fatal"]:
+        lines += ["Training is impossible:", *(f"  - {reason}" for reason in report["fatal"])]
+    else:
+        lines.append("Training is possible" + (" (see the recommendations)" if report["recommendations"] else ""))
+    return lines
+
+
+def format_report(report: dict, brief: bool = False) -> str:
+    """The report as text: the full tables, or (``brief``) a few lines for the start of training."""
+    return "\n".join(_brief(report) if brief else _full(report))

@@ -1,0 +1,128 @@
+"""Multi-process training with PyTorch's own engine (torchrun + DistributedDataParallel).
+
+    torchrun --nproc_per_node=2 train.py --epochs 5
+
+torchrun starts one process per device and sets RANK, LOCAL_RANK and WORLD_SIZE; started
+plainly, train.py is a world of one and nothing here talks to other processes. Sums, not
+averages, cross the processes, so validation metrics are exact counts over the whole set.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+
+@dataclass
+class World:
+    """This process's place among the training processes."""
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main process prints progress and writes files."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def init_world(device_choice: str) -> tuple[World, str]:
+    """Join the torchrun process group when there is one; returns the world and the device to use.
+
+    gloo on CPU, NCCL on CUDA; each process takes the GPU of its LOCAL_RANK."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size == 1:
+        return World(), device_choice
+    world = World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
+    use_cuda = device_choice in ("auto", "cuda") and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(world.local_rank)
+        device_choice = f"cuda:{world.local_rank}"
+    elif device_choice == "auto":
+        device_choice = "cpu"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return world, device_choice
+
+
+def close_world(world: World) -> None:
+    if world.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def sum_across(values: list[float], world: World, device: torch.device) -> list[float]:
+    """Element-wise sum of ``values`` over all processes (float64, so counts stay exact)."""
+    if not world.distributed:
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def sum_tensor_across(tensor: torch.Tensor, world: World) -> torch.Tensor:
+    """Sum a tensor (e.g. a confusion matrix) over all processes."""
+    if world.distributed:
+        tensor = tensor.clone()
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def merge_dicts_across(mapping: dict, world: World) -> dict:
+    """Union of a small dict (e.g. unreadable files and reasons) from every process."""
+    if not world.distributed:
+        return mapping
+    gathered: list = [None] * world.size
+    dist.all_gather_object(gathered, mapping)
+    return {key: value for part in gathered for key, value in part.items()}
+
+
+class EpochSampler(Sampler[int]):
+    """The training order of one epoch, the same on every process and every resume.
+
+    The order is a permutation of the data set (or, with ``weights``, a weighted draw with
+    replacement for balanced classes) seeded by (seed, epoch) only. Process r takes every
+    size-th index from r, cut to whole batches so all processes take the same number of steps.
+    ``set_epoch(epoch, start_batch)`` skips the batches a resumed run has already trained on."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, world: World, weights: torch.Tensor | None = None):
+        self.n, self.batch_size, self.seed, self.world, self.weights = n, batch_size, seed, world, weights
+        self.epoch, self.start_batch = 0, 0
+        per_process = n // world.size
+        self.steps = max(1, per_process // batch_size)
+        self.per_process = min(per_process, self.steps * batch_size)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
+        if self.weights is None:
+            order = torch.randperm(self.n, generator=generator)
+        else:
+            order = torch.multinomial(self.weights, self.n, replacement=True, generator=generator)
+        mine = order[self.world.rank::self.world.size][:self.per_process]
+        return iter(mine[self.start_batch * self.batch_size:].tolist())
+
+    def __len__(self) -> int:
+        return max(0, self.per_process - self.start_batch * self.batch_size)
+
+
+class ShardSampler(Sampler[int]):
+    """Every size-th index from this process's rank, in order: the processes' shards together
+    cover the validation set exactly once (no padding, unlike DistributedSampler)."""
+
+    def __init__(self, n: int, world: World):
+        self.indices = list(range(world.rank, n, world.size))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)

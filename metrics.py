@@ -1,0 +1,61 @@
+"""Validation metrics from a confusion matrix, and the per-epoch metrics.csv.
+
+A confusion matrix of counts (rows: true class, columns: predicted) holds everything needed for
+accuracy, per-class precision/recall/F1 and macro-F1, and it sums exactly across processes.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import torch
+
+METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_top3", "val_macro_f1",
+                 "lr", "seconds"]
+SELECT_BY = {  # --select-by: the score to maximise, ties broken by the lower validation loss
+    "accuracy": lambda stats: (stats["acc"], -stats["loss"]),
+    "macro-f1": lambda stats: (stats["macro_f1"], -stats["loss"]),
+    "loss": lambda stats: (-stats["loss"],),
+}
+
+
+def per_class_scores(confusion: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Precision, recall, F1 and support per class; 0 where a class was never predicted or seen."""
+    confusion = confusion.double()
+    hits = confusion.diag()
+    predicted, support = confusion.sum(0), confusion.sum(1)
+    precision = torch.where(predicted > 0, hits / predicted.clamp(min=1), torch.zeros_like(hits))
+    recall = torch.where(support > 0, hits / support.clamp(min=1), torch.zeros_like(hits))
+    both = precision + recall
+    f1 = torch.where(both > 0, 2 * precision * recall / both.clamp(min=1e-12), torch.zeros_like(hits))
+    return {"precision": precision, "recall": recall, "f1": f1, "support": support}
+
+
+def macro_f1(confusion: torch.Tensor) -> float:
+    """Mean F1 over the classes present in the validation set: every class counts the same,
+    however rare, which is what matters on imbalanced data."""
+    scores = per_class_scores(confusion)
+    present = scores["support"] > 0
+    return scores["f1"][present].mean().item() if present.any() else 0.0
+
+
+def read_metrics(path: Path, up_to_epoch: int) -> list[dict]:
+    """Rows of an earlier metrics.csv up to ``up_to_epoch`` (to continue it on --resume)."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        return [row for row in csv.DictReader(handle) if int(row["epoch"]) <= up_to_epoch]
+
+
+def write_metrics(path: Path, rows: list[dict]) -> None:
+    """Rewrite metrics.csv atomically (a temporary file renamed over it)."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=METRIC_FIELDS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
