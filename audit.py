@@ -185,11 +185,12 @@ def _imbalance(report: dict) -> str:
 
 
 def _brief(report: dict) -> list[str]:
-    """At most about six lines, for the start of training."""
-    lines = [_summary(report), _imbalance(report)]
+    """Only what needs attention, in at most about five lines, for the start of training
+    (which prints its own counts): imbalance, leaked or contradictory duplicates, fatal problems."""
+    lines = []
     ratio = report["imbalance_ratio"]
     if ratio is not None and ratio >= IMBALANCE_THRESHOLD:
-        lines[-1] += "; consider --class-weights auto or --balanced-sampler"
+        lines.append(_imbalance(report) + "; consider --class-weights auto or --balanced-sampler")
     duplicates = report["duplicates"]
     if duplicates["cross_split_groups"]:
         lines.append(f"Warning: {duplicates['cross_split_groups']} image(s) are in both train and val, "

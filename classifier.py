@@ -11,6 +11,7 @@ checkpoint.py.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import sys
@@ -60,8 +61,8 @@ def list_images(folder: Path) -> list[Path]:
 def scan_class_folders(root: Path) -> dict[str, list[Path]]:
     """Map each class (sub-folder name, sorted) to its image files; empty classes are left out."""
     if not root.is_dir():
-        raise UserError(f"data folder {root} does not exist. Point --data at a folder with one "
-                        f"sub-folder per class, or run `python classifier.py --generate-data` first")
+        raise UserError(f"data folder {root} does not exist. Give a folder with one sub-folder per "
+                        f"class, or run `python classifier.py --generate-data` first")
     classes = {}
     stray = [p.name for p in root.iterdir()
              if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS]
@@ -219,6 +220,31 @@ def train_transform(prep: Preprocessing, crop: bool = True, flip: bool = True, r
 # ---------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------
+def check_data(args: argparse.Namespace) -> int:
+    """``--check-data DIR``: print (and optionally write as JSON) the audit; 1 if training is impossible."""
+    from audit import audit_dataset, format_report
+    root = args.check_data
+    try:
+        if not 0 < args.val_split < 1:
+            raise UserError(f"--val-split must be between 0 and 1, got {args.val_split}")
+        labels, train, val = load_splits(root, args.val_split, args.split_seed)
+        # load_splits took the split from root/train and root/val exactly when all training files lie there
+        split = ("the train/ and val/ folders" if all(p.is_relative_to(root / "train") for p, _ in train)
+                 else f"{args.val_split * 100:g}% of each class held out, seed {args.split_seed}")
+        report = {"data": str(root), "split": split,
+                  **audit_dataset(labels, train, val, args.image_size or 224)}
+        if args.json and args.json != "-":
+            Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    except (UserError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    # With the JSON on stdout, the text goes to stderr so that stdout stays parseable.
+    print(format_report(report), file=sys.stderr if args.json == "-" else sys.stdout)
+    if args.json == "-":
+        print(json.dumps(report, indent=2))
+    return 1 if report["fatal"] else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from synthetic import DEFAULT_CLASSES, SHAPES, at_least, generate_data, parse_classes
     parser = argparse.ArgumentParser(description="Data tools for the ViT image classifier.",
@@ -249,28 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--json", metavar="FILE", help="also write the report as JSON ('-' for stdout)")
     args = parser.parse_args(argv)
     if args.check_data:
-        import json
-        from audit import audit_dataset, format_report
-        root = args.check_data
-        try:
-            if not 0 < args.val_split < 1:
-                raise UserError(f"--val-split must be between 0 and 1, got {args.val_split}")
-            labels, train, val = load_splits(root, args.val_split, args.split_seed)
-            # load_splits took the split from root/train and root/val exactly when all training files lie there
-            split = ("the train/ and val/ folders" if all(p.is_relative_to(root / "train") for p, _ in train)
-                     else f"{args.val_split * 100:g}% of each class held out, seed {args.split_seed}")
-            report = {"data": str(root), "split": split,
-                      **audit_dataset(labels, train, val, args.image_size or 224)}
-            if args.json and args.json != "-":
-                Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-        except (UserError, OSError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-        # With the JSON on stdout, the text goes to stderr so that stdout stays parseable.
-        print(format_report(report), file=sys.stderr if args.json == "-" else sys.stdout)
-        if args.json == "-":
-            print(json.dumps(report, indent=2))
-        return 1 if report["fatal"] else 0
+        return check_data(args)
     if not args.generate_data:
         parser.print_help()
         return 0

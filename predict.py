@@ -137,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\nInterrupted; nothing was written", file=sys.stderr)
+        return 130
     print_table(results, file=sys.stderr if args.json == "-" else sys.stdout)
     for path, reason in failures:
         print(f"error: {path}: {reason}", file=sys.stderr)

@@ -11,6 +11,7 @@ echo "== End-to-end: generate, train, predict (tiny settings, in $work)"
 (
   cd "$work"
   python "$here/classifier.py" --generate-data --per-class 12 --image-size 32
+  python "$here/classifier.py" --check-data data --image-size 32
   python "$here/train.py" --model vit-tiny --no-pretrained --image-size 32 --epochs 1 --batch-size 16 \
     --num-workers 1
   python "$here/predict.py" --image sample.jpg --top-k 3

@@ -230,7 +230,9 @@ def _train(args: argparse.Namespace, state: dict | None, world: World, device: t
                         f"(classes then: {state['labels']}, now: {labels}; or training files added/removed)")
     if world.is_main:
         report = audit_dataset(labels, train_samples, val_samples, image_size=None, decode=False)
-        print(format_report(report, brief=True))
+        notes = format_report(report, brief=True)
+        if notes:
+            print(notes)
         if report["fatal"]:
             raise UserError("; ".join(report["fatal"]))
 
