@@ -51,6 +51,20 @@ def load_checkpoint(directory: str | Path) -> tuple[nn.Module, Preprocessing, li
     return model, prep, labels
 
 
+def read_info(directory: Path) -> dict:
+    """A checkpoint's training_info.json (score, labels, calibration temperature), or {}."""
+    path = Path(directory) / "training_info.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def update_info(directory: Path, **fields) -> None:
+    """Add ``fields`` to training_info.json, atomically (written beside it, then renamed over it)."""
+    path = Path(directory) / "training_info.json"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({**read_info(directory), **fields}, indent=2))
+    os.replace(tmp, path)
+
+
 def recover_interrupted_save(directory: Path) -> None:
     """A crash between atomic_write_dir's two renames leaves the previous checkpoint complete in
     NAME.old and nothing at NAME: put it back."""

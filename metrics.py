@@ -10,9 +10,10 @@ import os
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_top3", "val_macro_f1",
-                 "lr", "seconds"]
+                 "ema_val_loss", "ema_val_acc", "ema_val_macro_f1", "lr", "seconds"]
 SELECT_BY = {  # --select-by: the score to maximise, ties broken by the lower validation loss
     "accuracy": lambda stats: (stats["acc"], -stats["loss"]),
     "macro-f1": lambda stats: (stats["macro_f1"], -stats["loss"]),
@@ -38,6 +39,36 @@ def macro_f1(confusion: torch.Tensor) -> float:
     scores = per_class_scores(confusion)
     present = scores["support"] > 0
     return scores["f1"][present].mean().item() if present.any() else 0.0
+
+
+def expected_calibration_error(probabilities: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
+    """How far confidence is from accuracy: the gap per confidence bin, weighted by the bin's share."""
+    confidence, predicted = probabilities.max(dim=1)
+    correct = (predicted == labels).double()
+    edges = torch.linspace(0, 1, bins + 1)
+    error = 0.0
+    for low, high in zip(edges[:-1], edges[1:]):
+        in_bin = (confidence > low) & (confidence <= high)
+        if in_bin.any():
+            error += in_bin.double().mean().item() * abs(confidence[in_bin].double().mean().item()
+                                                         - correct[in_bin].mean().item())
+    return error
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The temperature T that minimises the validation NLL of softmax(logits / T) (Guo et al., 2017).
+    Dividing by one positive number never changes which class is on top, only how sure it sounds."""
+    logits, labels = logits.float().clone(), labels.clone()  # plain tensors, not inference-mode ones
+    log_t = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=100, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = F.cross_entropy(logits / log_t.exp(), labels)
+        loss.backward()
+        return loss
+    optimizer.step(closure)
+    return float(log_t.detach().exp().clamp(0.05, 20.0))
 
 
 def read_metrics(path: Path, up_to_epoch: int) -> list[dict]:

@@ -2,40 +2,40 @@
 
     python train.py --epochs 5 --batch-size 16
     torchrun --nproc_per_node=2 train.py --epochs 5 --batch-size 16     # one process per device
+    python train.py --evaluate --model checkpoints/best --data other_photos
 
-Each epoch trains with AdamW (linear warm-up, then cosine decay), validates, and keeps the
-best model by the --select-by score. Outputs in --output-dir: best/ and last/ (Hugging Face
-save_pretrained directories), metrics.csv, and last/training_state.pt for --resume.
+Each epoch trains with AdamW (warm-up, then cosine decay; layer-wise LR decay; optionally the
+head alone first), validates, and keeps the best model by the --select-by score. Outputs in
+--output-dir: best/ and last/ (Hugging Face save_pretrained directories), metrics.csv, curves,
+confusion matrix, per-class scores and the most confident mistakes (report.py).
 Ctrl-C (or SIGTERM) finishes the current step, saves last/ and says how to resume.
 """
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
-from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from audit import audit_dataset, format_report
 from checkpoint import check_output_dir, save_model
 from classifier import (HelpFormatter, ImageFolderDataset, UserError, collate_skipping_bad, eval_transform,
                         load_splits, train_transform)
 from devices import autocast_dtype, pick_device
-from distributed import (EpochSampler, ShardSampler, World, close_world, init_world, merge_dicts_across,
-                         sum_across, sum_tensor_across)
-from metrics import SELECT_BY, macro_f1, read_metrics, write_metrics
+from distributed import EpochSampler, ShardSampler, World, close_world, init_world, merge_dicts_across, sum_across
+from loop import Run, evaluate, train_epoch
+from metrics import SELECT_BY, read_metrics, write_metrics
 from model import PRESETS, create_model, freeze
-from recipe import class_weights, make_optimizer, warmup_cosine
+from recipe import EMA, class_weights, make_optimizer, mix_batches, set_trainable, staged_warmup_cosine
+from report import evaluate_checkpoint, report_run
 from resume import StopSignal, data_fingerprint, ignore_stop_signals, options_of, prepare_resume
+
 
 def freeze_spec(value: str) -> str:
     if value in ("none", "backbone") or value.isdigit():
@@ -54,29 +54,54 @@ def build_parser() -> argparse.ArgumentParser:
                    help="build the preset's architecture with random weights (offline, no download)")
     p.add_argument("--image-size", type=int, default=None,
                    help="input size in pixels, a multiple of the patch size (default: the model's own)")
-    p.add_argument("--freeze", type=freeze_spec, default="none",
-                   help="none: train all; backbone: train the head only; N: head + last N encoder blocks")
-    p.add_argument("--dropout", type=float, default=0.1, help="dropout before the classification head")
     p.add_argument("--epochs", type=int, default=10, help="number of passes over the training set")
     p.add_argument("--batch-size", type=int, default=32,
                    help="images per training step and process (under torchrun the global batch is N times this)")
-    p.add_argument("--lr", type=float, default=None,
-                   help="peak learning rate (default: 5e-5 for pretrained weights, 3e-4 with --no-pretrained)")
-    p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (not on biases/norms)")
-    p.add_argument("--warmup", type=float, default=0.1, help="fraction of all steps spent warming up the LR")
-    p.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this (0: off)")
-    p.add_argument("--patience", type=int, default=5,
-                   help="stop after this many epochs without a better validation score (0: never)")
-    p.add_argument("--select-by", default="accuracy", choices=list(SELECT_BY),
-                   help="validation score that picks the best model (macro-f1 suits imbalanced classes)")
-    p.add_argument("--class-weights", default="none", choices=["none", "auto"],
-                   help="auto: weight the loss by inverse class frequency (for imbalanced classes)")
-    p.add_argument("--balanced-sampler", action="store_true",
-                   help="draw training images so every class is seen equally often (with replacement)")
-    p.add_argument("--val-split", type=float, default=0.2,
-                   help="fraction of each class held out for validation (ignored with train/ and val/)")
+    p.add_argument("--grad-accum", type=int, default=1,
+                   help="add up the gradients of N batches per optimizer step (effective batch: N x --batch-size)")
+    p.add_argument("--grad-checkpointing", action="store_true",
+                   help="recompute activations in the backward pass: much less memory, about 30%% slower")
+    recipe = p.add_argument_group("fine-tuning recipe")
+    recipe.add_argument("--lr", type=float, default=None,
+                        help="peak learning rate (default: 5e-5 for pretrained weights, 3e-4 with --no-pretrained)")
+    recipe.add_argument("--head-lr", type=float, default=None,
+                        help="peak learning rate of the new classification head (default: 10 x --lr when "
+                             "pretrained, else --lr)")
+    recipe.add_argument("--layer-decay", type=float, default=None,
+                        help="LR factor per encoder block from the top, so early blocks move less (1: off; "
+                             "default: 0.75 when pretrained, else 1)")
+    recipe.add_argument("--freeze", type=freeze_spec, default="none",
+                        help="none: train all; backbone: train the head only; N: head + last N encoder blocks")
+    recipe.add_argument("--freeze-epochs", type=int, default=0,
+                        help="train the head alone for this many epochs first, then unfreeze (per --freeze) "
+                             "with a new warm-up")
+    recipe.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (not on biases/norms)")
+    recipe.add_argument("--warmup", type=float, default=0.1, help="fraction of each stage's steps spent warming up")
+    recipe.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this (0: off)")
+    recipe.add_argument("--dropout", type=float, default=0.1, help="dropout before the classification head")
+    recipe.add_argument("--label-smoothing", type=float, default=0.1, help="label smoothing of the training loss")
+    recipe.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0: off; 0.2-0.8 typical)")
+    recipe.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (0: off; 1.0 typical)")
+    recipe.add_argument("--ema", type=float, default=0.0,
+                        help="keep an exponential moving average of the weights with this decay (e.g. 0.999; "
+                             "0: off); it is validated too and saved when better")
     for name in ("crop", "flip", "rotate", "color-jitter"):
         p.add_argument(f"--no-{name}", action="store_true", help=f"switch off the random {name} augmentation")
+    select = p.add_argument_group("validation, imbalance and calibration")
+    select.add_argument("--val-split", type=float, default=0.2,
+                        help="fraction of each class held out for validation (ignored with train/ and val/)")
+    select.add_argument("--patience", type=int, default=5,
+                        help="stop after this many epochs without a better validation score (0: never)")
+    select.add_argument("--select-by", default="accuracy", choices=list(SELECT_BY),
+                        help="validation score that picks the best model (macro-f1 suits imbalanced classes)")
+    select.add_argument("--class-weights", default="none", choices=["none", "auto"],
+                        help="auto: weight the loss by inverse class frequency (for imbalanced classes)")
+    select.add_argument("--balanced-sampler", action="store_true",
+                        help="draw training images so every class is seen equally often (with replacement)")
+    select.add_argument("--no-calibrate", dest="calibrate", action="store_false",
+                        help="don't fit a softmax temperature on the validation set after training")
+    select.add_argument("--evaluate", action="store_true",
+                        help="only score the checkpoint --model on the labelled folder --data (metrics and pictures)")
     p.add_argument("--seed", type=int, default=42, help="seed for the split, augmentation and initialisation")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                    help="where to train; auto picks a GPU when there is one")
@@ -84,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="autocast precision; auto: bf16 where the device supports it, else fp16 on CUDA, else fp32")
     p.add_argument("--num-workers", type=int, default=min(4, max(1, (os.cpu_count() or 2) // 2)),
                    help="DataLoader worker processes decoding images")
-    p.add_argument("--output-dir", type=Path, default=Path("checkpoints"), help="where checkpoints go")
+    p.add_argument("--output-dir", type=Path, default=Path("checkpoints"),
+                   help="where checkpoints and pictures go (--evaluate: default CHECKPOINT-evaluation)")
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="DIR|auto",
                    help="continue an interrupted run from DIR/last (default DIR: --output-dir); auto: resume "
                         "if --output-dir holds an interrupted run, else start afresh")
@@ -97,107 +123,30 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, set[s
     args = parser.parse_args(argv)
     checks = [(args.epochs >= 1, "--epochs must be at least 1"),
               (args.batch_size >= 1, "--batch-size must be at least 1"),
+              (args.grad_accum >= 1, "--grad-accum must be at least 1"),
               (0 < args.val_split < 1, "--val-split must be between 0 and 1"),
               (args.lr is None or args.lr > 0, "--lr must be positive"),
+              (args.head_lr is None or args.head_lr > 0, "--head-lr must be positive"),
+              (args.layer_decay is None or 0 < args.layer_decay <= 1, "--layer-decay must be in (0, 1]"),
               (args.weight_decay >= 0, "--weight-decay must not be negative"),
               (0 <= args.warmup < 1, "--warmup is a fraction of the steps, from 0 to below 1"),
-              (0 <= args.dropout < 1, "--dropout must be from 0 to below 1"),
+              (0 <= args.dropout < 1 and 0 <= args.label_smoothing < 1, "--dropout and --label-smoothing: 0 to below 1"),
+              (args.mixup >= 0 and args.cutmix >= 0, "--mixup and --cutmix must not be negative"),
+              (0 <= args.ema < 1, "--ema is a decay from 0 (off) to below 1, e.g. 0.999"),
               (args.grad_clip >= 0, "--grad-clip must not be negative"),
-              (args.patience >= 0 and args.num_workers >= 0, "--patience and --num-workers must be >= 0"),
+              (min(args.patience, args.num_workers, args.freeze_epochs) >= 0,
+               "--patience, --num-workers and --freeze-epochs must be >= 0"),
               (args.image_size is None or args.image_size >= 16, "--image-size must be at least 16")]
     for ok, message in checks:
         if not ok:
             parser.error(message)
-    if args.lr is None:
-        args.lr = 3e-4 if args.no_pretrained else 5e-5
+    pretrained = not args.no_pretrained
+    args.lr = args.lr or (5e-5 if pretrained else 3e-4)
+    args.head_lr = args.head_lr or (10 * args.lr if pretrained else args.lr)
+    args.layer_decay = args.layer_decay or (0.75 if pretrained else 1.0)
     for action in parser._actions:  # parse again with no defaults: what remains was typed by the user
         action.default = argparse.SUPPRESS
     return args, set(vars(parser.parse_args(argv)))
-
-
-@dataclass
-class Run:
-    """What the epoch functions share."""
-    model: torch.nn.Module  # wrapped in DistributedDataParallel under torchrun
-    net: torch.nn.Module  # the plain model: evaluated and saved
-    device: torch.device
-    dtype: torch.dtype | None
-    world: World
-    loss_weight: torch.Tensor | None = None
-    bad_files: dict = field(default_factory=dict)
-
-    def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else nullcontext()
-
-    def note_bad(self, bad: list[tuple[str, str]]) -> None:
-        for path, reason in bad:
-            if path not in self.bad_files:
-                tqdm.write(f"warning: skipping {path}: {reason}", file=sys.stderr)
-                self.bad_files[path] = reason
-
-
-def train_epoch(run: Run, loader: DataLoader, epoch: int, first_step: int, totals: dict, stop: StopSignal,
-                optimizer, scheduler, scaler, args: argparse.Namespace) -> int:
-    """Train from batch ``first_step`` of ``epoch``, adding into ``totals``. Returns the number of
-    the next batch to train: all of them, or fewer when a stop was requested."""
-    run.model.train()
-    step = first_step
-    bar = tqdm(loader, desc=f"epoch {epoch}/{args.epochs} train", leave=False, dynamic_ncols=True,
-               disable=None if run.world.is_main else True)
-    for images, labels, _, bad in bar:
-        run.note_bad(bad)
-        stop_now, some_empty = sum_across([float(stop.signum > 0), float(images is None)], run.world, run.device)
-        if stop_now:
-            break
-        step += 1
-        if some_empty:  # a batch of only unreadable files: every process skips the step together
-            continue
-        # Dropout depends only on (seed, epoch, step, process): a resumed run repeats it exactly.
-        torch.manual_seed(((args.seed * 1000 + epoch) * 100_003 + step) * 101 + run.world.rank)
-        images = images.to(run.device, non_blocking=True)
-        labels = labels.to(run.device, non_blocking=True)
-        with run.autocast():
-            logits = run.model(pixel_values=images).logits.float()
-            loss = F.cross_entropy(logits, labels, weight=run.loss_weight)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if args.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(run.model.parameters(), args.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        totals["loss"] += loss.item() * len(labels)
-        totals["top1"] += (logits.argmax(1) == labels).sum().item()
-        totals["count"] += len(labels)
-        bar.set_postfix(loss=f"{totals['loss'] / totals['count']:.3f}", acc=f"{totals['top1'] / totals['count']:.3f}")
-    return step
-
-
-@torch.inference_mode()
-def evaluate(run: Run, loader: DataLoader, num_classes: int, desc: str) -> dict:
-    """Loss, top-1, top-3 and macro-F1 over the whole validation set (summed over processes)."""
-    run.net.eval()
-    sums = [0.0, 0.0, 0.0, 0.0]  # loss, top-1 hits, top-3 hits, images
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=run.device)
-    for images, labels, _, bad in tqdm(loader, desc=desc, leave=False, disable=None if run.world.is_main else True):
-        run.note_bad(bad)
-        if images is None:
-            continue
-        images, labels = images.to(run.device, non_blocking=True), labels.to(run.device, non_blocking=True)
-        with run.autocast():
-            logits = run.net(pixel_values=images).logits.float()
-        top = logits.topk(min(3, num_classes), dim=1).indices
-        sums[0] += F.cross_entropy(logits, labels, reduction="sum").item()
-        sums[1] += (top[:, 0] == labels).sum().item()
-        sums[2] += (top == labels[:, None]).any(dim=1).sum().item()
-        sums[3] += len(labels)
-        confusion += torch.bincount(labels * num_classes + top[:, 0], minlength=num_classes ** 2).view_as(confusion)
-    loss, top1, top3, count = sum_across(sums, run.world, run.device)
-    confusion = sum_tensor_across(confusion, run.world)
-    count_or_1 = max(1.0, count)
-    return {"loss": loss / count_or_1, "acc": top1 / count_or_1, "top3": top3 / count_or_1,
-            "macro_f1": macro_f1(confusion.cpu()), "count": int(count)}
 
 
 def check_classes_readable(bad_files: dict, samples: list[tuple[Path, int]], labels: list[str]) -> None:
@@ -241,14 +190,18 @@ def _train(args: argparse.Namespace, state: dict | None, world: World, device: t
                                pretrained=state is not None or not args.no_pretrained,
                                dropout=args.dropout, image_size=args.image_size)
     freeze(model, args.freeze)
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}  # what --freeze leaves trainable
+    if args.grad_checkpointing:  # renamed in transformers 5.x; the old name still works before that
+        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
     model.to(device)
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    if world.is_main:  # best + last + optimizer moments + one copy while a save is swapped in
-        check_output_dir(args.output_dir, needed_bytes=6 * model_bytes + 2**20)
-    wrapped = DistributedDataParallel(model) if world.distributed else model
-    run = Run(wrapped, model, device, dtype, world)
+    if world.is_main:  # best + last + optimizer moments + EMA + one copy while a save is swapped in
+        check_output_dir(args.output_dir, needed_bytes=(6 + (args.ema > 0)) * model_bytes + 2**20)
+    run = Run(model, model, device, dtype, world, args, mix=mix_batches(len(labels), args.mixup, args.cutmix),
+              ema=EMA(model, args.ema) if args.ema > 0 else None)
+    train_labels = [label for _, label in train_samples]
     if args.class_weights == "auto":
-        run.loss_weight = class_weights([label for _, label in train_samples], len(labels)).to(device)
+        run.loss_weight = class_weights(train_labels, len(labels)).to(device)
 
     augment = dict(crop=not args.no_crop, flip=not args.no_flip, rotate=not args.no_rotate,
                    color_jitter=not args.no_color_jitter)
@@ -257,25 +210,24 @@ def _train(args: argparse.Namespace, state: dict | None, world: World, device: t
     train_set = ImageFolderDataset(train_samples, train_transform(prep, **augment), prep.resize_size)
     sample_weights = None
     if args.balanced_sampler:
-        sample_weights = class_weights([label for _, label in train_samples], len(labels))[
-            torch.tensor([label for _, label in train_samples])].double()
-    sampler = EpochSampler(len(train_set), args.batch_size, args.seed, world, sample_weights)
+        sample_weights = class_weights(train_labels, len(labels))[torch.tensor(train_labels)].double()
+    sampler = EpochSampler(len(train_set), args.batch_size * args.grad_accum, args.seed, world, sample_weights)
     train_loader = DataLoader(train_set, sampler=sampler, **loader_options)
     val_set = ImageFolderDataset(val_samples, eval_transform(prep), prep.resize_size)
     val_loader = DataLoader(val_set, sampler=ShardSampler(len(val_set), world), **loader_options)
 
-    optimizer = make_optimizer(model, args.lr, args.weight_decay)
-    total_steps = args.epochs * sampler.steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(int(args.warmup * total_steps), total_steps))
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    run.optimizer = make_optimizer(model, args.lr, args.weight_decay, args.layer_decay, args.head_lr)
+    head_epochs = min(args.freeze_epochs, args.epochs)
+    stages = [n * sampler.steps for n in (head_epochs, args.epochs - head_epochs) if n]
+    run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, staged_warmup_cosine(stages, args.warmup))
+    run.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     select = SELECT_BY[args.select_by]
     best = {"epoch": 0, "score": None}
-    epoch, step, stale_epochs, totals = 1, 0, 0, {"loss": 0.0, "top1": 0, "count": 0, "lr": 0.0}
+    epoch, step, stale_epochs, totals = 1, 0, 0, new_totals()
     rows = []
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        for part in ("optimizer", "scheduler", "scaler") + (("ema",) if run.ema else ()):
+            getattr(run, part).load_state_dict(state[part])
         best, stale_epochs, run.bad_files = state["best"], state["stale_epochs"], state["bad_files"]
         epoch, step = state["epoch"], state["step"]
         if world.is_main:  # the saved sums cover all processes; the others start this epoch at zero
@@ -284,12 +236,11 @@ def _train(args: argparse.Namespace, state: dict | None, world: World, device: t
         say(f"Resuming {state['dir']} at epoch {epoch}, step {step} of {sampler.steps}")
 
     n_params = sum(p.numel() for p in model.parameters())
-    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     say(f"{len(labels)} classes, {len(train_samples)} training and {len(val_samples)} validation images | "
         f"{args.model}{' (random init)' if args.no_pretrained else ''} @ {prep.image_size}px, "
-        f"{n_train:,} of {n_params:,} parameters trained | {device.type}, "
-        f"{str(dtype).replace('torch.', '') if dtype else 'fp32'}"
-        f"{f' | {world.size} processes, global batch {world.size * args.batch_size}' if world.distributed else ''}")
+        f"{sum(p.numel() for p in model.parameters() if id(p) in trainable):,} of {n_params:,} "
+        f"parameters trained | {device.type}, {str(dtype).replace('torch.', '') if dtype else 'fp32'}"
+        f"{f' | {world.size} processes, global batch {world.size * args.batch_size * args.grad_accum}' if world.distributed else ''}")
 
     def summed(sums: dict) -> dict:
         """The epoch's running training sums over all processes."""
@@ -301,49 +252,53 @@ def _train(args: argparse.Namespace, state: dict | None, world: World, device: t
             save_model(model, prep, args.output_dir / "last", training_state={
                 "epoch": next_epoch, "step": next_step, "totals": epoch_totals, "labels": labels, "data": fingerprint,
                 "options": options_of(args), "best": best, "stale_epochs": stale_epochs, "bad_files": run.bad_files,
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict()})
+                **{part: getattr(run, part).state_dict() for part in ("optimizer", "scheduler", "scaler")},
+                **({"ema": run.ema.state_dict()} if run.ema else {})})
 
-    val_stats, last_totals = {"count": 0}, totals
+    val_stats, last_totals, head_only = {"count": 0}, totals, None
     if epoch > args.epochs:
         say(f"{state['dir']} already finished all {args.epochs} epochs; raise --epochs to train on")
     with StopSignal(announce=world.is_main) as stop:
         while epoch <= args.epochs:
             epoch_start = time.time()
+            if head_only != (epoch <= head_epochs):  # --freeze-epochs: the head alone first, then the rest
+                head_only = epoch <= head_epochs
+                set_trainable(model, head_only, trainable)
+                run.model = DistributedDataParallel(model) if world.distributed else model
             if step == 0:  # metrics.csv shows the LR an epoch starts with, also when it was resumed
-                totals["lr"] = scheduler.get_last_lr()[0]
+                totals["lr"] = run.scheduler.get_last_lr()[-1]
             sampler.set_epoch(epoch, start_batch=step)
             train_set.epoch_seed = args.seed * 1000 + epoch  # augmentation depends on (seed, epoch, image) only
-            step = train_epoch(run, train_loader, epoch, step, totals, stop, optimizer, scheduler, scaler, args)
+            step = train_epoch(run, train_loader, epoch, step, totals, stop)
             if step < sampler.steps:  # stopped by a signal: keep this step and the epoch's running sums
                 save_last(epoch, step, summed(totals))
                 say(f"Stopped in epoch {epoch} after step {step} of {sampler.steps}; saved {args.output_dir / 'last'}. "
                     f"Continue with: python train.py --resume {args.output_dir}", file=sys.stderr)
                 return {**best, "stopped_by": stop.signum, "bad_files": run.bad_files}
-            val_stats = evaluate(run, val_loader, len(labels), desc=f"epoch {epoch} val")
+            val_stats = evaluate(run, model, val_loader, len(labels), f"epoch {epoch} val")
+            ema_stats = evaluate(run, run.ema.model, val_loader, len(labels), f"epoch {epoch} val (EMA)") if run.ema else None
             run.bad_files = merge_dicts_across(run.bad_files, world)
             check_classes_readable(run.bad_files, train_samples, labels)
             totals = summed(totals)
-            train_count = max(1, totals["count"])
-            rows.append({"epoch": epoch, "train_loss": f"{totals['loss'] / train_count:.6f}",
-                         "train_acc": f"{totals['top1'] / train_count:.6f}", "val_loss": f"{val_stats['loss']:.6f}",
-                         "val_acc": f"{val_stats['acc']:.6f}", "val_top3": f"{val_stats['top3']:.6f}",
-                         "val_macro_f1": f"{val_stats['macro_f1']:.6f}", "lr": f"{totals['lr']:.3e}",
-                         "seconds": f"{time.time() - epoch_start:.1f}"})
-            score = list(select(val_stats))
-            improved = best["score"] is None or score > best["score"]
+            rows.append(metrics_row(epoch, totals, val_stats, ema_stats, time.time() - epoch_start))
+            use_ema = ema_stats is not None and select(ema_stats) > select(val_stats)
+            chosen = ema_stats if use_ema else val_stats
+            improved = best["score"] is None or list(select(chosen)) > best["score"]
             if improved:
-                best = {"epoch": epoch, "score": score, "select_by": args.select_by, "val_acc": val_stats["acc"],
-                        "val_loss": val_stats["loss"], "val_macro_f1": val_stats["macro_f1"]}
+                best = {"epoch": epoch, "score": list(select(chosen)), "select_by": args.select_by,
+                        "weights": "ema" if use_ema else "raw", "val_acc": chosen["acc"], "val_loss": chosen["loss"],
+                        "val_macro_f1": chosen["macro_f1"]}
                 if world.is_main:
-                    save_model(model, prep, args.output_dir / "best", info={
+                    save_model(run.ema.model if use_ema else model, prep, args.output_dir / "best", info={
                         **best, "labels": labels, "model": args.model, "train_images": totals["count"],
-                        "val_images": val_stats["count"]})
+                        "val_images": chosen["count"]})
             stale_epochs = 0 if improved else stale_epochs + 1
+            ema_note = f" | EMA acc {ema_stats['acc']:.3f}" if ema_stats else ""
             say(f"epoch {epoch}/{args.epochs}: train loss {rows[-1]['train_loss'][:6]} acc {rows[-1]['train_acc'][:5]} | "
                 f"val loss {val_stats['loss']:.4f} acc {val_stats['acc']:.3f} top3 {val_stats['top3']:.3f} "
-                f"macro-F1 {val_stats['macro_f1']:.3f} | {time.time() - epoch_start:.0f}s"
-                f"{'  * best, saved' if improved else ''}")
-            last_totals, totals = totals, {"loss": 0.0, "top1": 0, "count": 0, "lr": 0.0}
+                f"macro-F1 {val_stats['macro_f1']:.3f}{ema_note}"
+                f" | {time.time() - epoch_start:.0f}s{'  * best, saved' if improved else ''}")
+            last_totals, totals = totals, new_totals()
             epoch, step = epoch + 1, 0
             save_last(epoch, step, totals)
             if world.is_main:
@@ -356,21 +311,45 @@ def _train(args: argparse.Namespace, state: dict | None, world: World, device: t
     if stop.signum and epoch <= args.epochs:
         say(f"Stopped after epoch {epoch - 1}; saved {args.output_dir / 'last'}. "
             f"Continue with: python train.py --resume {args.output_dir}", file=sys.stderr)
+    elif world.is_main and best["epoch"]:
+        single = replace(run, world=World())  # the report evaluates the best model in this process alone
+        full_val = DataLoader(val_set, **loader_options)
+        best.update(report_run(single, args.output_dir, labels, full_val, rows, args.calibrate))
     if run.bad_files:
         say(f"{len(run.bad_files)} unreadable image(s) were skipped:", file=sys.stderr)
         for path, reason in sorted(run.bad_files.items()):
             say(f"  {path}: {reason}", file=sys.stderr)
     minutes = (time.time() - started) / 60
-    say(f"Done in {minutes:.1f} min. Best epoch {best['epoch']}: val acc {best.get('val_acc', 0):.3f}, "
-        f"macro-F1 {best.get('val_macro_f1', 0):.3f}, loss {best.get('val_loss', math.inf):.4f}. "
-        f"Model: {args.output_dir / 'best'}  (try: python predict.py --model {args.output_dir / 'best'} --image IMAGE)")
+    if best["epoch"]:
+        say(f"Done in {minutes:.1f} min. Best epoch {best['epoch']} ({best['weights']} weights): val acc "
+            f"{best['val_acc']:.3f}, macro-F1 {best['val_macro_f1']:.3f}, loss {best['val_loss']:.4f}. "
+            f"Model: {args.output_dir / 'best'}  (try: python predict.py --model {args.output_dir / 'best'} --image IMAGE)")
     return {**best, "minutes": minutes, "bad_files": run.bad_files, "stopped_by": stop.signum,
             "train_count": last_totals["count"], "val_count": val_stats["count"]}
+
+
+def new_totals() -> dict:
+    """Running sums of one training epoch (and the LR it started with)."""
+    return {"loss": 0.0, "top1": 0, "count": 0, "lr": 0.0}
+
+
+def metrics_row(epoch: int, totals: dict, val: dict, ema: dict | None, seconds: float) -> dict:
+    """One line of metrics.csv."""
+    count = max(1, totals["count"])
+    row = {"epoch": epoch, "train_loss": f"{totals['loss'] / count:.6f}", "train_acc": f"{totals['top1'] / count:.6f}",
+           "lr": f"{totals['lr']:.3e}", "seconds": f"{seconds:.1f}"}
+    for prefix, stats in (("val_", val), ("ema_val_", ema)):
+        for name in ("loss", "acc", "top3", "macro_f1"):
+            row[prefix + name] = f"{stats[name]:.6f}" if stats else ""
+    return row
 
 
 def main(argv: list[str] | None = None) -> int:
     args, given = parse_args(argv)
     try:
+        if args.evaluate:
+            evaluate_checkpoint(args, given)
+            return 0
         summary = train(args, given)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -36,7 +36,9 @@ def ddp_run(tmp_path_factory, tiny_vit, pattern_data):
 
 def test_two_processes_write_one_checkpoint_and_validate_on_the_whole_set(ddp_run, pattern_data):
     out, stdout = ddp_run
-    assert sorted(p.name for p in out.iterdir()) == ["best", "last", "metrics.csv"]  # no second copy, no .tmp
+    assert sorted(p.name for p in out.iterdir()) == [  # one of each, written once: no second copy, no .tmp
+        "best", "confusion_matrix.csv", "confusion_matrix.png", "curves.png", "last", "metrics.csv",
+        "mistakes.png", "per_class.csv"]
     assert stdout.count("epoch 1/2:") == 1  # only the main process prints
     assert "2 processes, global batch 8" in stdout
     _, train_samples, val_samples = load_splits(pattern_data, 0.2, 1)

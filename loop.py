@@ -1,0 +1,129 @@
+"""One training epoch and one evaluation pass: the inner loops of train.py.
+
+train_epoch counts optimizer steps (``--grad-accum`` micro-batches each); evaluate sums counts and
+a confusion matrix, so its metrics are exact over the whole set, also across processes.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from distributed import World, sum_across, sum_tensor_across
+from metrics import macro_f1
+from recipe import EMA
+
+
+@dataclass
+class Run:
+    """What the epoch functions share."""
+    model: torch.nn.Module  # wrapped in DistributedDataParallel under torchrun
+    net: torch.nn.Module  # the plain model: evaluated and saved
+    device: torch.device
+    dtype: torch.dtype | None
+    world: World
+    args: argparse.Namespace
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    scaler: torch.amp.GradScaler | None = None
+    loss_weight: torch.Tensor | None = None
+    mix: object = None  # mixup/cutmix batch transform
+    ema: EMA | None = None
+    bad_files: dict = field(default_factory=dict)
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else nullcontext()
+
+    def note_bad(self, bad: list[tuple[str, str]]) -> None:
+        for path, reason in bad:
+            if path not in self.bad_files:
+                tqdm.write(f"warning: skipping {path}: {reason}", file=sys.stderr)
+                self.bad_files[path] = reason
+
+    def bar(self, loader: DataLoader, desc: str):
+        return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None if self.world.is_main else True)
+
+
+def train_epoch(run: Run, loader: DataLoader, epoch: int, first_step: int, totals: dict, stop) -> int:
+    """Train from optimizer step ``first_step`` of ``epoch``, adding into ``totals``. Returns the
+    number of the next step: all of them, or fewer when a stop was requested."""
+    args = run.args
+    run.model.train()
+    step, micro, stepped = first_step, 0, False
+    bar = run.bar(loader, f"epoch {epoch}/{args.epochs} train")
+    for images, labels, _, bad in bar:
+        run.note_bad(bad)
+        stop_now, some_empty = sum_across([float(stop.signum > 0), float(images is None)], run.world, run.device)
+        if stop_now and micro == 0:  # stop between optimizer steps, never inside one
+            break
+        micro += 1
+        if not some_empty:  # a batch of only unreadable files: every process skips it together
+            # Dropout and mixing depend only on (seed, epoch, step, micro-batch, process): a resumed run repeats them.
+            torch.manual_seed((((args.seed * 1000 + epoch) * 100_003 + step) * 64 + micro) * 101 + run.world.rank)
+            images, labels = images.to(run.device, non_blocking=True), labels.to(run.device, non_blocking=True)
+            inputs, targets = run.mix(images, labels) if run.mix else (images, labels)
+            with run.autocast():
+                logits = run.model(pixel_values=inputs).logits.float()
+                loss = F.cross_entropy(logits, targets, weight=run.loss_weight, label_smoothing=args.label_smoothing)
+            run.scaler.scale(loss / args.grad_accum).backward()  # the mean over the micro-batches
+            stepped = True
+            totals["loss"] += loss.item() * len(labels)
+            totals["top1"] += (logits.argmax(1) == labels).sum().item()  # against the true, unmixed labels
+            totals["count"] += len(labels)
+            bar.set_postfix(loss=f"{totals['loss'] / totals['count']:.3f}", acc=f"{totals['top1'] / totals['count']:.3f}")
+        if micro < args.grad_accum:
+            continue
+        if stepped:
+            if args.grad_clip > 0:
+                run.scaler.unscale_(run.optimizer)
+                torch.nn.utils.clip_grad_norm_(run.model.parameters(), args.grad_clip)
+            run.scaler.step(run.optimizer)
+            run.scaler.update()
+            run.optimizer.zero_grad(set_to_none=True)
+            if run.ema is not None:
+                run.ema.update(run.net)
+        run.scheduler.step()
+        step, micro, stepped = step + 1, 0, False
+    return step
+
+
+@torch.inference_mode()
+def evaluate(run: Run, net: torch.nn.Module, loader: DataLoader, num_classes: int, desc: str,
+             keep_outputs: bool = False) -> dict:
+    """Loss, top-1, top-3 and macro-F1 of ``net`` over the whole set (summed over processes), and
+    the confusion matrix. ``keep_outputs`` also returns every logit row, label and path (one process)."""
+    net.eval()
+    sums = [0.0, 0.0, 0.0, 0.0]  # loss, top-1 hits, top-3 hits, images
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=run.device)
+    outputs = {"logits": [], "labels": [], "paths": []}
+    for images, labels, paths, bad in run.bar(loader, desc):
+        run.note_bad(bad)
+        if images is None:
+            continue
+        images, labels = images.to(run.device, non_blocking=True), labels.to(run.device, non_blocking=True)
+        with run.autocast():
+            logits = net(pixel_values=images).logits.float()
+        top = logits.topk(min(3, num_classes), dim=1).indices
+        sums[0] += F.cross_entropy(logits, labels, reduction="sum").item()
+        sums[1] += (top[:, 0] == labels).sum().item()
+        sums[2] += (top == labels[:, None]).any(dim=1).sum().item()
+        sums[3] += len(labels)
+        confusion += torch.bincount(labels * num_classes + top[:, 0], minlength=num_classes ** 2).view_as(confusion)
+        if keep_outputs:
+            outputs["logits"].append(logits.cpu())
+            outputs["labels"].append(labels.cpu())
+            outputs["paths"] += paths
+    loss, top1, top3, count = sum_across(sums, run.world, run.device)
+    confusion = sum_tensor_across(confusion, run.world).cpu()
+    count_or_1 = max(1.0, count)
+    stats = {"loss": loss / count_or_1, "acc": top1 / count_or_1, "top3": top3 / count_or_1,
+             "macro_f1": macro_f1(confusion), "count": int(count), "confusion": confusion}
+    if keep_outputs and outputs["logits"]:
+        stats.update(logits=torch.cat(outputs["logits"]), labels=torch.cat(outputs["labels"]), paths=outputs["paths"])
+    return stats

@@ -1,0 +1,79 @@
+"""What a run shows: pictures and tables, calibration, and scoring a checkpoint on another folder."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+import train
+from metrics import expected_calibration_error, fit_temperature
+from report import write_confusion
+
+PICTURES = ("curves.png", "confusion_matrix.png", "mistakes.png")
+
+
+def test_every_run_writes_valid_pictures_and_tables(trained_run):
+    for name in PICTURES:
+        with Image.open(trained_run / name) as picture:
+            picture.verify()  # a complete, valid PNG
+        with Image.open(trained_run / name) as picture:
+            assert picture.format == "PNG" and min(picture.size) >= 300, name
+    with open(trained_run / "per_class.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["class"] for r in rows] == ["horizontal", "plain", "vertical"]
+    assert sum(int(r["support"]) for r in rows) == 240 and all(0 <= float(r["f1"]) <= 1 for r in rows)
+    with open(trained_run / "confusion_matrix.csv", newline="") as handle:
+        matrix = [[float(v) for v in row[1:]] for row in list(csv.reader(handle))[1:]]
+    assert all(sum(row) == pytest.approx(1.0, abs=1e-3) for row in matrix)  # normalised per true class
+
+
+def test_confusion_matrix_stays_readable_with_many_classes(tmp_path):
+    labels = [f"class_{i:02d}" for i in range(25)]
+    confusion = torch.eye(25, dtype=torch.int64) * 8 + torch.randint(0, 2, (25, 25))
+    write_confusion(confusion, labels, tmp_path / "big.png", tmp_path / "big.csv")
+    write_confusion(confusion[:3, :3], labels[:3], tmp_path / "small.png", tmp_path / "small.csv")
+    with Image.open(tmp_path / "big.png") as big, Image.open(tmp_path / "small.png") as small:
+        assert big.size[0] > 1.8 * small.size[0]  # the figure grows with the classes, so names stay legible
+
+
+def test_temperature_fixes_overconfidence_and_never_changes_the_top_class():
+    torch.manual_seed(0)
+    labels = torch.randint(0, 4, (2000,))
+    logits = torch.randn(2000, 4) * 2
+    logits[torch.arange(2000), labels] += 1.5  # right about 2/3 of the time ...
+    logits *= 4  # ... but far too sure of itself
+    temperature = fit_temperature(logits, labels)
+    assert temperature > 2
+    before = expected_calibration_error(logits.softmax(1), labels)
+    after = expected_calibration_error((logits / temperature).softmax(1), labels)
+    assert after < before / 2
+    assert torch.equal((logits / temperature).argmax(1), logits.argmax(1))
+
+
+def test_training_records_the_calibration_in_the_checkpoint(trained_run):
+    info = json.loads((trained_run / "best" / "training_info.json").read_text())
+    assert info["temperature"] > 0 and info["ece_after"] <= info["ece_before"]
+
+
+def test_evaluate_scores_a_checkpoint_on_a_folder(trained_run, pattern_data, tmp_path, capsys):
+    out = tmp_path / "scores"
+    assert train.main(["--evaluate", "--model", str(trained_run / "best"), "--data", str(pattern_data),
+                       "--output-dir", str(out), "--num-workers", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "1200 images" in printed and "acc" in printed
+    for name in ("confusion_matrix.png", "mistakes.png", "per_class.csv", "confusion_matrix.csv"):
+        assert (out / name).stat().st_size > 100
+    with open(out / "per_class.csv", newline="") as handle:
+        assert sum(int(r["support"]) for r in csv.DictReader(handle)) == 1200
+
+
+def test_evaluate_refuses_a_folder_with_other_classes(trained_run, tmp_path, capsys):
+    for name in ("horizontal", "plain", "diagonal"):
+        (tmp_path / "other" / name).mkdir(parents=True)
+        Image.new("RGB", (32, 32)).save(tmp_path / "other" / name / "a.png")
+    assert train.main(["--evaluate", "--model", str(trained_run / "best"), "--data", str(tmp_path / "other")]) == 2
+    err = capsys.readouterr().err
+    assert "not in the checkpoint: diagonal" in err and "missing from the folder: vertical" in err
