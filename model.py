@@ -164,6 +164,15 @@ def create_model(name: str, labels: list[str], pretrained: bool = True, dropout:
     return model, Preprocessing.from_image_processor(processor, image_size)
 
 
+def set_backbone_dropout(model: nn.Module, p: float) -> None:
+    """Dropout on the hidden states inside the backbone (ViT has no stochastic depth in transformers)."""
+    for module in model.base_model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = p
+    if hasattr(model.config, "hidden_dropout_prob"):
+        model.config.hidden_dropout_prob = p  # saved with the checkpoint
+
+
 def encoder_blocks(model: nn.Module) -> nn.ModuleList | None:
     """The transformer blocks, first to last (``layers`` in transformers 5, ``encoder.layer`` before)."""
     base = model.base_model
@@ -185,7 +194,7 @@ def freeze(model: nn.Module, spec: str) -> None:
             raise UserError(f"--freeze {spec!r}: use none, backbone or a number of encoder blocks")
         blocks = encoder_blocks(model)
         if blocks is None:
-            raise UserError(f"--freeze N needs a transformer encoder; use none or backbone for this model")
+            raise UserError("--freeze N needs a transformer encoder; use none or backbone for this model")
         trainable += list(blocks)[len(blocks) - int(spec):] if int(spec) else []
         trainable += [m for n, m in model.base_model.named_children() if n in ("layernorm", "norm")]
     for module in trainable:

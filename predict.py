@@ -16,13 +16,16 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
+from torchvision.transforms import v2
 
-from checkpoint import load_checkpoint
+from checkpoint import load_checkpoint, read_info
 from classifier import (HelpFormatter, ImageFolderDataset, Preprocessing, UserError, collate_skipping_bad,
                         eval_transform, list_images)
 from devices import pick_device
+from export import load_onnx
 
 MAX_PICTURES = 24  # --visualize draws at most this many images, to keep the figure readable
+UNKNOWN = "unknown"  # the answer below --min-confidence
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -30,9 +33,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=HelpFormatter)
     p.add_argument("--image", nargs="+", required=True, metavar="PATH",
                    help="image files, folders (searched recursively) or glob patterns")
-    p.add_argument("--model", type=Path, default=Path("checkpoints/best"), help="checkpoint directory")
+    p.add_argument("--model", type=Path, default=Path("checkpoints/best"),
+                   help="checkpoint directory, or an ONNX model made by export.py (run with onnxruntime)")
     p.add_argument("--top-k", type=int, default=3, help="how many labels to show per image")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    p.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
+                   help="answer 'unknown' (with the best guess shown) when the top confidence is below P (0-1)")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: average over the image, its mirror and a zoomed centre "
+                        "(and its mirror); 4x the compute")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="where to run")
     p.add_argument("--json", metavar="FILE", help="also write the predictions as JSON to FILE ('-': stdout)")
     p.add_argument("--visualize", type=Path, metavar="OUT.png",
@@ -42,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--top-k must be at least 1")
     if args.batch_size < 1:
         p.error("--batch-size must be at least 1")
+    if not 0 <= args.min_confidence <= 1:
+        p.error("--min-confidence is a probability from 0 to 1")
     return args
 
 
@@ -67,9 +78,21 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]
     return list(dict.fromkeys(paths)), missing  # drop repeats, keep order
 
 
+def tta_views(images: torch.Tensor) -> list[torch.Tensor]:
+    """The views --tta averages over: the image, its mirror, its centre zoomed by 1/0.875, and that mirrored."""
+    size = images.shape[-1]
+    centre = v2.functional.center_crop(images, [round(size * 0.875)] * 2)
+    zoomed = torch.nn.functional.interpolate(centre, size=(size, size), mode="bilinear", antialias=True)
+    return [images, images.flip(-1), zoomed, zoomed.flip(-1)]
+
+
 def predict(model: torch.nn.Module, prep: Preprocessing, labels: list[str], paths: list[Path],
-            top_k: int, batch_size: int, device: torch.device) -> tuple[list[dict], list[tuple[str, str]]]:
-    """Top-k (label, confidence) for every readable image; unreadable ones come back as (path, reason)."""
+            top_k: int, batch_size: int, device: torch.device, temperature: float = 1.0, tta: bool = False,
+            min_confidence: float = 0.0) -> tuple[list[dict], list[tuple[str, str]]]:
+    """Top-k (label, confidence) for every readable image; unreadable ones come back as (path, reason).
+
+    Confidences are softmax(logits / temperature), the checkpoint's calibration. ``label`` is the top
+    label, or "unknown" when its confidence is below ``min_confidence``."""
     dataset = ImageFolderDataset([(path, 0) for path in paths], eval_transform(prep), prep.resize_size)
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_skipping_bad)
     results, failures = [], []
@@ -79,18 +102,23 @@ def predict(model: torch.nn.Module, prep: Preprocessing, labels: list[str], path
             failures += bad
             if images is None:
                 continue
-            probabilities = model(pixel_values=images.to(device)).logits.float().softmax(dim=1)
+            views = tta_views(images.to(device)) if tta else [images.to(device)]
+            probabilities = torch.stack([(model(pixel_values=view).logits.float() / temperature).softmax(dim=1)
+                                         for view in views]).mean(dim=0)
             confidences, indices = probabilities.topk(k, dim=1)
             for path, conf_row, index_row in zip(good_paths, confidences.tolist(), indices.tolist()):
-                results.append({"path": path, "predictions": [
-                    {"label": labels[i], "confidence": round(c, 6)} for c, i in zip(conf_row, index_row)]})
+                results.append({"path": path,
+                                "label": labels[index_row[0]] if conf_row[0] >= min_confidence else UNKNOWN,
+                                "predictions": [{"label": labels[i], "confidence": round(c, 6)}
+                                                for c, i in zip(conf_row, index_row)]})
     return results, failures
 
 
 def print_table(results: list[dict], file=sys.stdout) -> None:
     width = max((len(p["label"]) for r in results for p in r["predictions"]), default=5)
     for result in results:
-        print(result["path"], file=file)
+        unsure = result.get("label") == UNKNOWN
+        print(f"{result['path']}{'  -> unknown: no label is confident enough' if unsure else ''}", file=file)
         for rank, p in enumerate(result["predictions"], 1):
             bar = "#" * round(p["confidence"] * 20)
             print(f"  {rank}. {p['label']:<{width}}  {p['confidence'] * 100:6.2f}%  {bar}", file=file)
@@ -126,13 +154,19 @@ def visualize(results: list[dict], out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        model, prep, labels = load_checkpoint(args.model)
+        if args.model.suffix == ".onnx":
+            model, prep, labels = load_onnx(args.model)
+            temperature = float(model.meta.get("temperature", 1.0))
+        else:
+            model, prep, labels = load_checkpoint(args.model)
+            temperature = read_info(args.model).get("temperature", 1.0)  # calibrated after training
         device = pick_device(args.device)
         model.to(device)
         paths, failures = expand_inputs(args.image)
         if args.top_k > len(labels):
             print(f"note: --top-k {args.top_k} capped at the model's {len(labels)} classes", file=sys.stderr)
-        results, bad = predict(model, prep, labels, paths, args.top_k, args.batch_size, device)
+        results, bad = predict(model, prep, labels, paths, args.top_k, args.batch_size, device, temperature,
+                               args.tta, args.min_confidence)
         failures += bad
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)

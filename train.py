@@ -31,7 +31,7 @@ from devices import autocast_dtype, pick_device
 from distributed import EpochSampler, ShardSampler, World, close_world, init_world, merge_dicts_across, sum_across
 from loop import Run, evaluate, train_epoch
 from metrics import SELECT_BY, read_metrics, write_metrics
-from model import PRESETS, create_model, freeze
+from model import PRESETS, create_model, freeze, set_backbone_dropout
 from recipe import EMA, class_weights, make_optimizer, mix_batches, set_trainable, staged_warmup_cosine
 from report import evaluate_checkpoint, report_run
 from resume import StopSignal, data_fingerprint, ignore_stop_signals, options_of, prepare_resume
@@ -67,9 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--head-lr", type=float, default=None,
                         help="peak learning rate of the new classification head (default: 10 x --lr when "
                              "pretrained, else --lr)")
-    recipe.add_argument("--layer-decay", type=float, default=None,
+    recipe.add_argument("--layer-decay", type=float, default=1.0,
                         help="LR factor per encoder block from the top, so early blocks move less (1: off; "
-                             "default: 0.75 when pretrained, else 1)")
+                             "0.65-0.75 suits strong ImageNet backbones on long runs)")
     recipe.add_argument("--freeze", type=freeze_spec, default="none",
                         help="none: train all; backbone: train the head only; N: head + last N encoder blocks")
     recipe.add_argument("--freeze-epochs", type=int, default=0,
@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument("--warmup", type=float, default=0.1, help="fraction of each stage's steps spent warming up")
     recipe.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this (0: off)")
     recipe.add_argument("--dropout", type=float, default=0.1, help="dropout before the classification head")
+    recipe.add_argument("--backbone-dropout", type=float, default=0.0,
+                        help="dropout on the hidden states inside the transformer blocks")
     recipe.add_argument("--label-smoothing", type=float, default=0.1, help="label smoothing of the training loss")
     recipe.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0: off; 0.2-0.8 typical)")
     recipe.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (0: off; 1.0 typical)")
@@ -127,10 +129,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, set[s
               (0 < args.val_split < 1, "--val-split must be between 0 and 1"),
               (args.lr is None or args.lr > 0, "--lr must be positive"),
               (args.head_lr is None or args.head_lr > 0, "--head-lr must be positive"),
-              (args.layer_decay is None or 0 < args.layer_decay <= 1, "--layer-decay must be in (0, 1]"),
+              (0 < args.layer_decay <= 1, "--layer-decay must be in (0, 1]"),
               (args.weight_decay >= 0, "--weight-decay must not be negative"),
               (0 <= args.warmup < 1, "--warmup is a fraction of the steps, from 0 to below 1"),
-              (0 <= args.dropout < 1 and 0 <= args.label_smoothing < 1, "--dropout and --label-smoothing: 0 to below 1"),
+              (all(0 <= p < 1 for p in (args.dropout, args.backbone_dropout, args.label_smoothing)),
+               "--dropout, --backbone-dropout and --label-smoothing: from 0 to below 1"),
               (args.mixup >= 0 and args.cutmix >= 0, "--mixup and --cutmix must not be negative"),
               (0 <= args.ema < 1, "--ema is a decay from 0 (off) to below 1, e.g. 0.999"),
               (args.grad_clip >= 0, "--grad-clip must not be negative"),
@@ -143,7 +146,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, set[s
     pretrained = not args.no_pretrained
     args.lr = args.lr or (5e-5 if pretrained else 3e-4)
     args.head_lr = args.head_lr or (10 * args.lr if pretrained else args.lr)
-    args.layer_decay = args.layer_decay or (0.75 if pretrained else 1.0)
     for action in parser._actions:  # parse again with no defaults: what remains was typed by the user
         action.default = argparse.SUPPRESS
     return args, set(vars(parser.parse_args(argv)))
@@ -189,6 +191,7 @@ def _train(args: argparse.Namespace, state: dict | None, world: World, device: t
     model, prep = create_model(str(state["dir"]) if state else args.model, labels,
                                pretrained=state is not None or not args.no_pretrained,
                                dropout=args.dropout, image_size=args.image_size)
+    set_backbone_dropout(model, args.backbone_dropout)
     freeze(model, args.freeze)
     trainable = {id(p) for p in model.parameters() if p.requires_grad}  # what --freeze leaves trainable
     if args.grad_checkpointing:  # renamed in transformers 5.x; the old name still works before that

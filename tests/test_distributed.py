@@ -25,11 +25,22 @@ def torchrun(out, data, model, *extra) -> list[str]:
             str(ROOT / "train.py"), *options, *extra]
 
 
+def run_to_the_end(command: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run torchrun in a process group of its own, so that a hang never leaves workers behind."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory, tiny_vit, pattern_data):
     out = tmp_path_factory.mktemp("ddp") / "checkpoints"
-    result = subprocess.run(torchrun(out, pattern_data, tiny_vit), capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = run_to_the_end(torchrun(out, pattern_data, tiny_vit))
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result.stdout
 
@@ -61,18 +72,20 @@ def test_two_processes_learn_like_one_with_the_same_global_batch(ddp_run, tmp_pa
 
 def test_stop_and_resume_under_torchrun_repeat_the_run(ddp_run, tmp_path, tiny_vit, pattern_data):
     out = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(torchrun(out, pattern_data, tiny_vit), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.time() + 200
-    while not (out / "metrics.csv").exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.3)
-    process.send_signal(signal.SIGINT)  # torchrun passes it on to both processes
-    stdout, stderr = process.communicate(timeout=200)
+    process = subprocess.Popen(torchrun(out, pattern_data, tiny_vit), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.time() + 200
+        while not (out / "metrics.csv").exists() and process.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)
+        process.send_signal(signal.SIGINT)  # torchrun passes it on to both processes
+        stdout, stderr = process.communicate(timeout=200)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
     assert "Stopped in epoch 2" in stdout + stderr, stderr[-3000:]
-    resumed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                              str(ROOT / "train.py"), "--resume", str(out)],
-                             capture_output=True, text=True, timeout=300, env=env)
+    resumed = run_to_the_end([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                              str(ROOT / "train.py"), "--resume", str(out)])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_metrics(out, ddp_run[0])

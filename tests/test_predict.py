@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from PIL import Image
 
 import predict
@@ -94,3 +95,47 @@ def test_transformers_pipeline_loads_the_checkpoint_and_agrees(trained_run, patt
     code, out, _ = run(capsys, "--model", str(trained_run / "best"), "--image", *paths, "--json", "-")
     ours = [r["predictions"][0]["label"] for r in json.loads(out)["results"]]
     assert code == 0 and ours == theirs
+
+
+def predictions_of(capsys, *argv) -> dict:
+    code, out, _ = run(capsys, *argv, "--json", "-")
+    assert code == 0
+    return {r["path"]: r for r in json.loads(out)["results"]}
+
+
+def test_the_calibrated_temperature_changes_confidences_but_not_the_top_label(trained_run, images, tmp_path, capsys):
+    import shutil
+    from checkpoint import update_info
+    hot = tmp_path / "hot"
+    shutil.copytree(trained_run / "best", hot)
+    update_info(hot, temperature=1.0)
+    plain = predictions_of(capsys, "--model", str(hot), "--image", str(images))
+    update_info(hot, temperature=4.0)
+    flat = predictions_of(capsys, "--model", str(hot), "--image", str(images))
+    for path, result in plain.items():
+        assert flat[path]["label"] == result["label"]
+        assert flat[path]["predictions"][0]["confidence"] < result["predictions"][0]["confidence"]
+
+
+def test_min_confidence_answers_unknown_with_the_best_guess(trained_run, images, capsys):
+    sure = predictions_of(capsys, "--model", str(trained_run / "best"), "--image", str(images))
+    top = {path: r["predictions"][0]["confidence"] for path, r in sure.items()}
+    threshold = sorted(top.values())[len(top) // 2]  # half the images fall below it
+    unsure = predictions_of(capsys, "--model", str(trained_run / "best"), "--image", str(images),
+                            "--min-confidence", str(threshold))
+    for path, result in unsure.items():
+        expected = "unknown" if top[path] < threshold else sure[path]["label"]
+        assert result["label"] == expected and result["predictions"] == sure[path]["predictions"]
+    assert "unknown" in {r["label"] for r in unsure.values()}
+    code, out, _ = run(capsys, "--model", str(trained_run / "best"), "--image", str(images), "--min-confidence", "1")
+    assert code == 0 and out.count("unknown") == 6
+
+
+def test_tta_averages_views_and_keeps_the_output_format(trained_run, images, capsys):
+    single = predictions_of(capsys, "--model", str(trained_run / "best"), "--image", str(images))
+    averaged = predictions_of(capsys, "--model", str(trained_run / "best"), "--image", str(images), "--tta")
+    assert averaged.keys() == single.keys()
+    assert any(averaged[p]["predictions"][0]["confidence"] != single[p]["predictions"][0]["confidence"] for p in single)
+    assert all(abs(sum(x["confidence"] for x in r["predictions"]) - 1) < 1e-4 for r in averaged.values())  # 3 classes
+    views = predict.tta_views(torch.rand(2, 3, 32, 32))
+    assert len(views) == 4 and all(v.shape == (2, 3, 32, 32) for v in views)

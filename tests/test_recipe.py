@@ -93,8 +93,10 @@ def test_mixup_and_cutmix_give_soft_targets_that_sum_to_one():
     assert mix_batches(3, 0.0, 0.0) is None
 
 
-def test_mixup_training_reports_accuracy_against_the_true_labels(tmp_path, small_data, tiny_vit):
-    rows = read_rows(run(tmp_path, small_data, tiny_vit, "--epochs", "2", "--mixup", "0.4", "--cutmix", "1.0") / "metrics.csv")
+def test_mixup_training_counts_accuracy_on_the_true_labels_and_backbone_dropout_is_set(tmp_path, small_data, tiny_vit):
+    out = run(tmp_path, small_data, tiny_vit, "--epochs", "2", "--mixup", "0.4", "--cutmix", "1.0", "--backbone-dropout", "0.2")
+    assert json.loads((out / "best" / "config.json").read_text())["hidden_dropout_prob"] == 0.2
+    rows = read_rows(out / "metrics.csv")
     for row in rows:  # 96 training images: hits on hard labels make a whole number, soft-target credit would not
         hits = float(row["train_acc"]) * 96
         assert hits == pytest.approx(round(hits), abs=1e-3) and 0 <= hits <= 96

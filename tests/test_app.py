@@ -1,0 +1,136 @@
+"""app.py for real: the server runs as `python app.py` on a free loopback port, gradio_client calls
+its API and headless Chromium uses the page; results are checked against predict.py's."""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import app
+import predict
+from conftest import CLASSES, ROOT
+
+gradio_client = pytest.importorskip("gradio_client", reason="needs the extras: pip install -r requirements-extras.txt")
+CHROMIUM = Path("/usr/bin/chromium")
+STARTUP_SECONDS = 180  # importing gradio, torch and transformers is slow on a busy 2-core machine
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(trained_run, tmp_path_factory):
+    """`python app.py` serving the trained checkpoint; yields its URL, stops it afterwards."""
+    if importlib.util.find_spec("gradio") is None:  # not imported here: that alone takes seconds
+        pytest.skip("needs the extras: pip install -r requirements-extras.txt")
+    url = f"http://127.0.0.1:{(port := free_port())}/"
+    log = tmp_path_factory.mktemp("app") / "server.log"
+    with open(log, "w") as output:
+        process = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--model", str(trained_run / "best"),
+                                    "--port", str(port), "--top-k", "2"], stdout=output, stderr=subprocess.STDOUT,
+                                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while True:
+            assert process.poll() is None, f"app.py exited early:\n{log.read_text()}"
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, f"app.py did not answer in {STARTUP_SECONDS}s:\n{log.read_text()}"
+                time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def uploads(pattern_data, tmp_path_factory):
+    """One image per class and a .jpg file that only pretends to be an image."""
+    folder = tmp_path_factory.mktemp("uploads")
+    for name in CLASSES:
+        shutil.copy(pattern_data / name / f"{name}_005.png", folder / f"{name}.png")
+    (folder / "broken.jpg").write_text("this is not a picture")
+    return folder
+
+
+def expected(trained_run, paths: list[Path], top_k: int) -> list[dict]:
+    """What `python predict.py --json -` says about ``paths``."""
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        assert predict.main(["--model", str(trained_run / "best"), "--image", *map(str, paths), "--top-k", str(top_k),
+                             "--device", "cpu", "--json", "-"]) == 0
+    return json.loads(output.getvalue())["results"]
+
+
+def test_client_gets_the_same_predictions_as_predict(server, uploads, trained_run):
+    paths = [uploads / f"{name}.png" for name in CLASSES]
+    client = gradio_client.Client(server, verbose=False)
+    results, errors = client.predict([gradio_client.handle_file(str(p)) for p in paths], 2, api_name="/classify")
+    assert errors == ""
+    assert [r["name"] for r in results] == [p.name for p in paths]
+    for ours, theirs in zip(results, expected(trained_run, paths, 2)):
+        assert [p["label"] for p in ours["predictions"]] == [p["label"] for p in theirs["predictions"]]
+        assert [p["confidence"] for p in ours["predictions"]] == pytest.approx(
+            [p["confidence"] for p in theirs["predictions"]], abs=1e-5)
+
+
+def test_a_bad_upload_is_reported_and_the_rest_still_classified(server, uploads):
+    client = gradio_client.Client(server, verbose=False)
+    files = [gradio_client.handle_file(str(uploads / name)) for name in ("broken.jpg", "plain.png")]
+    results, errors = client.predict(files, 3, api_name="/classify")
+    assert [r["name"] for r in results] == ["plain.png"] and len(results[0]["predictions"]) == 3
+    assert "1 of 2 upload(s) failed" in errors and "broken.jpg" in errors and "could not be read" in errors
+    results, errors = client.predict([], 3, api_name="/classify")  # nothing uploaded: nothing shown, no error
+    assert results == [] and errors == ""
+
+
+def test_a_missing_checkpoint_is_a_one_line_error(tmp_path, capsys):
+    assert app.main(["--model", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "not a trained checkpoint" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium)")
+def test_the_page_in_a_browser(server, uploads, trained_run, tmp_path):
+    playwright = pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install playwright)")
+    vertical = uploads / "vertical.png"
+    top_2 = expected(trained_run, [vertical], 2)[0]["predictions"]  # the server was started with --top-k 2
+    with playwright.sync_playwright() as driver:
+        # the flags keep Chromium from calling Google's services, which this offline machine refuses
+        browser = driver.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run", "--disable-quic"])
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            page.goto(server)
+            page.locator("input[type=file]").set_input_files([str(vertical), str(uploads / "broken.jpg")])
+            shown = page.locator("[data-testid=label-output-value]")
+            shown.first.wait_for(timeout=60_000)
+            assert shown.all_inner_texts() == [top_2[0]["label"]]
+            # one bar per label, its percentage rounded half up as the page's JavaScript does
+            bars = page.locator(".confidence").all_inner_texts()
+            assert bars == [f"{math.floor(p['confidence'] * 100 + 0.5)}%" for p in top_2]
+            page.get_by_text("1 of 2 upload(s) failed").wait_for(timeout=10_000)
+            assert "broken.jpg" in page.locator("#errors").inner_text()
+            page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
+        finally:
+            browser.close()
+    assert (tmp_path / "app.png").stat().st_size > 10_000
+    print(f"screenshot: {tmp_path / 'app.png'}")

@@ -1,0 +1,162 @@
+"""Experiment tracking for train.py: MLflow or TensorBoard, or nothing.
+
+    tracker = make_tracker("mlflow", None, Path("checkpoints"), run_name="shapes")
+    tracker.log_params(vars(args))
+    tracker.log_epoch(1, {"val_acc": 0.8})
+    tracker.log_files([Path("checkpoints/metrics.csv")])
+    tracker.log_model(Path("checkpoints/best"))
+    tracker.close()
+
+Both packages are optional: they are imported only when their kind is asked for, and a missing
+one is a UserError naming the pip command. MLflow writes to a SQLite store under
+OUTPUT_DIR/mlruns unless a tracking URI (a server, or another store) is given; TensorBoard writes
+event files into OUTPUT_DIR/tensorboard/RUN_NAME (default: the start time).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from classifier import UserError
+
+KINDS = ("mlflow", "tensorboard")
+EXPERIMENT = "vit-classifier"
+MLFLOW_PARAM_LENGTH = 6000  # MLflow refuses longer parameter values
+MLFLOW_BATCH_PARAMS = 100  # and more parameters in one request
+
+
+def numbers(metrics: dict) -> dict[str, float]:
+    """The metrics that have a value, as floats."""
+    return {key: float(value) for key, value in metrics.items() if value not in (None, "")}
+
+
+class Tracker:
+    """Tracks nothing: what train.py gets without --track. Also the interface of the real ones."""
+
+    def log_params(self, params: dict) -> None:
+        """The run's options (values are logged as text)."""
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        """One epoch's metrics, with the epoch as the step. Numbers as text are fine (metrics.csv
+        rows); empty values (a metric this run does not compute) are left out."""
+
+    def log_files(self, paths: list[Path]) -> None:
+        """Pictures (PNG) and tables (CSV) the run wrote."""
+
+    def log_model(self, directory: Path) -> None:
+        """The best checkpoint directory."""
+
+    def close(self, status: str = "FINISHED") -> None:
+        """End the run; ``status`` is FINISHED, FAILED or KILLED (MLflow's run states)."""
+
+    def __enter__(self) -> "Tracker":
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        self.close("FINISHED" if kind is None else "KILLED" if issubclass(kind, KeyboardInterrupt) else "FAILED")
+
+
+class MlflowTracker(Tracker):
+    """One MLflow run, through MlflowClient (no global state, so several trackers can coexist)."""
+
+    def __init__(self, tracking_uri: str | None, output_dir: Path, run_name: str | None):
+        try:
+            from mlflow.exceptions import MlflowException
+            from mlflow.tracking import MlflowClient
+        except ImportError:
+            raise UserError("--track mlflow needs the mlflow package: pip install mlflow "
+                            "(or pip install -r requirements-extras.txt)") from None
+        artifacts = None
+        if tracking_uri is None:  # a local store; MLflow's plain-folder store is deprecated, SQLite is its default
+            store = (output_dir / "mlruns").resolve()
+            store.mkdir(parents=True, exist_ok=True)
+            tracking_uri, artifacts = f"sqlite:///{store / 'mlflow.db'}", (store / "artifacts").as_uri()
+        try:
+            self.client = MlflowClient(tracking_uri=tracking_uri)
+            experiment = self.client.get_experiment_by_name(EXPERIMENT)
+            experiment_id = (experiment.experiment_id if experiment
+                             else self.client.create_experiment(EXPERIMENT, artifact_location=artifacts))
+            self.run_id = self.client.create_run(experiment_id, run_name=run_name).info.run_id
+        except MlflowException as error:  # also raised for a server that cannot be reached
+            raise UserError(f"cannot start an MLflow run at --tracking-uri {tracking_uri}: "
+                            f"{str(error).splitlines()[0]}") from None
+        self.running = True
+        print(f"MLflow run {self.run_id} in {tracking_uri} (experiment {EXPERIMENT!r})")
+
+    def log_params(self, params: dict) -> None:
+        from mlflow.entities import Param
+        items = [Param(key, str(value)[:MLFLOW_PARAM_LENGTH]) for key, value in params.items()]
+        for start in range(0, len(items), MLFLOW_BATCH_PARAMS):
+            self.client.log_batch(self.run_id, params=items[start:start + MLFLOW_BATCH_PARAMS])
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(key, value, now, epoch)
+                                                    for key, value in numbers(metrics).items()])
+
+    def log_files(self, paths: list[Path]) -> None:
+        for path in paths:
+            self.client.log_artifact(self.run_id, str(path))
+
+    def log_model(self, directory: Path) -> None:
+        self.client.log_artifacts(self.run_id, str(directory), artifact_path=Path(directory).name)
+
+    def close(self, status: str = "FINISHED") -> None:
+        if self.running:  # the first status given sticks, e.g. KILLED before the with-block ends
+            self.client.set_terminated(self.run_id, status)
+            self.running = False
+
+
+class TensorboardTracker(Tracker):
+    """Scalars per epoch, the options and CSV tables as text, PNG pictures as images."""
+
+    def __init__(self, log_dir: Path):
+        try:
+            import tensorboard  # noqa: F401  (SummaryWriter's own message does not say how to install it)
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise UserError("--track tensorboard needs the tensorboard package: pip install tensorboard "
+                            "(or pip install -r requirements-extras.txt)") from None
+        self.writer = SummaryWriter(log_dir=str(log_dir))
+        print(f"TensorBoard events in {log_dir} (view: tensorboard --logdir {log_dir})")
+
+    def log_params(self, params: dict) -> None:
+        table = "\n".join(f"| {key} | {value} |" for key, value in params.items())
+        self.writer.add_text("params", f"| option | value |\n|---|---|\n{table}")
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        for key, value in numbers(metrics).items():
+            self.writer.add_scalar(key, value, epoch)
+        self.writer.flush()  # so a TensorBoard watching the run sees each epoch as it ends
+
+    def log_files(self, paths: list[Path]) -> None:
+        import numpy as np
+        from PIL import Image
+        for path in map(Path, paths):
+            if path.suffix.lower() == ".png":
+                with Image.open(path) as image:
+                    self.writer.add_image(path.stem, np.asarray(image.convert("RGB")), dataformats="HWC")
+            else:  # tables: shown as text (four leading spaces make Markdown keep the columns)
+                self.writer.add_text(path.stem, "\n".join("    " + line for line in path.read_text().splitlines()))
+
+    def log_model(self, directory: Path) -> None:
+        # TensorBoard stores no files; record where the model is
+        self.writer.add_text("best_model", str(Path(directory).resolve()))
+
+    def close(self, status: str = "FINISHED") -> None:
+        self.writer.close()
+
+
+def make_tracker(kind: str | None, tracking_uri: str | None, output_dir: Path, run_name: str | None = None) -> Tracker:
+    """The tracker for ``--track KIND`` (None: one that does nothing)."""
+    if kind is None:
+        return Tracker()
+    if kind not in KINDS:
+        raise UserError(f"--track {kind!r}: choose from {', '.join(KINDS)}")
+    if kind == "mlflow":
+        return MlflowTracker(tracking_uri, Path(output_dir), run_name)
+    if tracking_uri is not None:
+        raise UserError("--tracking-uri is for --track mlflow; TensorBoard writes into --output-dir")
+    # one sub-folder per run: TensorBoard shows each as its own curve
+    return TensorboardTracker(Path(output_dir) / "tensorboard" / (run_name or time.strftime("%Y%m%d-%H%M%S")))
