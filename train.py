@@ -35,6 +35,7 @@ from model import PRESETS, create_model, freeze, set_backbone_dropout
 from recipe import EMA, class_weights, make_optimizer, mix_batches, set_trainable, staged_warmup_cosine
 from report import evaluate_checkpoint, report_run
 from resume import StopSignal, data_fingerprint, ignore_stop_signals, options_of, prepare_resume
+from tracking import make_tracker
 
 
 def freeze_spec(value: str) -> str:
@@ -113,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DataLoader worker processes decoding images")
     p.add_argument("--output-dir", type=Path, default=Path("checkpoints"),
                    help="where checkpoints and pictures go (--evaluate: default CHECKPOINT-evaluation)")
+    p.add_argument("--track", choices=["mlflow", "tensorboard"], default=None,
+                   help="log parameters, metrics, pictures and the best model to MLflow, or metrics to TensorBoard")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking server or store (default: a local store in --output-dir)")
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="DIR|auto",
                    help="continue an interrupted run from DIR/last (default DIR: --output-dir); auto: resume "
                         "if --output-dir holds an interrupted run, else start afresh")
@@ -261,7 +266,9 @@ def _train(args: argparse.Namespace, state: dict | None, world: World, device: t
     val_stats, last_totals, head_only = {"count": 0}, totals, None
     if epoch > args.epochs:
         say(f"{state['dir']} already finished all {args.epochs} epochs; raise --epochs to train on")
-    with StopSignal(announce=world.is_main) as stop:
+    tracker = make_tracker(args.track if world.is_main else None, args.tracking_uri, args.output_dir)
+    with StopSignal(announce=world.is_main) as stop, tracker:
+        tracker.log_params(options_of(args))
         while epoch <= args.epochs:
             epoch_start = time.time()
             if head_only != (epoch <= head_epochs):  # --freeze-epochs: the head alone first, then the rest
@@ -284,6 +291,7 @@ def _train(args: argparse.Namespace, state: dict | None, world: World, device: t
             check_classes_readable(run.bad_files, train_samples, labels)
             totals = summed(totals)
             rows.append(metrics_row(epoch, totals, val_stats, ema_stats, time.time() - epoch_start))
+            tracker.log_epoch(epoch, rows[-1])
             use_ema = ema_stats is not None and select(ema_stats) > select(val_stats)
             chosen = ema_stats if use_ema else val_stats
             improved = best["score"] is None or list(select(chosen)) > best["score"]
@@ -311,13 +319,15 @@ def _train(args: argparse.Namespace, state: dict | None, world: World, device: t
                 say(f"Early stop: no better validation score for {args.patience} epochs")
             if stop.signum or early_stop:
                 break
-    if stop.signum and epoch <= args.epochs:
-        say(f"Stopped after epoch {epoch - 1}; saved {args.output_dir / 'last'}. "
-            f"Continue with: python train.py --resume {args.output_dir}", file=sys.stderr)
-    elif world.is_main and best["epoch"]:
-        single = replace(run, world=World())  # the report evaluates the best model in this process alone
-        full_val = DataLoader(val_set, **loader_options)
-        best.update(report_run(single, args.output_dir, labels, full_val, rows, args.calibrate))
+        if stop.signum and epoch <= args.epochs:
+            say(f"Stopped after epoch {epoch - 1}; saved {args.output_dir / 'last'}. "
+                f"Continue with: python train.py --resume {args.output_dir}", file=sys.stderr)
+        elif world.is_main and best["epoch"]:
+            single = replace(run, world=World())  # the report evaluates the best model in this process alone
+            full_val = DataLoader(val_set, **loader_options)
+            best.update(report_run(single, args.output_dir, labels, full_val, rows, args.calibrate))
+            tracker.log_files(sorted(args.output_dir.glob("*.png")) + sorted(args.output_dir.glob("*.csv")))
+            tracker.log_model(args.output_dir / "best")
     if run.bad_files:
         say(f"{len(run.bad_files)} unreadable image(s) were skipped:", file=sys.stderr)
         for path, reason in sorted(run.bad_files.items()):
