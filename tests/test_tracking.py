@@ -123,18 +123,12 @@ def test_wrong_combinations_are_user_errors(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# INTEGRATION, PENDING: needs train.py to take --track/--tracking-uri and call tracking.py.
-# Skipped (with that reason) until train.py has the --track option; then it must pass.
+# INTEGRATION: train.py --track mlflow end to end (train.py's wiring of tracking.py)
 # ---------------------------------------------------------------------------------------------
-def train_has_track_option() -> bool:
-    import train
-    return "--track" in train.build_parser().format_help()
-
-
-@pytest.mark.skipif(not train_has_track_option(), reason="PENDING: train.py has no --track option yet")
-def test_train_logs_to_mlflow(tmp_path, tiny_vit, pattern_data):
+def test_train_logs_to_mlflow(tmp_path, tiny_vit, pattern_data, monkeypatch):
     mlflow_tracking = pytest.importorskip("mlflow.tracking", reason=NEEDS_EXTRAS)
     import train
+    monkeypatch.chdir(tmp_path)  # MLflow puts a given store's artifacts in ./mlruns
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert train.main(["--data", str(pattern_data), "--model", str(tiny_vit), "--output-dir", str(tmp_path / "out"),
                        *TRAIN_OPTIONS, "--epochs", "1", "--track", "mlflow", "--tracking-uri", uri]) == 0
