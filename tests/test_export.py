@@ -101,7 +101,7 @@ def test_predict_with_the_onnx_model_gives_the_checkpoints_results(onnx_export, 
 
 
 def predict_without_our_code(model_path, image_path) -> tuple[str, float, np.ndarray]:
-    """The README's recipe, line for line: onnxruntime, Pillow and NumPy only.
+    """The recipe in docs/ecosystem.md, line for line: onnxruntime, Pillow and NumPy only.
     Returns the top label, its confidence and the logits divided by the temperature."""
     meta = json.load(open(f"{model_path}.json"))
     session = ort.InferenceSession(str(model_path))
