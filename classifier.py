@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from images import IMAGE_EXTENSIONS, load_image
@@ -113,29 +113,72 @@ def load_splits(root: Path, val_split: float, seed: int):
     return sorted(classes), *stratified_split(classes, val_split, seed)
 
 
+UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
 class ImageFolderDataset(Dataset):
     """(path, label) samples decoded on demand. A file that fails to decode yields
     ``(None, label, path, reason)`` instead of raising, so one bad image never stops a run.
 
+    ``transform`` is a TwoStage: its deterministic ``decode`` stage (decode, resize) can be kept
+    in a bounded uint8 cache by ``fill_cache``, so later epochs skip JPEG decoding; its ``finish``
+    stage (random augmentation, normalisation) runs on every access.
     With ``epoch_seed`` set, the random augmentation of sample i is seeded from (epoch_seed, i)
     alone, so it is the same whatever the worker count, process count or resume point."""
 
-    def __init__(self, samples: list[tuple[Path, int]], transform, decode_size: int | None = None):
+    def __init__(self, samples: list[tuple[Path, int]], transform: "TwoStage", decode_size: int | None = None):
         self.samples, self.transform, self.decode_size = samples, transform, decode_size
         self.epoch_seed: int | None = None
+        self.cache: dict[int, torch.Tensor | str] = {}  # index -> decoded uint8 pixels, or why it failed
 
     def __len__(self) -> int:
         return len(self.samples)
 
+    def decode(self, index: int) -> torch.Tensor | str:
+        """The cached or freshly decoded uint8 pixels of sample ``index``, or the reason it is unreadable."""
+        if index in self.cache:
+            return self.cache[index]
+        try:
+            return self.transform.decode(load_image(self.samples[index][0], self.decode_size))
+        except UNREADABLE as error:
+            return f"{type(error).__name__}: {error}"
+
     def __getitem__(self, index: int):
         path, label = self.samples[index]
-        try:
-            image = load_image(path, self.decode_size)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-            return None, label, str(path), f"{type(error).__name__}: {error}"
+        pixels = self.decode(index)
+        if isinstance(pixels, str):
+            return None, label, str(path), pixels
         if self.epoch_seed is not None:
             torch.manual_seed(self.epoch_seed * 1_000_003 + index)
-        return self.transform(image), label, str(path), None
+        return self.transform.finish(pixels), label, str(path), None
+
+    def fill_cache(self, max_bytes: int, num_workers: int = 0) -> tuple[int, int]:
+        """Decode images once, in parallel, into the cache until it holds ``max_bytes``; the rest is
+        decoded on every access. Call it before the training loaders start their workers: they
+        are forked from this process and share the cache. Returns (images cached, bytes used)."""
+        used = 0
+        loader = DataLoader(_Decoded(self), batch_size=None, num_workers=num_workers)
+        for index, pixels in loader:
+            size = pixels.numel() if isinstance(pixels, torch.Tensor) else 0
+            if used + size > max_bytes:
+                break
+            # clone: keep ordinary memory, not one shared-memory segment per image from the workers
+            self.cache[index] = pixels.clone() if size else pixels
+            used += size
+        return len(self.cache), used
+
+
+class _Decoded(Dataset):
+    """(index, decoded pixels or reason) of every sample: what fill_cache's workers return."""
+
+    def __init__(self, dataset: ImageFolderDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        return index, self.dataset.decode(index)
 
 
 def collate_skipping_bad(batch):
@@ -186,35 +229,49 @@ class Preprocessing:
                                       image_mean=list(self.mean), image_std=list(self.std), resample=3)
 
 
-def _resize_and_centre_crop(prep: Preprocessing) -> list:
-    return [v2.Resize(prep.resize_size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-            v2.CenterCrop(prep.image_size)]
+@dataclass
+class TwoStage:
+    """A transform in two steps: ``decode`` (deterministic: PIL image -> resized uint8 tensor, the
+    part worth caching) and ``finish`` (random augmentation on uint8, then float and normalise)."""
+    decode: v2.Compose
+    finish: v2.Compose
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.finish(self.decode(image))
+
+
+def _resize(prep: Preprocessing) -> v2.Resize:
+    return v2.Resize(prep.resize_size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
 
 
 def _to_normalised_float(prep: Preprocessing) -> list:
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(prep.mean, prep.std)]
 
 
-def eval_transform(prep: Preprocessing) -> v2.Compose:
+def eval_transform(prep: Preprocessing) -> TwoStage:
     """THE evaluation preprocessing: validation and predict.py both use exactly this."""
-    return v2.Compose([v2.PILToTensor(), *_resize_and_centre_crop(prep), *_to_normalised_float(prep)])
+    return TwoStage(v2.Compose([v2.PILToTensor(), _resize(prep), v2.CenterCrop(prep.image_size)]),
+                    v2.Compose(_to_normalised_float(prep)))
 
 
 def train_transform(prep: Preprocessing, crop: bool = True, flip: bool = True, rotate: bool = True,
-                    color_jitter: bool = True) -> v2.Compose:
-    """Training augmentation; each part can be switched off. With all off it equals eval_transform."""
-    steps = [v2.PILToTensor()]
+                    color_jitter: bool = True) -> TwoStage:
+    """Training augmentation; each part can be switched off. With all off it equals eval_transform.
+
+    Every image is first resized so its short side is ``prep.resize_size`` (cacheable); the random
+    steps then work on that small uint8 image, which is much cheaper than on a full-size photo."""
+    steps = []
     if rotate:
         steps.append(v2.RandomRotation(15, interpolation=v2.InterpolationMode.BILINEAR))
     if crop:
         steps.append(v2.RandomResizedCrop(prep.image_size, scale=(0.6, 1.0), antialias=True))
     else:
-        steps += _resize_and_centre_crop(prep)
+        steps.append(v2.CenterCrop(prep.image_size))
     if flip:
         steps.append(v2.RandomHorizontalFlip())
     if color_jitter:
         steps.append(v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05))
-    return v2.Compose(steps + _to_normalised_float(prep))
+    return TwoStage(v2.Compose([v2.PILToTensor(), _resize(prep)]), v2.Compose(steps + _to_normalised_float(prep)))
 
 
 # ---------------------------------------------------------------------------

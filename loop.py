@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from classifier import UserError
+from devices import autocast
 from distributed import World, sum_across, sum_tensor_across
 from metrics import macro_f1
 from recipe import EMA
@@ -38,7 +40,7 @@ class Run:
     bad_files: dict = field(default_factory=dict)
 
     def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else nullcontext()
+        return autocast(self.device, self.dtype)
 
     def note_bad(self, bad: list[tuple[str, str]]) -> None:
         for path, reason in bad:
@@ -48,6 +50,15 @@ class Run:
 
     def bar(self, loader: DataLoader, desc: str):
         return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None if self.world.is_main else True)
+
+
+def check_classes_readable(bad_files: dict, samples: list[tuple[Path, int]], labels: list[str]) -> None:
+    """Training cannot learn a class whose every training image is unreadable: say so."""
+    for index, name in enumerate(labels):
+        paths = [str(path) for path, label in samples if label == index]
+        if all(path in bad_files for path in paths):
+            raise UserError(f"every training image of class {name!r} is unreadable ({len(paths)} files, listed "
+                            f"above); fix or remove them, or remove the class folder")
 
 
 def train_epoch(run: Run, loader: DataLoader, epoch: int, first_step: int, totals: dict, stop) -> int:

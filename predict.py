@@ -21,8 +21,8 @@ from torchvision.transforms import v2
 from checkpoint import load_checkpoint, read_info
 from classifier import (HelpFormatter, ImageFolderDataset, Preprocessing, UserError, collate_skipping_bad,
                         eval_transform, list_images)
-from devices import pick_device
-from export import load_onnx
+from devices import autocast, autocast_dtype, pick_device
+from export import load_onnx, quantize_int8
 
 MAX_PICTURES = 24  # --visualize draws at most this many images, to keep the figure readable
 UNKNOWN = "unknown"  # the answer below --min-confidence
@@ -43,6 +43,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="test-time augmentation: average over the image, its mirror and a zoomed centre "
                         "(and its mirror); 4x the compute")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="where to run")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="autocast precision; auto: bf16 where the device supports it, else fp16 on CUDA, else fp32")
+    p.add_argument("--quantize", action="store_true",
+                   help="CPU only: int8 weights for every linear layer (dynamic quantization); the fastest on "
+                        "CPUs, especially for single images; check agreement with benchmarks/speed.py")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model first (about 20 s): pays for folders of thousands of images")
     p.add_argument("--json", metavar="FILE", help="also write the predictions as JSON to FILE ('-': stdout)")
     p.add_argument("--visualize", type=Path, metavar="OUT.png",
                    help=f"save the images with their top-k labels and confidence bars (first {MAX_PICTURES})")
@@ -86,15 +93,31 @@ def tta_views(images: torch.Tensor) -> list[torch.Tensor]:
     return [images, images.flip(-1), zoomed, zoomed.flip(-1)]
 
 
+def prepare_model(model: torch.nn.Module, device: torch.device, precision: str = "fp32", quantize: bool = False,
+                  compile_model: bool = False) -> tuple[torch.nn.Module, torch.dtype | None]:
+    """The model made fast for inference on ``device``, and the dtype to autocast to (None: fp32)."""
+    if quantize:
+        if device.type != "cpu":
+            raise UserError("--quantize uses int8 CPU kernels; on a GPU use --precision bf16 or fp16 instead")
+        return quantize_int8(model.eval()), None
+    model.to(device).eval()
+    if compile_model:
+        import torch._inductor.config
+        torch._inductor.config.freezing = True  # inference only: constant-fold the weights into the kernels
+        model = torch.compile(model)
+    return model, autocast_dtype(device, precision)
+
+
 def predict(model: torch.nn.Module, prep: Preprocessing, labels: list[str], paths: list[Path],
             top_k: int, batch_size: int, device: torch.device, temperature: float = 1.0, tta: bool = False,
-            min_confidence: float = 0.0) -> tuple[list[dict], list[tuple[str, str]]]:
+            min_confidence: float = 0.0, dtype: torch.dtype | None = None) -> tuple[list[dict], list[tuple[str, str]]]:
     """Top-k (label, confidence) for every readable image; unreadable ones come back as (path, reason).
 
     Confidences are softmax(logits / temperature), the checkpoint's calibration. ``label`` is the top
-    label, or "unknown" when its confidence is below ``min_confidence``."""
+    label, or "unknown" when its confidence is below ``min_confidence``. ``dtype``: autocast precision."""
     dataset = ImageFolderDataset([(path, 0) for path in paths], eval_transform(prep), prep.resize_size)
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_skipping_bad)
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_skipping_bad,
+                        pin_memory=device.type == "cuda")
     results, failures = [], []
     k = min(top_k, len(labels))
     with torch.inference_mode():
@@ -102,9 +125,10 @@ def predict(model: torch.nn.Module, prep: Preprocessing, labels: list[str], path
             failures += bad
             if images is None:
                 continue
-            views = tta_views(images.to(device)) if tta else [images.to(device)]
-            probabilities = torch.stack([(model(pixel_values=view).logits.float() / temperature).softmax(dim=1)
-                                         for view in views]).mean(dim=0)
+            images = images.to(device, non_blocking=True)
+            with autocast(device, dtype):
+                logits = [model(pixel_values=view).logits.float() for view in (tta_views(images) if tta else [images])]
+            probabilities = torch.stack([(view / temperature).softmax(dim=1) for view in logits]).mean(dim=0)
             confidences, indices = probabilities.topk(k, dim=1)
             for path, conf_row, index_row in zip(good_paths, confidences.tolist(), indices.tolist()):
                 results.append({"path": path,
@@ -154,19 +178,19 @@ def visualize(results: list[dict], out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        if args.model.suffix == ".onnx":
+        device = pick_device(args.device)
+        if args.model.suffix == ".onnx":  # ONNX Runtime runs the exported graph as it is
             model, prep, labels = load_onnx(args.model)
-            temperature = float(model.meta.get("temperature", 1.0))
+            temperature, dtype = float(model.meta.get("temperature", 1.0)), None
         else:
             model, prep, labels = load_checkpoint(args.model)
             temperature = read_info(args.model).get("temperature", 1.0)  # calibrated after training
-        device = pick_device(args.device)
-        model.to(device)
+            model, dtype = prepare_model(model, device, args.precision, args.quantize, args.compile)
         paths, failures = expand_inputs(args.image)
         if args.top_k > len(labels):
             print(f"note: --top-k {args.top_k} capped at the model's {len(labels)} classes", file=sys.stderr)
         results, bad = predict(model, prep, labels, paths, args.top_k, args.batch_size, device, temperature,
-                               args.tta, args.min_confidence)
+                               args.tta, args.min_confidence, dtype)
         failures += bad
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)

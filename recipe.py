@@ -44,7 +44,9 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float, layer_decay
         group_lr = head_lr if id(param) in head and head_lr else lr * layer_decay ** (top - depths[name])
         decay = weight_decay if param.ndim > 1 else 0.0
         groups.setdefault((group_lr, decay), {"params": [], "lr": group_lr, "weight_decay": decay})["params"].append(param)
-    return torch.optim.AdamW(list(groups.values()), lr=lr, foreach=True)
+    # One fused kernel per step where PyTorch has it (CUDA, CPU, MPS), else one kernel per tensor list.
+    fused = all(p.device.type in ("cuda", "cpu", "mps") for group in groups.values() for p in group["params"])
+    return torch.optim.AdamW(list(groups.values()), lr=lr, fused=fused or None, foreach=None if fused else True)
 
 
 def staged_warmup_cosine(stage_steps: list[int], warmup: float):

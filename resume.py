@@ -21,7 +21,7 @@ from classifier import UserError
 
 # Options that may change when a run is resumed; any other option given on the command line must
 # match the interrupted run (options not given are taken from it).
-RESUME_FREE = {"device", "num_workers", "precision", "patience", "output_dir", "resume", "track", "tracking_uri"}
+RESUME_FREE = {"device", "num_workers", "precision", "patience", "cache_mb", "compile", "output_dir", "resume", "track", "tracking_uri"}
 
 
 def options_of(args: argparse.Namespace) -> dict:

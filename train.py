@@ -27,10 +27,10 @@ from audit import audit_dataset, format_report
 from checkpoint import check_output_dir, save_model
 from classifier import (HelpFormatter, ImageFolderDataset, UserError, collate_skipping_bad, eval_transform,
                         load_splits, train_transform)
-from devices import autocast_dtype, pick_device
+from devices import autocast_dtype, choose_attention, configure_backends, pick_device
 from distributed import EpochSampler, ShardSampler, World, close_world, init_world, merge_dicts_across, sum_across
-from loop import Run, evaluate, train_epoch
-from metrics import SELECT_BY, read_metrics, write_metrics
+from loop import Run, check_classes_readable, evaluate, train_epoch
+from metrics import SELECT_BY, metrics_row, new_totals, read_metrics, write_metrics
 from model import PRESETS, create_model, freeze, set_backbone_dropout
 from recipe import EMA, class_weights, make_optimizer, mix_batches, set_trainable, staged_warmup_cosine
 from report import evaluate_checkpoint, report_run
@@ -112,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="autocast precision; auto: bf16 where the device supports it, else fp16 on CUDA, else fp32")
     p.add_argument("--num-workers", type=int, default=min(4, max(1, (os.cpu_count() or 2) // 2)),
                    help="DataLoader worker processes decoding images")
+    p.add_argument("--cache-mb", type=int, default=4096,
+                   help="decode and resize each image once into an in-memory uint8 cache of at most this many "
+                        "MiB, so later epochs skip decoding (0: decode every epoch)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model: pays on GPUs for long runs; no gain measured on CPUs")
     p.add_argument("--output-dir", type=Path, default=Path("checkpoints"),
                    help="where checkpoints and pictures go (--evaluate: default CHECKPOINT-evaluation)")
     p.add_argument("--track", choices=["mlflow", "tensorboard"], default=None,
@@ -142,8 +147,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, set[s
               (args.mixup >= 0 and args.cutmix >= 0, "--mixup and --cutmix must not be negative"),
               (0 <= args.ema < 1, "--ema is a decay from 0 (off) to below 1, e.g. 0.999"),
               (args.grad_clip >= 0, "--grad-clip must not be negative"),
-              (min(args.patience, args.num_workers, args.freeze_epochs) >= 0,
-               "--patience, --num-workers and --freeze-epochs must be >= 0"),
+              (min(args.patience, args.num_workers, args.freeze_epochs, args.cache_mb) >= 0,
+               "--patience, --num-workers, --freeze-epochs and --cache-mb must be >= 0"),
               (args.image_size is None or args.image_size >= 16, "--image-size must be at least 16")]
     for ok, message in checks:
         if not ok:
@@ -154,15 +159,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, set[s
     for action in parser._actions:  # parse again with no defaults: what remains was typed by the user
         action.default = argparse.SUPPRESS
     return args, set(vars(parser.parse_args(argv)))
-
-
-def check_classes_readable(bad_files: dict, samples: list[tuple[Path, int]], labels: list[str]) -> None:
-    """Training cannot learn a class whose every training image is unreadable: say so."""
-    for index, name in enumerate(labels):
-        paths = [str(path) for path, label in samples if label == index]
-        if all(path in bad_files for path in paths):
-            raise UserError(f"every training image of class {name!r} is unreadable ({len(paths)} files, listed "
-                            f"above); fix or remove them, or remove the class folder")
 
 
 def train(args: argparse.Namespace, given: set[str] = frozenset()) -> dict:
@@ -202,6 +198,8 @@ def _train(args: argparse.Namespace, state: dict | None, world: World, device: t
     if args.grad_checkpointing:  # renamed in transformers 5.x; the old name still works before that
         (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
     model.to(device)
+    configure_backends(device)
+    attention = choose_attention(model, device, dtype, training=True)
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     if world.is_main:  # best + last + optimizer moments + EMA + one copy while a save is swapped in
         check_output_dir(args.output_dir, needed_bytes=(6 + (args.ema > 0)) * model_bytes + 2**20)
@@ -223,6 +221,14 @@ def _train(args: argparse.Namespace, state: dict | None, world: World, device: t
     train_loader = DataLoader(train_set, sampler=sampler, **loader_options)
     val_set = ImageFolderDataset(val_samples, eval_transform(prep), prep.resize_size)
     val_loader = DataLoader(val_set, sampler=ShardSampler(len(val_set), world), **loader_options)
+    if args.cache_mb:  # before the loaders fork their workers, which then share the cache
+        cache_start, budget = time.time(), args.cache_mb * 2**20
+        cached, used = train_set.fill_cache(budget, args.num_workers)
+        cached_val, used_val = val_set.fill_cache(budget - used, args.num_workers)
+        missed = len(train_set) + len(val_set) - cached - cached_val
+        say(f"Decoded {cached + cached_val} images once into a {(used + used_val) / 2**20:.0f} MiB cache in "
+            f"{time.time() - cache_start:.1f}s" + (f"; {missed} more are decoded every epoch (raise --cache-mb)"
+                                                   if missed else ""))
 
     run.optimizer = make_optimizer(model, args.lr, args.weight_decay, args.layer_decay, args.head_lr)
     head_epochs = min(args.freeze_epochs, args.epochs)
@@ -247,7 +253,8 @@ def _train(args: argparse.Namespace, state: dict | None, world: World, device: t
     say(f"{len(labels)} classes, {len(train_samples)} training and {len(val_samples)} validation images | "
         f"{args.model}{' (random init)' if args.no_pretrained else ''} @ {prep.image_size}px, "
         f"{sum(p.numel() for p in model.parameters() if id(p) in trainable):,} of {n_params:,} "
-        f"parameters trained | {device.type}, {str(dtype).replace('torch.', '') if dtype else 'fp32'}"
+        f"parameters trained | {device.type}, {str(dtype).replace('torch.', '') if dtype else 'fp32'}, "
+        f"{attention} attention"
         f"{f' | {world.size} processes, global batch {world.size * args.batch_size * args.grad_accum}' if world.distributed else ''}")
 
     def summed(sums: dict) -> dict:
@@ -274,7 +281,8 @@ def _train(args: argparse.Namespace, state: dict | None, world: World, device: t
             if head_only != (epoch <= head_epochs):  # --freeze-epochs: the head alone first, then the rest
                 head_only = epoch <= head_epochs
                 set_trainable(model, head_only, trainable)
-                run.model = DistributedDataParallel(model) if world.distributed else model
+                wrapped = DistributedDataParallel(model) if world.distributed else model
+                run.model = torch.compile(wrapped) if args.compile else wrapped
             if step == 0:  # metrics.csv shows the LR an epoch starts with, also when it was resumed
                 totals["lr"] = run.scheduler.get_last_lr()[-1]
             sampler.set_epoch(epoch, start_batch=step)
@@ -339,22 +347,6 @@ def _train(args: argparse.Namespace, state: dict | None, world: World, device: t
             f"Model: {args.output_dir / 'best'}  (try: python predict.py --model {args.output_dir / 'best'} --image IMAGE)")
     return {**best, "minutes": minutes, "bad_files": run.bad_files, "stopped_by": stop.signum,
             "train_count": last_totals["count"], "val_count": val_stats["count"]}
-
-
-def new_totals() -> dict:
-    """Running sums of one training epoch (and the LR it started with)."""
-    return {"loss": 0.0, "top1": 0, "count": 0, "lr": 0.0}
-
-
-def metrics_row(epoch: int, totals: dict, val: dict, ema: dict | None, seconds: float) -> dict:
-    """One line of metrics.csv."""
-    count = max(1, totals["count"])
-    row = {"epoch": epoch, "train_loss": f"{totals['loss'] / count:.6f}", "train_acc": f"{totals['top1'] / count:.6f}",
-           "lr": f"{totals['lr']:.3e}", "seconds": f"{seconds:.1f}"}
-    for prefix, stats in (("val_", val), ("ema_val_", ema)):
-        for name in ("loss", "acc", "top3", "macro_f1"):
-            row[prefix + name] = f"{stats[name]:.6f}" if stats else ""
-    return row
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,270 @@
+"""Speed: our training and prediction against transformers.Trainer and transformers.pipeline.
+
+    python benchmarks/speed.py                        # vit-small @224: about 5 minutes on 2 CPU cores
+    python benchmarks/speed.py --model vit-base --train-images 96
+
+Everything runs in this one process, on the same images, the same architecture with the same
+seeded weights (random init: nothing can be downloaded here; or --model DIR for a local
+pre-trained checkpoint), the same batch size, epochs, peak learning rate and worker count:
+  * training, end to end (epochs + validation each epoch): train.py's train() with its defaults
+    (and once more with --precision fp32: the accuracy of the fast path against plain fp32),
+    against transformers.Trainer with the Hugging Face example recipe (RandomResizedCrop + flip +
+    normalise, fp32);
+  * prediction of the checkpoint our run saved, decoding and preprocessing included: the median
+    latency of one image and the throughput of batches of 32, predict.py's path (default, and
+    --quantize) against transformers.pipeline; top-1 agreement with our fp32 predictions;
+  * achieved model FLOP/s against this machine's measured peak matmul FLOP/s (fp32 and bf16).
+No timing is asserted anywhere: the script prints figures (and --json writes them).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402  (after the path, like the imports of our modules below)
+
+from checkpoint import load_checkpoint  # noqa: E402
+from classifier import load_splits  # noqa: E402
+from devices import autocast_dtype, pick_device  # noqa: E402
+from model import PRESETS, create_model  # noqa: E402
+from predict import predict, prepare_model  # noqa: E402
+from synthetic import generate_data  # noqa: E402
+
+
+def peak_matmul_flops(dtype: torch.dtype, device: torch.device, size: int = 2048, seconds: float = 2.0) -> float:
+    """The best FLOP/s of a square matmul: what the hardware can do at most."""
+    a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
+    best, deadline = float("inf"), time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best
+
+
+def forward_flops(model: torch.nn.Module, image_size: int) -> int:
+    """FLOPs of one forward pass of one image (matmuls and attention, counted by PyTorch)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model.eval()(pixel_values=torch.zeros(1, 3, image_size, image_size))
+    return counter.get_total_flops()
+
+
+class HFExampleDataset(torch.utils.data.Dataset):
+    """The data side of transformers' examples/pytorch/image-classification/run_image_classification.py."""
+
+    def __init__(self, samples, transform):
+        self.samples, self.transform = samples, transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict:
+        from PIL import Image
+        path, label = self.samples[index]
+        return {"pixel_values": self.transform(Image.open(path).convert("RGB")), "labels": label}
+
+
+def hf_collate(batch: list[dict]) -> dict:
+    return {"pixel_values": torch.stack([item["pixel_values"] for item in batch]),
+            "labels": torch.tensor([item["labels"] for item in batch])}
+
+
+def train_with_trainer(args, labels, train, val, lr: float, work: Path) -> dict:
+    """transformers.Trainer with the example recipe: RandomResizedCrop + flip + normalise, fp32."""
+    import numpy as np
+    from torchvision import transforms
+    from transformers import Trainer, TrainingArguments
+    start = time.perf_counter()
+    torch.manual_seed(args.seed)
+    model, prep = create_model(args.model, labels, pretrained=not args.no_pretrained, image_size=args.image_size)
+    normalize = transforms.Normalize(prep.mean, prep.std)
+    size = prep.image_size
+    train_tf = transforms.Compose([transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(),
+                                   transforms.ToTensor(), normalize])
+    val_tf = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor(), normalize])
+    training_args = TrainingArguments(
+        output_dir=str(work / "trainer"), per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=args.batch_size, num_train_epochs=args.epochs, learning_rate=lr,
+        eval_strategy="epoch", save_strategy="no", logging_strategy="no", report_to=[], seed=args.seed,
+        dataloader_num_workers=args.num_workers, remove_unused_columns=False, disable_tqdm=True,
+        use_cpu=args.device == "cpu" or not torch.cuda.is_available(), log_level="error")
+    accuracies = []
+
+    def accuracy(prediction) -> dict:
+        accuracies.append(float((np.argmax(prediction.predictions, axis=1) == prediction.label_ids).mean()))
+        return {"accuracy": accuracies[-1]}
+
+    trainer = Trainer(model=model, args=training_args, train_dataset=HFExampleDataset(train, train_tf),
+                      eval_dataset=HFExampleDataset(val, val_tf), data_collator=hf_collate, compute_metrics=accuracy)
+    trainer.train()
+    trainer.save_model(str(work / "trainer" / "final"))
+    return {"seconds": time.perf_counter() - start, "val_acc": max(accuracies)}
+
+
+def train_with_ours(args, out: Path, extra: list[str]) -> dict:
+    """train.py's train(), as `python train.py ...` runs it, with its default recipe."""
+    import train as train_script
+    argv = ["--data", str(args.data), "--model", args.model, "--epochs", str(args.epochs), "--batch-size",
+            str(args.batch_size), "--num-workers", str(args.num_workers), "--output-dir", str(out),
+            "--device", args.device, "--seed", str(args.seed), "--patience", "0", *extra]
+    argv += ["--no-pretrained"] if args.no_pretrained else []
+    argv += ["--image-size", str(args.image_size)] if args.image_size else []
+    options, given = train_script.parse_args(argv)
+    start = time.perf_counter()
+    summary = train_script.train(options, given)
+    return {"seconds": time.perf_counter() - start, "val_acc": summary["val_acc"], "lr": options.lr}
+
+
+def timed(function, *arguments) -> tuple[float, object]:
+    start = time.perf_counter()
+    result = function(*arguments)
+    return time.perf_counter() - start, result
+
+
+def infer_with_pipeline(checkpoint: Path, device: torch.device, paths: list[Path], singles: list[Path]) -> dict:
+    """transformers.pipeline("image-classification") on the same checkpoint and files."""
+    from transformers import pipeline
+    classify = pipeline("image-classification", model=str(checkpoint), device=device)
+    classify(str(singles[0]))  # warm-up
+    latencies = [timed(classify, str(path))[0] for path in singles]
+    seconds, outputs = timed(lambda: classify([str(p) for p in paths], batch_size=32, top_k=1))
+    return {"single_ms": 1000 * statistics.median(latencies), "batch_per_s": len(paths) / seconds,
+            "top1": [output[0]["label"] for output in outputs]}
+
+
+def infer_with_ours(checkpoint: Path, device: torch.device, paths: list[Path], singles: list[Path],
+                    precision: str, quantize: bool = False, compile_model: bool = False) -> dict:
+    """predict.py's path: load_checkpoint, prepare_model, predict (decoding and preprocessing included)."""
+    model, prep, labels = load_checkpoint(checkpoint)
+    setup, (model, dtype) = timed(prepare_model, model, device, precision, quantize, compile_model)
+
+    def run(files: list[Path], batch_size: int) -> list[dict]:
+        return predict(model, prep, labels, files, 1, batch_size, device, dtype=dtype)[0]
+
+    setup += timed(run, paths[:32], 32)[0] + timed(run, singles[:1], 1)[0]  # warm-up (and compilation)
+    latencies = [timed(run, [path], 1)[0] for path in singles]
+    seconds, results = timed(run, paths, 32)
+    return {"single_ms": 1000 * statistics.median(latencies), "batch_per_s": len(paths) / seconds,
+            "top1": [result["label"] for result in results], "setup_s": setup}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default="vit-small", help=f"preset ({', '.join(PRESETS)}) or a local checkpoint directory")
+    p.add_argument("--image-size", type=int, default=None, help="model input size (default: the model's own, 224)")
+    p.add_argument("--data", type=Path, default=None, help="class folders to use (default: generated shapes)")
+    p.add_argument("--train-images", type=int, default=192, help="generated training images (20%% more go to validation)")
+    p.add_argument("--photo-size", type=int, default=320, help="side of the generated JPEGs, in pixels")
+    p.add_argument("--epochs", type=int, default=2, help="epochs of both training runs")
+    p.add_argument("--batch-size", type=int, default=16, help="training batch size of both")
+    p.add_argument("--num-workers", type=int, default=1, help="DataLoader workers of both")
+    p.add_argument("--inference-images", type=int, default=64, help="images of the batch-32 inference test")
+    p.add_argument("--single-images", type=int, default=20, help="images timed one at a time (median)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where everything runs")
+    p.add_argument("--ours", default="", help="extra train.py options for our run, e.g. '--cache-mb 0' (a lever)")
+    p.add_argument("--skip", nargs="*", default=[], choices=["trainer", "fp32", "pipeline", "compile"],
+                   help="leave parts out: the Trainer run, our fp32 run, the pipeline, our --compile inference")
+    p.add_argument("--seed", type=int, default=42, help="seed of the split, weights and augmentation of both")
+    p.add_argument("--work", type=Path, default=None, help="where data and checkpoints go (default: a temp dir)")
+    p.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
+    args = p.parse_args(argv)
+    args.no_pretrained = args.model in PRESETS  # presets can't be downloaded here: same random init for both
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    work = args.work or Path(tempfile.mkdtemp(prefix="speed-bench-"))
+    device = pick_device(args.device)
+    if args.data is None:
+        args.data = work / "data"
+        if not args.data.is_dir():
+            per_class = max(2, round(args.train_images / 0.8 / 3))
+            generate_data(args.data, ["circle", "stripes", "cross"], per_class, args.photo_size, args.seed, work)
+    labels, train, val = load_splits(args.data, 0.2, args.seed)
+    print(f"{args.model} @ {args.image_size or 224}px on {device.type} ({torch.get_num_threads()} threads): "
+          f"{len(train)} training and {len(val)} validation images, {args.epochs} epochs, batch {args.batch_size}, "
+          f"{args.num_workers} worker(s)")
+    figures = {"peak_fp32": peak_matmul_flops(torch.float32, device), "peak_bf16": peak_matmul_flops(torch.bfloat16, device)}
+    probe, prep = create_model(args.model, labels, pretrained=not args.no_pretrained, image_size=args.image_size)
+    figures["forward_flops"] = forward_flops(probe, prep.image_size)
+    del probe
+
+    figures["ours"] = train_with_ours(args, work / "ours", args.ours.split())
+    fast_dtype = autocast_dtype(device, "auto")
+    if "fp32" not in args.skip:
+        figures["ours_fp32"] = train_with_ours(args, work / "ours-fp32", args.ours.split() + ["--precision", "fp32"])
+    if "trainer" not in args.skip:
+        figures["trainer"] = train_with_trainer(args, labels, train, val, figures["ours"]["lr"], work)
+
+    checkpoint = work / "ours" / "best"
+    files = [path for path, _ in val + train][:args.inference_images]
+    singles = files[:args.single_images]
+    reference = infer_with_ours(checkpoint, device, files, singles, "fp32")
+    inference = {"ours fp32": reference,
+                 "ours (default)": infer_with_ours(checkpoint, device, files, singles, "auto")}
+    if device.type == "cpu":
+        inference["ours --quantize"] = infer_with_ours(checkpoint, device, files, singles, "auto", quantize=True)
+    if "compile" not in args.skip:
+        inference["ours --compile"] = infer_with_ours(checkpoint, device, files, singles, "auto", compile_model=True)
+    if "pipeline" not in args.skip:
+        inference["pipeline"] = infer_with_pipeline(checkpoint, device, files, singles)
+    reference_top1 = reference["top1"]
+    for result in inference.values():
+        result["agreement"] = sum(a == b for a, b in zip(result.pop("top1"), reference_top1)) / len(files)
+    figures["inference"] = inference
+    print_tables(figures, args, len(train), fast_dtype)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    return 0
+
+
+def print_tables(figures: dict, args: argparse.Namespace, n_train: int, fast_dtype: torch.dtype | None) -> None:
+    """The training table, the inference table and the hardware figures, with ratios to the anchors."""
+    peaks = {"fp32": figures["peak_fp32"], "bf16": figures["peak_bf16"]}
+    fast = "bf16" if fast_dtype == torch.bfloat16 else "fp32"
+    flops = figures["forward_flops"]
+
+    def of_peak(flop_per_s: float, precision: str) -> str:
+        return f"{flop_per_s / 1e9:7.1f} GFLOP/s = {100 * flop_per_s / peaks[precision]:4.1f}% of {precision} peak"
+
+    print(f"\nPeak matmul here: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s; "
+          f"the model: {flops / 1e9:.2f} GFLOP per image forward (x3 for a training step)")
+    anchor = figures.get("trainer")
+    print(f"\nTraining, {args.epochs} epochs x {n_train} images with validation each epoch (end to end)")
+    print(f"{'run':<26}{'images/s':>9}{'vs Trainer':>11}{'val acc':>9}   achieved")
+    runs = [("train.py (default)", figures["ours"], fast), ("train.py --precision fp32", figures.get("ours_fp32"), "fp32"),
+            ("transformers.Trainer", anchor, "fp32")]
+    for name, result, precision in runs:
+        if result:
+            rate = args.epochs * n_train / result["seconds"]
+            ratio = f"{anchor['seconds'] / result['seconds']:.2f}x" if anchor else "-"
+            print(f"{name:<26}{rate:9.2f}{ratio:>11}{result['val_acc']:9.3f}   {of_peak(3 * flops * rate, precision)}")
+    inference = figures["inference"]
+    pipe = inference.get("pipeline")
+    print("\nPrediction, decoding and preprocessing included (batch: 32 images per call)")
+    print(f"{'path':<18}{'1 image ms':>11}{'vs pipeline':>12}{'batch img/s':>12}{'vs pipeline':>12}"
+          f"{'top-1 = fp32':>13}   achieved (batch)")
+    for name, result in inference.items():
+        single = f"{result['single_ms'] / pipe['single_ms']:.2f}x" if pipe else "-"
+        batch = f"{result['batch_per_s'] / pipe['batch_per_s']:.2f}x" if pipe else "-"
+        precision = fast if name in ("ours (default)", "ours --compile") else "fp32"
+        print(f"{name:<18}{result['single_ms']:11.1f}{single:>12}{result['batch_per_s']:12.1f}{batch:>12}"
+              f"{100 * result['agreement']:12.1f}%   {of_peak(flops * result['batch_per_s'], precision)}"
+              + (f"  (setup {result['setup_s']:.0f}s)" if result.get("setup_s", 0) > 5 else ""))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
