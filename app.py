@@ -49,16 +49,16 @@ def make_classify(model_dir: Path, device_name: str, batch_size: int):
     order, as predict.predict gives them; ``errors`` is Markdown naming each unreadable upload and why."""
     from checkpoint import load_checkpoint, read_info
     from devices import pick_device
-    from predict import predict
+    from predict import predict, prepare_model
 
     model, prep, labels = load_checkpoint(model_dir)
     temperature = read_info(model_dir).get("temperature", 1.0)  # calibrated confidences, as predict.py
     device = pick_device(device_name)
-    model.to(device)
+    model, dtype = prepare_model(model, device, "auto")  # predict.py's defaults: bf16 where supported
 
     def classify(files: list[str] | None, top_k: float) -> tuple[list[dict], str]:
         results, failures = predict(model, prep, labels, [Path(file) for file in files or []], int(top_k),
-                                    batch_size, device, temperature)
+                                    batch_size, device, temperature, dtype=dtype)
         # No "path" key: Gradio takes a dict with one for a file to send, and would replace it.
         shown = [{"name": Path(r["path"]).name, "image": r["path"], "predictions": r["predictions"]}
                  for r in results]

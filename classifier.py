@@ -15,6 +15,7 @@ import json
 import os
 import random
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,6 +169,18 @@ class ImageFolderDataset(Dataset):
         return len(self.cache), used
 
 
+def fill_caches(datasets: list[ImageFolderDataset], max_bytes: int) -> str:
+    """Fill the datasets' caches in turn, decoding on every core, within ``max_bytes`` in all; says what it did."""
+    start, used, cached = time.time(), 0, 0
+    workers = min(8, os.cpu_count() or 1)  # nothing else runs yet
+    for dataset in datasets:
+        count, size = dataset.fill_cache(max_bytes - used, workers)
+        cached, used = cached + count, used + size
+    missed = sum(len(dataset) for dataset in datasets) - cached
+    return (f"Decoded {cached} images once into a {used / 2**20:.0f} MiB cache in {time.time() - start:.1f}s"
+            + (f"; {missed} more are decoded every epoch (raise --cache-mb)" if missed else ""))
+
+
 class _Decoded(Dataset):
     """(index, decoded pixels or reason) of every sample: what fill_cache's workers return."""
 
@@ -269,8 +282,8 @@ def train_transform(prep: Preprocessing, crop: bool = True, flip: bool = True, r
         steps.append(v2.CenterCrop(prep.image_size))
     if flip:
         steps.append(v2.RandomHorizontalFlip())
-    if color_jitter:
-        steps.append(v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05))
+    if color_jitter:  # no hue shift: it cost 3 ms an image, 5x the rest of the jitter
+        steps.append(v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3))
     return TwoStage(v2.Compose([v2.PILToTensor(), _resize(prep)]), v2.Compose(steps + _to_normalised_float(prep)))
 
 

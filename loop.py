@@ -67,6 +67,10 @@ def train_epoch(run: Run, loader: DataLoader, epoch: int, first_step: int, total
     args = run.args
     run.model.train()
     step, micro, stepped = first_step, 0, False
+    # Loss and top-1 sums stay on the device and are read once at the end: reading them every step
+    # would make the CPU wait for the GPU, instead of queueing the next step while it computes.
+    running = torch.zeros(2, dtype=torch.float32 if run.device.type == "mps" else torch.float64, device=run.device)
+    count = totals["count"]
     bar = run.bar(loader, f"epoch {epoch}/{args.epochs} train")
     for images, labels, _, bad in bar:
         run.note_bad(bad)
@@ -84,10 +88,12 @@ def train_epoch(run: Run, loader: DataLoader, epoch: int, first_step: int, total
                 loss = F.cross_entropy(logits, targets, weight=run.loss_weight, label_smoothing=args.label_smoothing)
             run.scaler.scale(loss / args.grad_accum).backward()  # the mean over the micro-batches
             stepped = True
-            totals["loss"] += loss.item() * len(labels)
-            totals["top1"] += (logits.argmax(1) == labels).sum().item()  # against the true, unmixed labels
-            totals["count"] += len(labels)
-            bar.set_postfix(loss=f"{totals['loss'] / totals['count']:.3f}", acc=f"{totals['top1'] / totals['count']:.3f}")
+            hits = (logits.argmax(1) == labels).sum()  # against the true, unmixed labels
+            running += torch.stack([loss.detach().to(running.dtype) * len(labels), hits.to(running.dtype)])
+            count += len(labels)
+            if not bar.disable and step % 10 == 0:  # shown on a terminal only
+                loss_sum, top1 = (totals[key] + value for key, value in zip(("loss", "top1"), running.tolist()))
+                bar.set_postfix(loss=f"{loss_sum / count:.3f}", acc=f"{top1 / count:.3f}")
         if micro < args.grad_accum:
             continue
         if stepped:
@@ -101,6 +107,8 @@ def train_epoch(run: Run, loader: DataLoader, epoch: int, first_step: int, total
                 run.ema.update(run.net)
         run.scheduler.step()
         step, micro, stepped = step + 1, 0, False
+    loss_sum, top1 = running.tolist()
+    totals.update(loss=totals["loss"] + loss_sum, top1=totals["top1"] + round(top1), count=count)
     return step
 
 
@@ -110,7 +118,8 @@ def evaluate(run: Run, net: torch.nn.Module, loader: DataLoader, num_classes: in
     """Loss, top-1, top-3 and macro-F1 of ``net`` over the whole set (summed over processes), and
     the confusion matrix. ``keep_outputs`` also returns every logit row, label and path (one process)."""
     net.eval()
-    sums = [0.0, 0.0, 0.0, 0.0]  # loss, top-1 hits, top-3 hits, images
+    sums = torch.zeros(4, dtype=torch.float32 if run.device.type == "mps" else torch.float64, device=run.device)
+    # loss, top-1 hits, top-3 hits, images: summed on the device, read once at the end
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=run.device)
     outputs = {"logits": [], "labels": [], "paths": []}
     for images, labels, paths, bad in run.bar(loader, desc):
@@ -121,16 +130,15 @@ def evaluate(run: Run, net: torch.nn.Module, loader: DataLoader, num_classes: in
         with run.autocast():
             logits = net(pixel_values=images).logits.float()
         top = logits.topk(min(3, num_classes), dim=1).indices
-        sums[0] += F.cross_entropy(logits, labels, reduction="sum").item()
-        sums[1] += (top[:, 0] == labels).sum().item()
-        sums[2] += (top == labels[:, None]).any(dim=1).sum().item()
-        sums[3] += len(labels)
+        sums += torch.stack([F.cross_entropy(logits, labels, reduction="sum"), (top[:, 0] == labels).sum(),
+                             (top == labels[:, None]).any(dim=1).sum(), torch.tensor(len(labels), device=run.device)]
+                            ).to(sums.dtype)
         confusion += torch.bincount(labels * num_classes + top[:, 0], minlength=num_classes ** 2).view_as(confusion)
         if keep_outputs:
             outputs["logits"].append(logits.cpu())
             outputs["labels"].append(labels.cpu())
             outputs["paths"] += paths
-    loss, top1, top3, count = sum_across(sums, run.world, run.device)
+    loss, top1, top3, count = sum_across(sums.tolist(), run.world, run.device)
     confusion = sum_tensor_across(confusion, run.world).cpu()
     count_or_1 = max(1.0, count)
     stats = {"loss": loss / count_or_1, "acc": top1 / count_or_1, "top3": top3 / count_or_1,

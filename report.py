@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from checkpoint import load_checkpoint, read_info, update_info
 from classifier import ImageFolderDataset, UserError, collate_skipping_bad, eval_transform, scan_class_folders
-from devices import autocast_dtype, pick_device
+from devices import autocast_dtype, loader_workers, pick_device
 from distributed import World
 from images import load_image
 from loop import Run, evaluate

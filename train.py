@@ -13,7 +13,6 @@ Ctrl-C (or SIGTERM) finishes the current step, saves last/ and says how to resum
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from dataclasses import replace
@@ -26,9 +25,10 @@ from torch.utils.data import DataLoader
 from audit import audit_dataset, format_report
 from checkpoint import check_output_dir, save_model
 from classifier import (HelpFormatter, ImageFolderDataset, UserError, collate_skipping_bad, eval_transform,
-                        load_splits, train_transform)
-from devices import autocast_dtype, choose_attention, configure_backends, pick_device
+                        fill_caches, load_splits, train_transform)
+from devices import autocast_dtype, choose_attention, configure_backends, loader_workers, pick_device
 from distributed import EpochSampler, ShardSampler, World, close_world, init_world, merge_dicts_across, sum_across
+from features import HeadOnly, can_cache_features, extract_features
 from loop import Run, check_classes_readable, evaluate, train_epoch
 from metrics import SELECT_BY, metrics_row, new_totals, read_metrics, write_metrics
 from model import PRESETS, create_model, freeze, set_backbone_dropout
@@ -110,8 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where to train; auto picks a GPU when there is one")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="autocast precision; auto: bf16 where the device supports it, else fp16 on CUDA, else fp32")
-    p.add_argument("--num-workers", type=int, default=min(4, max(1, (os.cpu_count() or 2) // 2)),
-                   help="DataLoader worker processes decoding images")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="DataLoader worker processes decoding and augmenting images (default: 0 on CPUs with up "
+                        "to 4 cores, whose cores the model needs; 2 on bigger CPUs; up to 8 with a GPU)")
     p.add_argument("--cache-mb", type=int, default=4096,
                    help="decode and resize each image once into an in-memory uint8 cache of at most this many "
                         "MiB, so later epochs skip decoding (0: decode every epoch)")
@@ -147,7 +148,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, set[s
               (args.mixup >= 0 and args.cutmix >= 0, "--mixup and --cutmix must not be negative"),
               (0 <= args.ema < 1, "--ema is a decay from 0 (off) to below 1, e.g. 0.999"),
               (args.grad_clip >= 0, "--grad-clip must not be negative"),
-              (min(args.patience, args.num_workers, args.freeze_epochs, args.cache_mb) >= 0,
+              (min(args.patience, args.num_workers or 0, args.freeze_epochs, args.cache_mb) >= 0,
                "--patience, --num-workers, --freeze-epochs and --cache-mb must be >= 0"),
               (args.image_size is None or args.image_size >= 16, "--image-size must be at least 16")]
     for ok, message in checks:
@@ -211,24 +212,26 @@ def _train(args: argparse.Namespace, state: dict | None, world: World, device: t
 
     augment = dict(crop=not args.no_crop, flip=not args.no_flip, rotate=not args.no_rotate,
                    color_jitter=not args.no_color_jitter)
+    args.num_workers = loader_workers(args.num_workers, device)
     loader_options = dict(batch_size=args.batch_size, num_workers=args.num_workers, collate_fn=collate_skipping_bad,
                           pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals)
     train_set = ImageFolderDataset(train_samples, train_transform(prep, **augment), prep.resize_size)
+    val_set = ImageFolderDataset(val_samples, eval_transform(prep), prep.resize_size)
+    if args.cache_mb:  # before the loaders fork their workers, which then share the cache
+        say(fill_caches([train_set, val_set], args.cache_mb * 2**20))
+    train_data, val_data, as_net = train_set, val_set, (lambda net: net)
+    if can_cache_features(args):  # nothing changes between epochs: run the frozen backbone once, not every epoch
+        start = time.time()
+        train_data, val_data = (extract_features(model, s, args.batch_size, device, dtype) for s in (train_set, val_set))
+        as_net = HeadOnly
+        say(f"Frozen backbone, no augmentation: computed its features once in {time.time() - start:.1f}s; "
+            f"the epochs train the head on them")
     sample_weights = None
     if args.balanced_sampler:
         sample_weights = class_weights(train_labels, len(labels))[torch.tensor(train_labels)].double()
-    sampler = EpochSampler(len(train_set), args.batch_size * args.grad_accum, args.seed, world, sample_weights)
-    train_loader = DataLoader(train_set, sampler=sampler, **loader_options)
-    val_set = ImageFolderDataset(val_samples, eval_transform(prep), prep.resize_size)
-    val_loader = DataLoader(val_set, sampler=ShardSampler(len(val_set), world), **loader_options)
-    if args.cache_mb:  # before the loaders fork their workers, which then share the cache
-        cache_start, budget = time.time(), args.cache_mb * 2**20
-        cached, used = train_set.fill_cache(budget, args.num_workers)
-        cached_val, used_val = val_set.fill_cache(budget - used, args.num_workers)
-        missed = len(train_set) + len(val_set) - cached - cached_val
-        say(f"Decoded {cached + cached_val} images once into a {(used + used_val) / 2**20:.0f} MiB cache in "
-            f"{time.time() - cache_start:.1f}s" + (f"; {missed} more are decoded every epoch (raise --cache-mb)"
-                                                   if missed else ""))
+    sampler = EpochSampler(len(train_data), args.batch_size * args.grad_accum, args.seed, world, sample_weights)
+    train_loader = DataLoader(train_data, sampler=sampler, **loader_options)
+    val_loader = DataLoader(val_data, sampler=ShardSampler(len(val_data), world), **loader_options)
 
     run.optimizer = make_optimizer(model, args.lr, args.weight_decay, args.layer_decay, args.head_lr)
     head_epochs = min(args.freeze_epochs, args.epochs)
@@ -281,20 +284,21 @@ def _train(args: argparse.Namespace, state: dict | None, world: World, device: t
             if head_only != (epoch <= head_epochs):  # --freeze-epochs: the head alone first, then the rest
                 head_only = epoch <= head_epochs
                 set_trainable(model, head_only, trainable)
-                wrapped = DistributedDataParallel(model) if world.distributed else model
+                wrapped = DistributedDataParallel(as_net(model)) if world.distributed else as_net(model)
                 run.model = torch.compile(wrapped) if args.compile else wrapped
             if step == 0:  # metrics.csv shows the LR an epoch starts with, also when it was resumed
                 totals["lr"] = run.scheduler.get_last_lr()[-1]
             sampler.set_epoch(epoch, start_batch=step)
-            train_set.epoch_seed = args.seed * 1000 + epoch  # augmentation depends on (seed, epoch, image) only
+            train_data.epoch_seed = args.seed * 1000 + epoch  # augmentation depends on (seed, epoch, image) only
             step = train_epoch(run, train_loader, epoch, step, totals, stop)
             if step < sampler.steps:  # stopped by a signal: keep this step and the epoch's running sums
                 save_last(epoch, step, summed(totals))
                 say(f"Stopped in epoch {epoch} after step {step} of {sampler.steps}; saved {args.output_dir / 'last'}. "
                     f"Continue with: python train.py --resume {args.output_dir}", file=sys.stderr)
                 return {**best, "stopped_by": stop.signum, "bad_files": run.bad_files}
-            val_stats = evaluate(run, model, val_loader, len(labels), f"epoch {epoch} val")
-            ema_stats = evaluate(run, run.ema.model, val_loader, len(labels), f"epoch {epoch} val (EMA)") if run.ema else None
+            val_stats = evaluate(run, as_net(model), val_loader, len(labels), f"epoch {epoch} val")
+            ema_stats = (evaluate(run, as_net(run.ema.model), val_loader, len(labels), f"epoch {epoch} val (EMA)")
+                         if run.ema else None)
             run.bad_files = merge_dicts_across(run.bad_files, world)
             check_classes_readable(run.bad_files, train_samples, labels)
             totals = summed(totals)

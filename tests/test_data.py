@@ -114,8 +114,8 @@ def test_train_transform_gives_model_sized_tensors_and_can_be_switched_off():
     assert torch.equal(plain(image), plain(image))  # nothing random left ...
     assert torch.equal(plain(image), eval_transform(prep)(image))  # ... and no drift from evaluation
     random_steps = {"RandomRotation", "RandomResizedCrop", "RandomHorizontalFlip", "ColorJitter"}
-    assert random_steps <= {type(t).__name__ for t in train_transform(prep).transforms}
-    assert not random_steps & {type(t).__name__ for t in plain.transforms}
+    assert random_steps <= {type(t).__name__ for t in train_transform(prep).finish.transforms}
+    assert not random_steps & {type(t).__name__ for t in plain.decode.transforms + plain.finish.transforms}
 
 
 def test_generate_data_command_line(tmp_path, capsys):

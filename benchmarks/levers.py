@@ -1,0 +1,154 @@
+"""Each speed lever on its own: what it buys for one training step, one prediction batch, one image.
+
+    python benchmarks/levers.py                    # vit-small @224 on the CPU: about 4 minutes on 2 cores
+    python benchmarks/levers.py --model vit-tiny --quick
+
+benchmarks/speed.py compares whole runs with Hugging Face's Trainer and pipeline; this script
+isolates the levers behind them, on random inputs (no data needed), so each choice in train.py
+and predict.py can be checked on your own machine:
+  * training step (forward, backward, AdamW): fp32 vs bf16 autocast; SDPA vs plain (eager)
+    attention; fused vs foreach AdamW; torch.compile;
+  * prediction at batch 32 and batch 1: fp32, bf16, dynamic int8, torch.compile (inductor freezing);
+  * the data side, per image: decoding a big JPEG with and without Pillow's draft mode, and each
+    augmentation step on the cached uint8 image.
+Every figure is the median of several timed repeats after a warm-up.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from devices import autocast  # noqa: E402
+from model import PRESETS, create_model  # noqa: E402
+
+
+def median_seconds(function, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def fresh_model(args, attention: str = "sdpa") -> torch.nn.Module:
+    torch.manual_seed(0)
+    model, _ = create_model(args.model, ["a", "b", "c"], pretrained=False, image_size=args.image_size)
+    model.set_attn_implementation(attention)
+    return model
+
+
+def training_step_rate(args, dtype, attention: str, fused: bool, compiled: bool = False) -> float:
+    """Images/s of forward + backward + AdamW step at --batch-size."""
+    model = fresh_model(args, attention).train()
+    optimizer = torch.optim.AdamW(model.parameters(), 1e-4, fused=fused or None, foreach=None if fused else True)
+    net = torch.compile(model) if compiled else model
+    images = torch.randn(args.batch_size, 3, args.image_size, args.image_size)
+    labels = torch.randint(0, 3, (args.batch_size,))
+
+    def step():
+        with autocast(torch.device("cpu"), dtype):
+            loss = F.cross_entropy(net(pixel_values=images).logits.float(), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return args.batch_size / median_seconds(step, args.repeats, warmup=2 if compiled else 1)
+
+
+def prediction_rates(args, variant: str) -> tuple[float, float]:
+    """(images/s at batch 32, ms for one image) of the model alone, in inference mode."""
+    from predict import prepare_model
+    model = fresh_model(args)
+    model, dtype = prepare_model(model, torch.device("cpu"), "fp32" if variant == "fp32" else "bf16",
+                                 quantize=variant == "int8", compile_model=variant == "compile")
+    batch = torch.randn(32, 3, args.image_size, args.image_size)
+
+    def run(images):
+        with torch.inference_mode(), autocast(torch.device("cpu"), dtype):
+            model(pixel_values=images)
+
+    rate = 32 / median_seconds(lambda: run(batch), max(2, args.repeats // 2), warmup=2 if variant == "compile" else 1)
+    single = median_seconds(lambda: run(batch[:1]), 4 * args.repeats, warmup=2 if variant == "compile" else 1)
+    return rate, 1000 * single
+
+
+def data_costs(args) -> dict[str, float]:
+    """Milliseconds per image of decoding and of each augmentation step (one thread, like a worker)."""
+    from PIL import Image
+    from torchvision.transforms import v2
+    from classifier import Preprocessing, train_transform
+    from images import load_image
+    torch.set_num_threads(1)
+    photo = Image.effect_mandelbrot((4000, 3000), (-2.0, -1.2, 1.0, 1.2), 60).convert("RGB")  # a 12 MP "photo"
+    buffer = io.BytesIO()
+    photo.save(buffer, "JPEG", quality=90)
+    path = Path(args.work) / "photo.jpg"
+    path.write_bytes(buffer.getvalue())
+    prep = Preprocessing(args.image_size)
+    transform = train_transform(prep)
+    cached = small = transform.decode(load_image(path, prep.resize_size))
+    costs = {"decode 12 MP JPEG, full size": median_seconds(lambda: load_image(path), 3),
+             "decode 12 MP JPEG, draft mode (what we do)": median_seconds(lambda: load_image(path, prep.resize_size), 3),
+             "decode + resize, once into the cache": median_seconds(
+                 lambda: transform.decode(load_image(path, prep.resize_size)), 3)}
+    for step in transform.finish.transforms:
+        costs[f"{type(step).__name__} on the cached uint8 image"] = median_seconds(lambda: step(small), 20)
+        small = step(small)
+    crop = v2.CenterCrop(args.image_size)(cached)
+    costs["ColorJitter with a hue shift (dropped)"] = median_seconds(lambda: v2.ColorJitter(0.3, 0.3, 0.3, 0.05)(crop), 20)
+    torch.set_num_threads(args.threads)
+    return {name: 1000 * seconds for name, seconds in costs.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default="vit-small", choices=list(PRESETS), help="preset architecture (random weights)")
+    p.add_argument("--image-size", type=int, default=224, help="input size in pixels")
+    p.add_argument("--batch-size", type=int, default=16, help="training batch size")
+    p.add_argument("--repeats", type=int, default=4, help="timed repeats per figure (the median is shown)")
+    p.add_argument("--quick", action="store_true", help="skip torch.compile (each compile takes 20-60 s)")
+    p.add_argument("--work", default="/tmp", help="where the test JPEG is written")
+    args = p.parse_args(argv)
+    args.threads = torch.get_num_threads()
+    warnings.filterwarnings("ignore")
+    print(f"{args.model} @ {args.image_size}px, {args.threads} threads, batch {args.batch_size}")
+
+    print("\nTraining step (forward + backward + AdamW), images/s")
+    variants = [("fp32, SDPA attention, foreach AdamW", None, "sdpa", False),
+                ("bf16, SDPA attention, foreach AdamW", torch.bfloat16, "sdpa", False),
+                ("bf16, eager attention, foreach AdamW", torch.bfloat16, "eager", False),
+                ("bf16, eager attention, fused AdamW (train.py)", torch.bfloat16, "eager", True)]
+    for name, dtype, attention, fused in variants:
+        print(f"  {name:<52}{training_step_rate(args, dtype, attention, fused):7.2f}")
+    if not args.quick:
+        start = time.perf_counter()
+        rate = training_step_rate(args, torch.bfloat16, "eager", True, compiled=True)
+        print(f"  {'bf16, eager, fused, torch.compile':<52}{rate:7.2f}   (compiling: {time.perf_counter() - start:.0f} s in all)")
+
+    print("\nPrediction, model alone: images/s at batch 32 | ms for one image")
+    for variant in ["fp32", "bf16", "int8"] + ([] if args.quick else ["compile"]):
+        rate, single = prediction_rates(args, variant)
+        print(f"  {variant:<52}{rate:7.2f} | {single:6.1f}")
+
+    print("\nData, ms per image on one core")
+    for name, milliseconds in data_costs(args).items():
+        print(f"  {name:<52}{milliseconds:7.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
