@@ -58,21 +58,6 @@ def configure_backends(device: torch.device) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def choose_attention(model: torch.nn.Module, device: torch.device, dtype: torch.dtype | None, training: bool) -> str:
-    """Pick the attention kernel that measured fastest here (benchmarks/speed.py).
-
-    On a CPU under bf16, PyTorch's fused SDPA kernel has a slow backward pass: training with the
-    plain (eager) attention ran 10.6 images/s against 8.3 for ViT-small. Everywhere else SDPA
-    (flash / memory-efficient kernels on GPUs) is kept. Not saved in the checkpoint."""
-    name = "eager" if device.type == "cpu" and dtype == torch.bfloat16 and training else "sdpa"
-    if getattr(model.config, "_attn_implementation", name) != name and hasattr(model, "set_attn_implementation"):
-        try:
-            model.set_attn_implementation(name)
-        except (ValueError, ImportError):  # a model without that kernel keeps what it has
-            return model.config._attn_implementation
-    return getattr(model.config, "_attn_implementation", name)
-
-
 def loader_workers(requested: int | None, device: torch.device) -> int:
     """DataLoader worker processes: ``requested``, or by default none on a CPU with up to 4 cores
     (the model needs every core; with 1 worker, training ran 7% slower on 2 cores), 2 on bigger

@@ -26,7 +26,7 @@ from audit import audit_dataset, format_report
 from checkpoint import check_output_dir, save_model
 from classifier import (HelpFormatter, ImageFolderDataset, UserError, collate_skipping_bad, eval_transform,
                         fill_caches, load_splits, train_transform)
-from devices import autocast_dtype, choose_attention, configure_backends, loader_workers, pick_device
+from devices import autocast_dtype, configure_backends, loader_workers, pick_device
 from distributed import EpochSampler, ShardSampler, World, close_world, init_world, merge_dicts_across, sum_across
 from features import HeadOnly, can_cache_features, extract_features
 from loop import Run, check_classes_readable, evaluate, train_epoch
@@ -117,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decode and resize each image once into an in-memory uint8 cache of at most this many "
                         "MiB, so later epochs skip decoding (0: decode every epoch)")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the model: pays on GPUs for long runs; no gain measured on CPUs")
+                   help="torch.compile the model first (about a minute on a CPU): for long runs; measured 0-13%% faster "
+                        "training steps on a 2-core CPU (benchmarks/levers.py)")
     p.add_argument("--output-dir", type=Path, default=Path("checkpoints"),
                    help="where checkpoints and pictures go (--evaluate: default CHECKPOINT-evaluation)")
     p.add_argument("--track", choices=["mlflow", "tensorboard"], default=None,
@@ -200,7 +201,6 @@ def _train(args: argparse.Namespace, state: dict | None, world: World, device: t
         (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
     model.to(device)
     configure_backends(device)
-    attention = choose_attention(model, device, dtype, training=True)
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     if world.is_main:  # best + last + optimizer moments + EMA + one copy while a save is swapped in
         check_output_dir(args.output_dir, needed_bytes=(6 + (args.ema > 0)) * model_bytes + 2**20)
@@ -256,8 +256,7 @@ def _train(args: argparse.Namespace, state: dict | None, world: World, device: t
     say(f"{len(labels)} classes, {len(train_samples)} training and {len(val_samples)} validation images | "
         f"{args.model}{' (random init)' if args.no_pretrained else ''} @ {prep.image_size}px, "
         f"{sum(p.numel() for p in model.parameters() if id(p) in trainable):,} of {n_params:,} "
-        f"parameters trained | {device.type}, {str(dtype).replace('torch.', '') if dtype else 'fp32'}, "
-        f"{attention} attention"
+        f"parameters trained | {device.type}, {str(dtype).replace('torch.', '') if dtype else 'fp32'}"
         f"{f' | {world.size} processes, global batch {world.size * args.batch_size * args.grad_accum}' if world.distributed else ''}")
 
     def summed(sums: dict) -> dict:

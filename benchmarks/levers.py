@@ -44,6 +44,21 @@ def median_seconds(function, repeats: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
+def interleaved_medians(functions: dict, repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds of each function, timed in turns (A, B, C, A, B, C, ...) so that a slow
+    spell of a shared machine hits every variant alike instead of one of them."""
+    for function in functions.values():
+        for _ in range(warmup):
+            function()
+    times = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def fresh_model(args, attention: str = "sdpa") -> torch.nn.Module:
     torch.manual_seed(0)
     model, _ = create_model(args.model, ["a", "b", "c"], pretrained=False, image_size=args.image_size)
@@ -51,8 +66,8 @@ def fresh_model(args, attention: str = "sdpa") -> torch.nn.Module:
     return model
 
 
-def training_step_rate(args, dtype, attention: str, fused: bool, compiled: bool = False) -> float:
-    """Images/s of forward + backward + AdamW step at --batch-size."""
+def training_step(args, dtype, attention: str, fused: bool, compiled: bool = False):
+    """A function doing one forward + backward + AdamW step at --batch-size."""
     model = fresh_model(args, attention).train()
     optimizer = torch.optim.AdamW(model.parameters(), 1e-4, fused=fused or None, foreach=None if fused else True)
     net = torch.compile(model) if compiled else model
@@ -65,25 +80,20 @@ def training_step_rate(args, dtype, attention: str, fused: bool, compiled: bool 
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+    return step
 
-    return args.batch_size / median_seconds(step, args.repeats, warmup=2 if compiled else 1)
 
-
-def prediction_rates(args, variant: str) -> tuple[float, float]:
-    """(images/s at batch 32, ms for one image) of the model alone, in inference mode."""
+def prediction_runs(args, variant: str):
+    """(batch-32 function, one-image function) of the model alone in inference mode, as predict.py prepares it."""
     from predict import prepare_model
-    model = fresh_model(args)
-    model, dtype = prepare_model(model, torch.device("cpu"), "fp32" if variant == "fp32" else "bf16",
+    model, dtype = prepare_model(fresh_model(args), torch.device("cpu"), "fp32" if variant == "fp32" else "bf16",
                                  quantize=variant == "int8", compile_model=variant == "compile")
     batch = torch.randn(32, 3, args.image_size, args.image_size)
 
     def run(images):
         with torch.inference_mode(), autocast(torch.device("cpu"), dtype):
             model(pixel_values=images)
-
-    rate = 32 / median_seconds(lambda: run(batch), max(2, args.repeats // 2), warmup=2 if variant == "compile" else 1)
-    single = median_seconds(lambda: run(batch[:1]), 4 * args.repeats, warmup=2 if variant == "compile" else 1)
-    return rate, 1000 * single
+    return (lambda: run(batch)), (lambda: run(batch[:1]))
 
 
 def data_costs(args) -> dict[str, float]:
@@ -119,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="vit-small", choices=list(PRESETS), help="preset architecture (random weights)")
     p.add_argument("--image-size", type=int, default=224, help="input size in pixels")
     p.add_argument("--batch-size", type=int, default=16, help="training batch size")
-    p.add_argument("--repeats", type=int, default=4, help="timed repeats per figure (the median is shown)")
+    p.add_argument("--repeats", type=int, default=6, help="timed repeats per figure (the median is shown)")
     p.add_argument("--quick", action="store_true", help="skip torch.compile (each compile takes 20-60 s)")
     p.add_argument("--work", default="/tmp", help="where the test JPEG is written")
     args = p.parse_args(argv)
@@ -127,22 +137,25 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore")
     print(f"{args.model} @ {args.image_size}px, {args.threads} threads, batch {args.batch_size}")
 
-    print("\nTraining step (forward + backward + AdamW), images/s")
-    variants = [("fp32, SDPA attention, foreach AdamW", None, "sdpa", False),
-                ("bf16, SDPA attention, foreach AdamW", torch.bfloat16, "sdpa", False),
-                ("bf16, eager attention, foreach AdamW", torch.bfloat16, "eager", False),
-                ("bf16, eager attention, fused AdamW (train.py)", torch.bfloat16, "eager", True)]
-    for name, dtype, attention, fused in variants:
-        print(f"  {name:<52}{training_step_rate(args, dtype, attention, fused):7.2f}")
+    print("\nTraining step (forward + backward + AdamW), images/s; variants timed in turns")
+    variants = {"fp32, SDPA attention, foreach AdamW": (None, "sdpa", False),
+                "bf16, SDPA attention, foreach AdamW": (torch.bfloat16, "sdpa", False),
+                "bf16, SDPA attention, fused AdamW (train.py)": (torch.bfloat16, "sdpa", True),
+                "bf16, eager attention, fused AdamW": (torch.bfloat16, "eager", True)}
+    steps = {name: training_step(args, *options) for name, options in variants.items()}
     if not args.quick:
-        start = time.perf_counter()
-        rate = training_step_rate(args, torch.bfloat16, "eager", True, compiled=True)
-        print(f"  {'bf16, eager, fused, torch.compile':<52}{rate:7.2f}   (compiling: {time.perf_counter() - start:.0f} s in all)")
+        steps["bf16, SDPA, fused, torch.compile (--compile)"] = training_step(args, torch.bfloat16, "sdpa", True,
+                                                                               compiled=True)
+    for name, seconds in interleaved_medians(steps, args.repeats, warmup=2).items():
+        print(f"  {name:<52}{args.batch_size / seconds:7.2f}")
+    del steps
 
-    print("\nPrediction, model alone: images/s at batch 32 | ms for one image")
-    for variant in ["fp32", "bf16", "int8"] + ([] if args.quick else ["compile"]):
-        rate, single = prediction_rates(args, variant)
-        print(f"  {variant:<52}{rate:7.2f} | {single:6.1f}")
+    print("\nPrediction, model alone: images/s at batch 32 | ms for one image; timed in turns")
+    runs = {variant: prediction_runs(args, variant) for variant in ["fp32", "bf16", "int8"] + ([] if args.quick else ["compile"])}
+    batches = interleaved_medians({name: run[0] for name, run in runs.items()}, args.repeats, warmup=2)
+    singles = interleaved_medians({name: run[1] for name, run in runs.items()}, 4 * args.repeats, warmup=2)
+    for name in runs:
+        print(f"  {name:<52}{32 / batches[name]:7.2f} | {1000 * singles[name]:6.1f}")
 
     print("\nData, ms per image on one core")
     for name, milliseconds in data_costs(args).items():

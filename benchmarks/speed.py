@@ -1,18 +1,19 @@
 """Speed: our training and prediction against transformers.Trainer and transformers.pipeline.
 
-    python benchmarks/speed.py                        # vit-small @224: about 5 minutes on 2 CPU cores
-    python benchmarks/speed.py --model vit-base --train-images 96
+    python benchmarks/speed.py                        # vit-small @224: about 7 minutes on 2 CPU cores
+    python benchmarks/speed.py --model vit-base --train-images 96 --skip compile
 
 Everything runs in this one process, on the same images, the same architecture with the same
 seeded weights (random init: nothing can be downloaded here; or --model DIR for a local
 pre-trained checkpoint), the same batch size, epochs, peak learning rate and worker count:
-  * training, end to end (epochs + validation each epoch): train.py's train() with its defaults
-    (and once more with --precision fp32: the accuracy of the fast path against plain fp32),
-    against transformers.Trainer with the Hugging Face example recipe (RandomResizedCrop + flip +
-    normalise, fp32);
+  * training: train.py's train() with its defaults (and once more with --precision fp32: the
+    accuracy of the fast path against plain fp32) against transformers.Trainer with the Hugging
+    Face example recipe (RandomResizedCrop + flip + normalise, fp32); images/s of the training
+    phase (training loops and decoding) and end to end (with set-up, validation every epoch, saving);
   * prediction of the checkpoint our run saved, decoding and preprocessing included: the median
-    latency of one image and the throughput of batches of 32, predict.py's path (default, and
-    --quantize) against transformers.pipeline; top-1 agreement with our fp32 predictions;
+    latency of one image and the throughput of batches of 32, predict.py's path (fp32, default,
+    --quantize, --compile) against transformers.pipeline, timed in turns; top-1 agreement with
+    our fp32 predictions;
   * achieved model FLOP/s against this machine's measured peak matmul FLOP/s (fp32 and bf16).
 No timing is asserted anywhere: the script prints figures (and --json writes them).
 """
@@ -167,33 +168,44 @@ def timed(function, *arguments, **options) -> tuple[float, object]:
     return time.perf_counter() - start, result
 
 
-def infer_with_pipeline(checkpoint: Path, device: torch.device, paths: list[Path], singles: list[Path]) -> dict:
-    """transformers.pipeline("image-classification") on the same checkpoint and files."""
+def pipeline_classifier(checkpoint: Path, device: torch.device):
+    """transformers.pipeline("image-classification") on our checkpoint: files in, top-1 labels out."""
     from transformers import pipeline
     classify = pipeline("image-classification", model=str(checkpoint), device=device)
-    classify(str(singles[0]))  # warm-up
-    latencies = [timed(classify, str(path))[0] for path in singles]
-    rounds = [timed(classify, [str(p) for p in paths], batch_size=32, top_k=1) for _ in range(ROUNDS)]
-    return {"single_ms": 1000 * statistics.median(latencies),
-            "batch_per_s": len(paths) / statistics.median(seconds for seconds, _ in rounds),
-            "top1": [output[0]["label"] for output in rounds[0][1]]}
+
+    def run(files: list[Path], batch_size: int) -> list[str]:
+        outputs = classify([str(path) for path in files], batch_size=batch_size, top_k=1)
+        return [output[0]["label"] for output in outputs]
+    return run, 0.0
 
 
-def infer_with_ours(checkpoint: Path, device: torch.device, paths: list[Path], singles: list[Path],
-                    precision: str, quantize: bool = False, compile_model: bool = False) -> dict:
-    """predict.py's path: load_checkpoint, prepare_model, predict (decoding and preprocessing included)."""
+def our_classifier(checkpoint: Path, device: torch.device, precision: str, quantize: bool = False,
+                   compile_model: bool = False):
+    """predict.py's path (load_checkpoint, prepare_model, predict: decoding and preprocessing
+    included): files in, top-1 labels out; and the seconds prepare_model took."""
     model, prep, labels = load_checkpoint(checkpoint)
     setup, (model, dtype) = timed(prepare_model, model, device, precision, quantize, compile_model)
 
-    def run(files: list[Path], batch_size: int) -> list[dict]:
-        return predict(model, prep, labels, files, 1, batch_size, device, dtype=dtype)[0]
+    def run(files: list[Path], batch_size: int) -> list[str]:
+        return [result["label"] for result in predict(model, prep, labels, files, 1, batch_size, device, dtype=dtype)[0]]
+    return run, setup
 
-    setup += timed(run, paths[:32], 32)[0] + timed(run, singles[:1], 1)[0]  # warm-up (and compilation)
-    latencies = [timed(run, [path], 1)[0] for path in singles]
-    rounds = [timed(run, paths, 32) for _ in range(ROUNDS)]
-    return {"single_ms": 1000 * statistics.median(latencies),
-            "batch_per_s": len(paths) / statistics.median(seconds for seconds, _ in rounds),
-            "top1": [result["label"] for result in rounds[0][1]], "setup_s": setup}
+
+def time_inference(classifiers: dict, paths: list[Path], singles: list[Path]) -> dict:
+    """Single-image latencies and batch-32 throughput of every classifier, timed in turns (image by
+    image, round by round) so that the shared machine's slow spells hit all of them alike."""
+    results = {name: {"setup_s": setup, "latencies": [], "rounds": []} for name, (_, setup) in classifiers.items()}
+    for name, (run, _) in classifiers.items():  # warm-up, and compilation for --compile
+        results[name]["setup_s"] += timed(run, paths[:32], 32)[0] + timed(run, singles[:1], 1)[0]
+    for path in singles:
+        for name, (run, _) in classifiers.items():
+            results[name]["latencies"].append(timed(run, [path], 1)[0])
+    for _ in range(ROUNDS):
+        for name, (run, _) in classifiers.items():
+            results[name]["rounds"].append(timed(run, paths, 32))
+    return {name: {"single_ms": 1000 * statistics.median(result["latencies"]), "setup_s": result["setup_s"],
+                   "batch_per_s": len(paths) / statistics.median(seconds for seconds, _ in result["rounds"]),
+                   "top1": result["rounds"][0][1]} for name, result in results.items()}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -253,16 +265,16 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = work / "ours" / "best"
     files = [path for path, _ in val + train][:args.inference_images]
     singles = files[:args.single_images]
-    reference = infer_with_ours(checkpoint, device, files, singles, "fp32")
-    inference = {"ours fp32": reference,
-                 "ours (default)": infer_with_ours(checkpoint, device, files, singles, "auto")}
+    classifiers = {"ours fp32": our_classifier(checkpoint, device, "fp32"),
+                   "ours (default)": our_classifier(checkpoint, device, "auto")}
     if device.type == "cpu":
-        inference["ours --quantize"] = infer_with_ours(checkpoint, device, files, singles, "auto", quantize=True)
+        classifiers["ours --quantize"] = our_classifier(checkpoint, device, "auto", quantize=True)
     if "compile" not in args.skip:
-        inference["ours --compile"] = infer_with_ours(checkpoint, device, files, singles, "auto", compile_model=True)
+        classifiers["ours --compile"] = our_classifier(checkpoint, device, "auto", compile_model=True)
     if "pipeline" not in args.skip:
-        inference["pipeline"] = infer_with_pipeline(checkpoint, device, files, singles)
-    reference_top1 = reference["top1"]
+        classifiers["pipeline"] = pipeline_classifier(checkpoint, device)
+    inference = time_inference(classifiers, files, singles)
+    reference_top1 = inference["ours fp32"]["top1"]
     for result in inference.values():
         result["agreement"] = sum(a == b for a, b in zip(result.pop("top1"), reference_top1)) / len(files)
     figures["inference"] = inference

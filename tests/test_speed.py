@@ -1,5 +1,5 @@
 """The speed levers keep results: the decode cache, cached backbone features, bf16 and int8
-prediction, the attention choice and the worker defaults. (Timings live in benchmarks/speed.py.)"""
+prediction, torch.compile and the worker defaults. (Timings live in benchmarks/speed.py.)"""
 from __future__ import annotations
 
 import csv
@@ -75,7 +75,7 @@ def test_head_on_cached_features_trains_like_the_full_forward_pass(pattern_data,
     assert train.main(options + ["--output-dir", str(tmp_path / "full"), "--cache-mb", "0"]) == 0
     assert "computed its features once" not in capsys.readouterr().out
     cached, full = read_rows(tmp_path / "cached" / "metrics.csv"), read_rows(tmp_path / "full" / "metrics.csv")
-    tolerance = 3e-3 if torch.cuda.is_available() else 1e-5  # GPUs: TF32 matmuls round by batch make-up
+    tolerance = 1e-2 if torch.cuda.is_available() else 1e-5  # GPUs: TF32 matmuls round by batch make-up
     for a, b in zip(cached, full, strict=True):
         for column in ("train_loss", "train_acc", "val_loss", "val_acc"):
             assert float(a[column]) == pytest.approx(float(b[column]), abs=tolerance), column
@@ -97,6 +97,7 @@ def test_fast_prediction_agrees_with_fp32(trained_run, pattern_data, tmp_path, c
     images = [str(pattern_data / name) for name in ("horizontal", "plain", "vertical")]
     reports = {}
     for name, extra in (("fp32", ["--precision", "fp32"]), ("fast", options)):
+        extra = extra + ["--device", "cpu"]  # --quantize is for CPUs; the same device for both
         reports[name] = tmp_path / f"{name}.json"
         assert predict.main(["--model", str(trained_run / "best"), "--image", *images, "--json", str(reports[name]),
                              *extra]) == 0
@@ -117,16 +118,6 @@ def test_quantize_refuses_a_gpu_and_makes_linear_layers_int8(trained_run):
     assert dtype is None and len(int8_layers) == 13  # 2 blocks x (query, key, value, output, 2 MLP) + the head
 
 
-def test_attention_is_eager_only_for_cpu_bf16_training(tiny_vit):
-    from transformers import ViTForImageClassification
-    model = ViTForImageClassification.from_pretrained(tiny_vit)
-    cpu = torch.device("cpu")
-    assert devices.choose_attention(model, cpu, torch.bfloat16, training=True) == "eager"
-    assert model.config._attn_implementation == "eager"
-    assert devices.choose_attention(model, cpu, None, training=True) == "sdpa"
-    assert devices.choose_attention(model, cpu, torch.bfloat16, training=False) == "sdpa"
-
-
 def test_worker_default_leaves_small_cpus_to_the_model(monkeypatch):
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert devices.loader_workers(3, cpu) == 3
@@ -142,5 +133,6 @@ def test_train_compile_option_trains_like_eager_and_saves_a_plain_checkpoint(pat
     model = load_checkpoint(tmp_path / "compiled" / "best")[0]  # the plain model was saved: no "_orig_mod." keys
     assert not any(key.startswith("_orig_mod") for key in model.state_dict())
     compiled, eager = (read_rows(tmp_path / name / "metrics.csv")[0] for name in ("compiled", "eager"))
-    for column in ("train_loss", "val_loss"):  # the compiled kernels round differently, nothing more
-        assert float(compiled[column]) == pytest.approx(float(eager[column]), abs=2e-3), column
+    tolerance = 1e-2 if torch.cuda.is_available() else 2e-3  # compiled kernels round differently (TF32 on GPUs)
+    for column in ("train_loss", "val_loss"):
+        assert float(compiled[column]) == pytest.approx(float(eager[column]), abs=tolerance), column
