@@ -16,10 +16,9 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from images import load_image
+from images import DECODE_ERRORS, load_image
 
 # The errors classifier.ImageFolderDataset catches: what makes training skip a file.
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 IMBALANCE_THRESHOLD = 3.0  # largest / smallest class from which class weighting is worth it
 HEAD_BYTES = 64 * 1024  # same-size files are compared on this much first, before a full read
 EXAMPLES = 3  # example paths of small images shown per class

@@ -24,7 +24,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from images import IMAGE_EXTENSIONS, load_image
+from images import DECODE_ERRORS, IMAGE_EXTENSIONS, load_image
 
 
 class UserError(Exception):
@@ -114,9 +114,6 @@ def load_splits(root: Path, val_split: float, seed: int):
     return sorted(classes), *stratified_split(classes, val_split, seed)
 
 
-UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
-
-
 class ImageFolderDataset(Dataset):
     """(path, label) samples decoded on demand. A file that fails to decode yields
     ``(None, label, path, reason)`` instead of raising, so one bad image never stops a run.
@@ -141,7 +138,7 @@ class ImageFolderDataset(Dataset):
             return self.cache[index]
         try:
             return self.transform.decode(load_image(self.samples[index][0], self.decode_size))
-        except UNREADABLE as error:
+        except DECODE_ERRORS as error:
             return f"{type(error).__name__}: {error}"
 
     def __getitem__(self, index: int):

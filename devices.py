@@ -10,6 +10,10 @@ import torch
 from classifier import UserError
 
 
+PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
+PRECISION_HELP = "autocast precision; auto: bf16 where the device supports it, else fp16 on CUDA, else fp32"
+
+
 def pick_device(name: str) -> torch.device:
     """``auto`` prefers CUDA, then Apple's MPS, then the CPU."""
     if name == "auto":

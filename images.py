@@ -13,6 +13,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+# What load_image raises for a file that can't be read as an image: callers catch exactly these.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 # Transparent pixels are laid on mid-grey: neutral after normalisation, unlike black.
 TRANSPARENCY_BACKGROUND = (128, 128, 128)
 

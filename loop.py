@@ -52,6 +52,12 @@ class Run:
         return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None if self.world.is_main else True)
 
 
+def sum_dtype(device: torch.device) -> torch.dtype:
+    """Running sums kept on the device (read once at the end, so the CPU never waits for the GPU
+    mid-loop): float64 keeps counts exact; Apple's MPS has no float64."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def check_classes_readable(bad_files: dict, samples: list[tuple[Path, int]], labels: list[str]) -> None:
     """Training cannot learn a class whose every training image is unreadable: say so."""
     for index, name in enumerate(labels):
@@ -67,9 +73,9 @@ def train_epoch(run: Run, loader: DataLoader, epoch: int, first_step: int, total
     args = run.args
     run.model.train()
     step, micro, stepped = first_step, 0, False
-    # Loss and top-1 sums stay on the device and are read once at the end: reading them every step
-    # would make the CPU wait for the GPU, instead of queueing the next step while it computes.
-    running = torch.zeros(2, dtype=torch.float32 if run.device.type == "mps" else torch.float64, device=run.device)
+    # Loss and top-1 sums stay on the device (sum_dtype): reading them every step would make the CPU
+    # wait for the GPU instead of queueing the next step while it computes.
+    running = torch.zeros(2, dtype=sum_dtype(run.device), device=run.device)
     count = totals["count"]
     bar = run.bar(loader, f"epoch {epoch}/{args.epochs} train")
     for images, labels, _, bad in bar:
@@ -118,8 +124,8 @@ def evaluate(run: Run, net: torch.nn.Module, loader: DataLoader, num_classes: in
     """Loss, top-1, top-3 and macro-F1 of ``net`` over the whole set (summed over processes), and
     the confusion matrix. ``keep_outputs`` also returns every logit row, label and path (one process)."""
     net.eval()
-    sums = torch.zeros(4, dtype=torch.float32 if run.device.type == "mps" else torch.float64, device=run.device)
-    # loss, top-1 hits, top-3 hits, images: summed on the device, read once at the end
+    sums = torch.zeros(3, dtype=sum_dtype(run.device), device=run.device)  # loss, top-1 and top-3 hits
+    count = 0
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=run.device)
     outputs = {"logits": [], "labels": [], "paths": []}
     for images, labels, paths, bad in run.bar(loader, desc):
@@ -131,14 +137,14 @@ def evaluate(run: Run, net: torch.nn.Module, loader: DataLoader, num_classes: in
             logits = net(pixel_values=images).logits.float()
         top = logits.topk(min(3, num_classes), dim=1).indices
         sums += torch.stack([F.cross_entropy(logits, labels, reduction="sum"), (top[:, 0] == labels).sum(),
-                             (top == labels[:, None]).any(dim=1).sum(), torch.tensor(len(labels), device=run.device)]
-                            ).to(sums.dtype)
+                             (top == labels[:, None]).any(dim=1).sum()]).to(sums.dtype)
+        count += len(labels)
         confusion += torch.bincount(labels * num_classes + top[:, 0], minlength=num_classes ** 2).view_as(confusion)
         if keep_outputs:
             outputs["logits"].append(logits.cpu())
             outputs["labels"].append(labels.cpu())
             outputs["paths"] += paths
-    loss, top1, top3, count = sum_across(sums.tolist(), run.world, run.device)
+    loss, top1, top3, count = sum_across(sums.tolist() + [count], run.world, run.device)
     confusion = sum_tensor_across(confusion, run.world).cpu()
     count_or_1 = max(1.0, count)
     stats = {"loss": loss / count_or_1, "acc": top1 / count_or_1, "top3": top3 / count_or_1,

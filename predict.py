@@ -21,7 +21,7 @@ from torchvision.transforms import v2
 from checkpoint import load_checkpoint, read_info
 from classifier import (HelpFormatter, ImageFolderDataset, Preprocessing, UserError, collate_skipping_bad,
                         eval_transform, list_images)
-from devices import autocast, autocast_dtype, pick_device
+from devices import PRECISION_HELP, PRECISIONS, autocast, autocast_dtype, pick_device
 from export import load_onnx, quantize_int8
 
 MAX_PICTURES = 24  # --visualize draws at most this many images, to keep the figure readable
@@ -43,13 +43,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="test-time augmentation: average over the image, its mirror and a zoomed centre "
                         "(and its mirror); 4x the compute")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="where to run")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="autocast precision; auto: bf16 where the device supports it, else fp16 on CUDA, else fp32")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
     p.add_argument("--quantize", action="store_true",
                    help="CPU only: int8 weights for every linear layer (dynamic quantization); the fastest on "
                         "CPUs, especially for single images; check agreement with benchmarks/speed.py")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the model first (about 20 s): pays for folders of thousands of images")
+                   help="torch.compile the model first (20-30 s): pays for folders of thousands of images")
     p.add_argument("--json", metavar="FILE", help="also write the predictions as JSON to FILE ('-': stdout)")
     p.add_argument("--visualize", type=Path, metavar="OUT.png",
                    help=f"save the images with their top-k labels and confidence bars (first {MAX_PICTURES})")

@@ -190,7 +190,7 @@ def evaluate_checkpoint(args: argparse.Namespace, given: set[str]) -> dict:
     device = pick_device(args.device)
     run = Run(model.to(device), model, device, autocast_dtype(device, args.precision), World(), args)
     loader = DataLoader(ImageFolderDataset(samples, eval_transform(prep), prep.resize_size), batch_size=args.batch_size,
-                        num_workers=args.num_workers, collate_fn=collate_skipping_bad)
+                        num_workers=loader_workers(args.num_workers, device), collate_fn=collate_skipping_bad)
     evaluation = evaluate(run, model, loader, len(labels), f"evaluating {root}", keep_outputs=True)
     if "logits" not in evaluation:
         raise UserError(f"no readable image in {root}")

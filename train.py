@@ -26,7 +26,7 @@ from audit import audit_dataset, format_report
 from checkpoint import check_output_dir, save_model
 from classifier import (HelpFormatter, ImageFolderDataset, UserError, collate_skipping_bad, eval_transform,
                         fill_caches, load_splits, train_transform)
-from devices import autocast_dtype, configure_backends, loader_workers, pick_device
+from devices import PRECISION_HELP, PRECISIONS, autocast_dtype, configure_backends, loader_workers, pick_device
 from distributed import EpochSampler, ShardSampler, World, close_world, init_world, merge_dicts_across, sum_across
 from features import HeadOnly, can_cache_features, extract_features
 from loop import Run, check_classes_readable, evaluate, train_epoch
@@ -108,8 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42, help="seed for the split, augmentation and initialisation")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                    help="where to train; auto picks a GPU when there is one")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="autocast precision; auto: bf16 where the device supports it, else fp16 on CUDA, else fp32")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
     p.add_argument("--num-workers", type=int, default=None,
                    help="DataLoader worker processes decoding and augmenting images (default: 0 on CPUs with up "
                         "to 4 cores, whose cores the model needs; 2 on bigger CPUs; up to 8 with a GPU)")
@@ -224,6 +223,7 @@ def _train(args: argparse.Namespace, state: dict | None, world: World, device: t
         start = time.time()
         train_data, val_data = (extract_features(model, s, args.batch_size, device, dtype) for s in (train_set, val_set))
         as_net = HeadOnly
+        train_set.cache.clear()  # no longer read: free its memory (the validation images serve the report)
         say(f"Frozen backbone, no augmentation: computed its features once in {time.time() - start:.1f}s; "
             f"the epochs train the head on them")
     sample_weights = None
