@@ -21,7 +21,7 @@ from torchvision.transforms import v2
 from checkpoint import load_checkpoint, read_info
 from classifier import (HelpFormatter, ImageFolderDataset, Preprocessing, UserError, collate_skipping_bad,
                         eval_transform, list_images)
-from devices import PRECISION_HELP, PRECISIONS, autocast, autocast_dtype, pick_device
+from devices import PRECISION_HELP, PRECISIONS, autocast, autocast_dtype, pick_device, run_in_bf16
 from export import load_onnx, quantize_int8
 
 MAX_PICTURES = 24  # --visualize draws at most this many images, to keep the figure readable
@@ -100,11 +100,13 @@ def prepare_model(model: torch.nn.Module, device: torch.device, precision: str =
             raise UserError("--quantize uses int8 CPU kernels; on a GPU use --precision bf16 or fp16 instead")
         return quantize_int8(model.eval()), None
     model.to(device).eval()
+    dtype = autocast_dtype(device, precision)
+    run_in_bf16(model, device, dtype, training=False)
     if compile_model:
         import torch._inductor.config
         torch._inductor.config.freezing = True  # inference only: constant-fold the weights into the kernels
         model = torch.compile(model)
-    return model, autocast_dtype(device, precision)
+    return model, dtype
 
 
 def predict(model: torch.nn.Module, prep: Preprocessing, labels: list[str], paths: list[Path],

@@ -26,7 +26,8 @@ from audit import audit_dataset, format_report
 from checkpoint import check_output_dir, save_model
 from classifier import (HelpFormatter, ImageFolderDataset, UserError, collate_skipping_bad, eval_transform,
                         fill_caches, load_splits, train_transform)
-from devices import PRECISION_HELP, PRECISIONS, autocast_dtype, configure_backends, loader_workers, pick_device
+from devices import (PRECISION_HELP, PRECISIONS, autocast_dtype, configure_backends, loader_workers, pick_device,
+                     run_in_bf16)
 from distributed import EpochSampler, ShardSampler, World, close_world, init_world, merge_dicts_across, sum_across
 from features import HeadOnly, can_cache_features, extract_features
 from loop import Run, check_classes_readable, evaluate, train_epoch
@@ -200,6 +201,7 @@ def _train(args: argparse.Namespace, state: dict | None, world: World, device: t
         (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
     model.to(device)
     configure_backends(device)
+    run_in_bf16(model, device, dtype, training=True)
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     if world.is_main:  # best + last + optimizer moments + EMA + one copy while a save is swapped in
         check_output_dir(args.output_dir, needed_bytes=(6 + (args.ema > 0)) * model_bytes + 2**20)

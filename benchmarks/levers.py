@@ -6,9 +6,11 @@
 benchmarks/speed.py compares whole runs with Hugging Face's Trainer and pipeline; this script
 isolates the levers behind them, on random inputs (no data needed), so each choice in train.py
 and predict.py can be checked on your own machine:
-  * training step (forward, backward, AdamW): fp32 vs bf16 autocast; SDPA vs plain (eager)
-    attention; fused vs foreach AdamW; torch.compile;
-  * prediction at batch 32 and batch 1: fp32, bf16, dynamic int8, torch.compile (inductor freezing);
+  * training step (forward, backward, AdamW): fp32 vs bf16 autocast; SDPA vs eager vs bf16-softmax
+    attention; bf16 activations between blocks (devices.run_in_bf16); fused vs foreach AdamW;
+    torch.compile;
+  * prediction at batch 32 and batch 1: fp32, bf16 autocast alone, predict.py's bf16 (the whole
+    model in bf16, bf16-softmax attention), dynamic int8, torch.compile (inductor freezing);
   * the data side, per image: decoding a big JPEG with and without Pillow's draft mode, and each
     augmentation step on the cached uint8 image.
 Every figure is the median of several timed repeats after a warm-up.
@@ -29,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from devices import autocast  # noqa: E402
+from devices import autocast, run_in_bf16  # noqa: E402
 from model import PRESETS, create_model  # noqa: E402
 
 
@@ -66,9 +68,12 @@ def fresh_model(args, attention: str = "sdpa") -> torch.nn.Module:
     return model
 
 
-def training_step(args, dtype, attention: str, fused: bool, compiled: bool = False):
-    """A function doing one forward + backward + AdamW step at --batch-size."""
+def training_step(args, dtype, attention: str, fused: bool, compiled: bool = False, as_train_py: bool = False):
+    """A function doing one forward + backward + AdamW step at --batch-size; ``as_train_py``: with
+    train.py's run_in_bf16 (bf16-softmax attention, bf16 activations between blocks)."""
     model = fresh_model(args, attention).train()
+    if as_train_py:
+        run_in_bf16(model, torch.device("cpu"), dtype, training=True)
     optimizer = torch.optim.AdamW(model.parameters(), 1e-4, fused=fused or None, foreach=None if fused else True)
     net = torch.compile(model) if compiled else model
     images = torch.randn(args.batch_size, 3, args.image_size, args.image_size)
@@ -86,8 +91,11 @@ def training_step(args, dtype, attention: str, fused: bool, compiled: bool = Fal
 def prediction_runs(args, variant: str):
     """(batch-32 function, one-image function) of the model alone in inference mode, as predict.py prepares it."""
     from predict import prepare_model
-    model, dtype = prepare_model(fresh_model(args), torch.device("cpu"), "fp32" if variant == "fp32" else "bf16",
-                                 quantize=variant == "int8", compile_model=variant == "compile")
+    if variant == "bf16 autocast alone":
+        model, dtype = fresh_model(args).eval(), torch.bfloat16
+    else:
+        model, dtype = prepare_model(fresh_model(args), torch.device("cpu"), "fp32" if variant == "fp32" else "bf16",
+                                     quantize=variant == "int8", compile_model=variant == "compile")
     batch = torch.randn(32, 3, args.image_size, args.image_size)
 
     def run(images):
@@ -138,20 +146,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.model} @ {args.image_size}px, {args.threads} threads, batch {args.batch_size}")
 
     print("\nTraining step (forward + backward + AdamW), images/s; variants timed in turns")
+    bf16 = torch.bfloat16
     variants = {"fp32, SDPA attention, foreach AdamW": (None, "sdpa", False),
-                "bf16, SDPA attention, foreach AdamW": (torch.bfloat16, "sdpa", False),
-                "bf16, SDPA attention, fused AdamW (train.py)": (torch.bfloat16, "sdpa", True),
-                "bf16, eager attention, fused AdamW": (torch.bfloat16, "eager", True)}
-    steps = {name: training_step(args, *options) for name, options in variants.items()}
+                "bf16, SDPA attention, foreach AdamW": (bf16, "sdpa", False),
+                "bf16, SDPA attention, fused AdamW": (bf16, "sdpa", True),
+                "bf16, eager attention, fused AdamW": (bf16, "eager", True),
+                "bf16, bf16-softmax attention, fused AdamW": (bf16, "bf16_softmax", True),
+                "  + bf16 between blocks (train.py)": (bf16, "sdpa", True, False, True)}
     if not args.quick:
-        steps["bf16, SDPA, fused, torch.compile (--compile)"] = training_step(args, torch.bfloat16, "sdpa", True,
-                                                                               compiled=True)
+        variants["  + torch.compile (--compile)"] = (bf16, "sdpa", True, True, True)
+    steps = {name: training_step(args, *options) for name, options in variants.items()}
     for name, seconds in interleaved_medians(steps, args.repeats, warmup=2).items():
         print(f"  {name:<52}{args.batch_size / seconds:7.2f}")
     del steps
 
     print("\nPrediction, model alone: images/s at batch 32 | ms for one image; timed in turns")
-    runs = {variant: prediction_runs(args, variant) for variant in ["fp32", "bf16", "int8"] + ([] if args.quick else ["compile"])}
+    runs = {variant: prediction_runs(args, variant) for variant in ["fp32", "bf16 autocast alone", "bf16", "int8"]
+            + ([] if args.quick else ["compile"])}
     batches = interleaved_medians({name: run[0] for name, run in runs.items()}, args.repeats, warmup=2)
     singles = interleaved_medians({name: run[1] for name, run in runs.items()}, 4 * args.repeats, warmup=2)
     for name in runs:

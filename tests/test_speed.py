@@ -136,3 +136,41 @@ def test_train_compile_option_trains_like_eager_and_saves_a_plain_checkpoint(pat
     tolerance = 1e-2 if torch.cuda.is_available() else 2e-3  # compiled kernels round differently (TF32 on GPUs)
     for column in ("train_loss", "val_loss"):
         assert float(compiled[column]) == pytest.approx(float(eager[column]), abs=tolerance), column
+
+
+def test_bf16_on_cpus_runs_attention_and_activations_in_bf16_with_the_same_answers(tiny_vit):
+    import copy
+    from model import create_model
+    cpu, bf16 = torch.device("cpu"), torch.bfloat16
+    torch.manual_seed(0)
+    reference = create_model(str(tiny_vit), ["a", "b", "c"])[0].eval()  # fp32, PyTorch's SDPA attention
+    images = torch.randn(16, 3, 32, 32)
+    with torch.no_grad():
+        expected = reference(pixel_values=images).logits
+    for device, dtype in ((torch.device("cuda"), bf16), (cpu, None)):  # GPUs and fp32 are left alone
+        untouched = copy.deepcopy(reference)
+        devices.run_in_bf16(untouched, device, dtype, training=True)
+        assert untouched.config._attn_implementation == "sdpa" and not untouched.vit.embeddings._forward_hooks
+
+    same_maths = copy.deepcopy(reference)  # the attention function alone, in fp32: transformers' eager maths
+    same_maths.set_attn_implementation("bf16_softmax")
+    with torch.no_grad():
+        assert torch.allclose(same_maths(pixel_values=images).logits, expected, atol=1e-5)
+
+    trained, served = copy.deepcopy(reference).train(), copy.deepcopy(reference)
+    devices.run_in_bf16(trained, cpu, bf16, training=True)
+    devices.run_in_bf16(served, cpu, bf16, training=False)
+    assert trained.config._attn_implementation == served.config._attn_implementation == "bf16_softmax"
+    assert {p.dtype for p in trained.parameters()} == {torch.float32}  # AdamW updates fp32 weights
+    assert {p.dtype for p in served.parameters()} == {bf16}
+    with devices.autocast(cpu, bf16):
+        output = trained(pixel_values=images, output_hidden_states=True)
+        loss = output.logits.float().logsumexp(dim=1).mean()
+    assert {hidden.dtype for hidden in output.hidden_states} == {bf16}
+    loss.backward()
+    assert all(p.grad.dtype == torch.float32 and p.grad.isfinite().all() for p in trained.parameters())
+    with torch.no_grad(), devices.autocast(cpu, bf16):
+        for model in (trained.eval(), served):
+            logits = model(pixel_values=images).logits.float()
+            assert (logits - expected).abs().max() < 0.05 * expected.abs().max()
+            assert (logits.argmax(1) == expected.argmax(1)).float().mean() >= 0.9
