@@ -48,9 +48,10 @@ def make_classify(model_dir: Path, device_name: str, batch_size: int):
     ``results`` lists {"name", "image" (its path), "predictions": [{"label", "confidence"}]} in upload
     order, as predict.predict gives them; ``errors`` is Markdown naming each unreadable upload and why."""
     from checkpoint import load_checkpoint, read_info
-    from devices import pick_device
+    from devices import keep_freed_memory, pick_device
     from predict import predict, prepare_model
 
+    keep_freed_memory()  # as predict.py: no page faults for every upload's activations
     model, prep, labels = load_checkpoint(model_dir)
     temperature = read_info(model_dir).get("temperature", 1.0)  # calibrated confidences, as predict.py
     device = pick_device(device_name)

@@ -1,7 +1,9 @@
 """Where the maths runs: device choice and mixed precision, shared by train.py and predict.py."""
 from __future__ import annotations
 
+import ctypes
 import os
+import platform
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -14,6 +16,8 @@ from classifier import UserError
 
 
 PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt() parameters, from <malloc.h>
+KEEP_FREED_BYTES = 2**30
 PRECISION_HELP = "autocast precision; auto: bf16 where the device supports it, else fp16 on CUDA, else fp32"
 
 
@@ -99,6 +103,21 @@ def configure_backends(device: torch.device) -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc serve big tensors from its heap and keep freed memory for reuse. By default it maps
+    fresh pages from the OS for every block over 32 MB and unmaps them on free, so each forward pass
+    page-faults its activations in anew: in fresh processes here that cost about 25% of prediction
+    time and 8% of a training step. The price: up to 1 GiB of freed memory stays with the process.
+    Returns False, changing nothing, where the C library is not glibc (macOS, Windows, musl)."""
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, KEEP_FREED_BYTES) and libc.mallopt(M_TRIM_THRESHOLD, KEEP_FREED_BYTES))
 
 
 def loader_workers(requested: int | None, device: torch.device) -> int:

@@ -26,8 +26,8 @@ from audit import audit_dataset, format_report
 from checkpoint import check_output_dir, save_model
 from classifier import (HelpFormatter, ImageFolderDataset, UserError, collate_skipping_bad, eval_transform,
                         fill_caches, load_splits, train_transform)
-from devices import (PRECISION_HELP, PRECISIONS, autocast_dtype, configure_backends, loader_workers, pick_device,
-                     run_in_bf16)
+from devices import (PRECISION_HELP, PRECISIONS, autocast_dtype, configure_backends, keep_freed_memory, loader_workers,
+                     pick_device, run_in_bf16)
 from distributed import EpochSampler, ShardSampler, World, close_world, init_world, merge_dicts_across, sum_across
 from features import HeadOnly, can_cache_features, extract_features
 from loop import Run, check_classes_readable, evaluate, train_epoch
@@ -356,6 +356,7 @@ def _train(args: argparse.Namespace, state: dict | None, world: World, device: t
 
 def main(argv: list[str] | None = None) -> int:
     args, given = parse_args(argv)
+    keep_freed_memory()
     try:
         if args.evaluate:
             evaluate_checkpoint(args, given)

@@ -12,14 +12,18 @@ and predict.py can be checked on your own machine:
   * prediction at batch 32 and batch 1: fp32, bf16 autocast alone, predict.py's bf16 (the whole
     model in bf16, bf16-softmax attention), dynamic int8, torch.compile (inductor freezing);
   * the data side, per image: decoding a big JPEG with and without Pillow's draft mode, and each
-    augmentation step on the cached uint8 image.
+    augmentation step on the cached uint8 image;
+  * glibc's allocator left as it is or told to keep freed memory (devices.keep_freed_memory, which
+    train.py and predict.py call): fresh processes, as users run them, alternating.
 Every figure is the median of several timed repeats after a warm-up.
 """
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import statistics
+import subprocess
 import sys
 import time
 import warnings
@@ -31,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from devices import autocast, run_in_bf16  # noqa: E402
+from devices import autocast, keep_freed_memory, run_in_bf16  # noqa: E402
 from model import PRESETS, create_model  # noqa: E402
 
 
@@ -132,6 +136,27 @@ def data_costs(args) -> dict[str, float]:
     return {name: 1000 * seconds for name, seconds in costs.items()}
 
 
+def fresh_process_figures(args) -> dict[str, float]:
+    """Images/s of train.py's step and of bf16 and int8 prediction batches, in this (new) process."""
+    figures = {"training step": (training_step(args, torch.bfloat16, "sdpa", True, as_train_py=True), args.batch_size)}
+    for variant in ("bf16", "int8"):
+        figures[f"{variant} prediction, batch 32"] = (prediction_runs(args, variant)[0], 32)
+    return {name: size / median_seconds(run, args.repeats) for name, (run, size) in figures.items()}
+
+
+def allocator_figures(args, rounds: int = 2) -> dict[str, dict[str, float]]:
+    """fresh_process_figures without and with keep_freed_memory, each in new processes, alternating."""
+    results = {"as glibc leaves it": [], "keep_freed_memory (train.py, predict.py)": []}
+    for _ in range(rounds):
+        for keep, name in zip(("off", "on"), results):
+            command = [sys.executable, __file__, "--model", args.model, "--image-size", str(args.image_size),
+                       "--batch-size", str(args.batch_size), "--repeats", str(args.repeats), "--allocator", keep]
+            results[name].append(json.loads(subprocess.run(command, capture_output=True, text=True,
+                                                            check=True).stdout.splitlines()[-1]))
+    return {name: {figure: statistics.median(run[figure] for run in runs) for figure in runs[0]}
+            for name, runs in results.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default="vit-small", choices=list(PRESETS), help="preset architecture (random weights)")
@@ -140,9 +165,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=6, help="timed repeats per figure (the median is shown)")
     p.add_argument("--quick", action="store_true", help="skip torch.compile (each compile takes 20-60 s)")
     p.add_argument("--work", default="/tmp", help="where the test JPEG is written")
+    p.add_argument("--allocator", choices=["on", "off"], help=argparse.SUPPRESS)  # the fresh processes' mode
     args = p.parse_args(argv)
     args.threads = torch.get_num_threads()
     warnings.filterwarnings("ignore")
+    if args.allocator:
+        if args.allocator == "on":
+            keep_freed_memory()
+        print(json.dumps(fresh_process_figures(args)))
+        return 0
+    keep_freed_memory()  # as train.py and predict.py
     print(f"{args.model} @ {args.image_size}px, {args.threads} threads, batch {args.batch_size}")
 
     print("\nTraining step (forward + backward + AdamW), images/s; variants timed in turns")
@@ -167,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     singles = interleaved_medians({name: run[1] for name, run in runs.items()}, 4 * args.repeats, warmup=2)
     for name in runs:
         print(f"  {name:<52}{32 / batches[name]:7.2f} | {1000 * singles[name]:6.1f}")
+
+    print("\nMemory allocator, images/s in fresh processes (medians of 2 each, alternating)")
+    for name, figures in allocator_figures(args).items():
+        print(f"  {name}: " + ", ".join(f"{figure} {rate:.2f}" for figure, rate in figures.items()))
 
     print("\nData, ms per image on one core")
     for name, milliseconds in data_costs(args).items():

@@ -12,14 +12,15 @@ pre-trained checkpoint), the same batch size, epochs, peak learning rate and wor
     phase (training loops and decoding) and end to end (with set-up, validation every epoch, saving);
   * prediction of the checkpoint our run saved, decoding and preprocessing included: the median
     latency of one image and the throughput of batches of 32, predict.py's path (fp32, default,
-    --quantize, --compile) against transformers.pipeline, timed in turns; top-1 agreement with
-    our fp32 predictions;
+    --quantize, --compile, --runtime openvino when installed) against transformers.pipeline, timed
+    in turns; top-1 agreement with our fp32 predictions;
   * achieved model FLOP/s against this machine's measured peak matmul FLOP/s (fp32 and bf16).
 No timing is asserted anywhere: the script prints figures (and --json writes them).
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import sys
@@ -34,7 +35,7 @@ import torch  # noqa: E402  (after the path, like the imports of our modules bel
 
 from checkpoint import load_checkpoint  # noqa: E402
 from classifier import ImageFolderDataset, load_splits  # noqa: E402
-from devices import autocast_dtype, pick_device  # noqa: E402
+from devices import autocast_dtype, keep_freed_memory, pick_device  # noqa: E402
 from model import PRESETS, create_model  # noqa: E402
 from predict import predict, prepare_model  # noqa: E402
 from synthetic import generate_data  # noqa: E402
@@ -180,11 +181,11 @@ def pipeline_classifier(checkpoint: Path, device: torch.device):
 
 
 def our_classifier(checkpoint: Path, device: torch.device, precision: str, quantize: bool = False,
-                   compile_model: bool = False):
+                   compile_model: bool = False, runtime: str = "pytorch"):
     """predict.py's path (load_checkpoint, prepare_model, predict: decoding and preprocessing
     included): files in, top-1 labels out; and the seconds prepare_model took."""
     model, prep, labels = load_checkpoint(checkpoint)
-    setup, (model, dtype) = timed(prepare_model, model, device, precision, quantize, compile_model)
+    setup, (model, dtype) = timed(prepare_model, model, device, precision, quantize, compile_model, runtime)
 
     def run(files: list[Path], batch_size: int) -> list[str]:
         return [result["label"] for result in predict(model, prep, labels, files, 1, batch_size, device, dtype=dtype)[0]]
@@ -222,9 +223,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--single-images", type=int, default=20, help="images timed one at a time (median)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where everything runs")
     p.add_argument("--ours", default="", help="extra train.py options for our run, e.g. '--cache-mb 0' (a lever)")
-    p.add_argument("--skip", nargs="*", default=[], choices=["trainer", "fp32", "inference", "pipeline", "compile"],
+    p.add_argument("--skip", nargs="*", default=[], choices=["trainer", "fp32", "inference", "pipeline", "compile", "openvino"],
                    help="leave parts out: the Trainer run, our fp32 run, all prediction, the pipeline, our --compile "
-                        "prediction")
+                        "or --runtime openvino prediction")
     p.add_argument("--seed", type=int, default=42, help="seed of the split, weights and augmentation of both")
     p.add_argument("--work", type=Path, default=None, help="where data and checkpoints go (default: a temp dir)")
     p.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
@@ -235,6 +236,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    keep_freed_memory()  # what train.py and predict.py do at start; here it serves Hugging Face's paths alike
     work = args.work or Path(tempfile.mkdtemp(prefix="speed-bench-"))
     device = pick_device(args.device)
     if args.data is None:
@@ -271,6 +273,11 @@ def main(argv: list[str] | None = None) -> int:
         classifiers["ours --quantize"] = our_classifier(checkpoint, device, "auto", quantize=True)
     if "compile" not in args.skip:
         classifiers["ours --compile"] = our_classifier(checkpoint, device, "auto", compile_model=True)
+    if device.type == "cpu" and "openvino" not in args.skip:
+        if importlib.util.find_spec("openvino"):
+            classifiers["ours --runtime openvino"] = our_classifier(checkpoint, device, "auto", runtime="openvino")
+        else:
+            print("note: no openvino package, so no --runtime openvino row (pip install -r requirements-extras.txt)")
     if "pipeline" not in args.skip:
         classifiers["pipeline"] = pipeline_classifier(checkpoint, device)
     inference = time_inference(classifiers, files, singles)
@@ -315,13 +322,13 @@ def print_tables(figures: dict, args: argparse.Namespace, n_train: int, fast_dty
         return
     pipe = inference.get("pipeline")
     print("\nPrediction, decoding and preprocessing included (batch: 32 images per call)")
-    print(f"{'path':<18}{'1 image ms':>11}{'vs pipeline':>12}{'batch img/s':>12}{'vs pipeline':>12}"
+    print(f"{'path':<26}{'1 image ms':>11}{'vs pipeline':>12}{'batch img/s':>12}{'vs pipeline':>12}"
           f"{'top-1 = fp32':>13}   achieved (batch)")
     for name, result in inference.items():
         single = f"{result['single_ms'] / pipe['single_ms']:.2f}x" if pipe else "-"
         batch = f"{result['batch_per_s'] / pipe['batch_per_s']:.2f}x" if pipe else "-"
-        precision = fast if name in ("ours (default)", "ours --compile") else "fp32"
-        print(f"{name:<18}{result['single_ms']:11.1f}{single:>12}{result['batch_per_s']:12.1f}{batch:>12}"
+        precision = fast if name in ("ours (default)", "ours --compile", "ours --runtime openvino") else "fp32"
+        print(f"{name:<26}{result['single_ms']:11.1f}{single:>12}{result['batch_per_s']:12.1f}{batch:>12}"
               f"{100 * result['agreement']:12.1f}%   {of_peak(flops * result['batch_per_s'], precision)}"
               + (f"  (setup {result['setup_s']:.0f}s)" if result.get("setup_s", 0) > 5 else ""))
 

@@ -1,9 +1,14 @@
-"""The speed levers keep results: the decode cache, cached backbone features, bf16 and int8
-prediction, torch.compile and the worker defaults. (Timings live in benchmarks/speed.py.)"""
+"""The speed levers keep results: the decode cache, cached backbone features, bf16 on CPUs, int8 and
+OpenVINO prediction, torch.compile, the allocator setting and the worker defaults. (Timings live in
+benchmarks/speed.py and benchmarks/levers.py.)"""
 from __future__ import annotations
 
 import csv
 import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -92,8 +97,10 @@ def test_features_are_cached_only_when_every_epoch_would_see_the_same():
         assert not can_cache_features(type(args)(**{**vars(args), **change})), change
 
 
-@pytest.mark.parametrize("options", [["--precision", "bf16"], ["--quantize"]])
+@pytest.mark.parametrize("options", [["--precision", "bf16"], ["--quantize"], ["--runtime", "openvino"]])
 def test_fast_prediction_agrees_with_fp32(trained_run, pattern_data, tmp_path, capsys, options):
+    if "openvino" in options:
+        pytest.importorskip("openvino", reason="needs the extras: pip install -r requirements-extras.txt")
     images = [str(pattern_data / name) for name in ("horizontal", "plain", "vertical")]
     reports = {}
     for name, extra in (("fp32", ["--precision", "fp32"]), ("fast", options)):
@@ -116,6 +123,43 @@ def test_quantize_refuses_a_gpu_and_makes_linear_layers_int8(trained_run):
     quantized, dtype = predict.prepare_model(model, torch.device("cpu"), quantize=True)
     int8_layers = [m for m in quantized.modules() if isinstance(m, torch.ao.nn.quantized.dynamic.Linear)]
     assert dtype is None and len(int8_layers) == 13  # 2 blocks x (query, key, value, output, 2 MLP) + the head
+
+
+def test_openvino_runtime_says_what_is_missing_or_conflicting(trained_run, pattern_data, monkeypatch, capsys):
+    options = ["--model", str(trained_run / "best"), "--image", str(pattern_data / "plain"), "--runtime", "openvino"]
+    for conflict in (["--quantize"], ["--compile"], ["--device", "cuda"]):
+        with pytest.raises(SystemExit) as stopped:
+            predict.main(options + conflict)
+        assert stopped.value.code == 2 and "--runtime openvino runs on the CPU" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if it were not installed: importing it fails
+    assert predict.main(options) == 2
+    assert "--runtime openvino needs the openvino package: pip install openvino" in capsys.readouterr().err
+
+
+ALLOCATOR_PROBE = """
+import ctypes, json, torch, devices
+class MallInfo(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo
+def mapped_by_64_mib():
+    before = libc.mallinfo2().hblkhd  # bytes in blocks mapped from the OS one by one
+    block = torch.empty(64 * 2**20, dtype=torch.uint8)
+    mapped, heap = libc.mallinfo2().hblkhd - before, libc.mallinfo2().arena
+    del block
+    return mapped, libc.mallinfo2().arena == heap  # after the free: the heap kept its memory?
+default = mapped_by_64_mib()
+print(json.dumps({"default": default, "changed": devices.keep_freed_memory(), "kept": mapped_by_64_mib()}))
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="keep_freed_memory tunes glibc's allocator")
+def test_keep_freed_memory_serves_big_tensors_from_the_heap_and_keeps_them():
+    probe = subprocess.run([sys.executable, "-c", ALLOCATOR_PROBE], capture_output=True, text=True, check=True,
+                           cwd=Path(devices.__file__).parent)  # a fresh process: the setting stays out of this one
+    figures = json.loads(probe.stdout)
+    assert figures["default"][0] >= 64 * 2**20  # glibc's default: mapped from the OS, given back on free
+    assert figures["changed"] and figures["kept"] == [0, True]
 
 
 def test_worker_default_leaves_small_cpus_to_the_model(monkeypatch):
