@@ -1,6 +1,7 @@
 """Speed: our training and prediction against transformers.Trainer and transformers.pipeline.
 
-    python benchmarks/speed.py                        # vit-small @224: about 7 minutes on 2 CPU cores
+    python benchmarks/speed.py                        # vit-small @224: about 8 minutes on 2 CPU cores
+    python benchmarks/speed.py --skip trainer fp32 --fresh-processes   # prediction as users run it
     python benchmarks/speed.py --model vit-base --train-images 96 --skip compile
 
 Everything runs in this one process, on the same images, the same architecture with the same
@@ -13,7 +14,8 @@ pre-trained checkpoint), the same batch size, epochs, peak learning rate and wor
   * prediction of the checkpoint our run saved, decoding and preprocessing included: the median
     latency of one image and the throughput of batches of 32, predict.py's path (fp32, default,
     --quantize, --compile, --runtime openvino when installed) against transformers.pipeline, timed
-    in turns; top-1 agreement with our fp32 predictions;
+    in turns; top-1 agreement with our fp32 predictions. --fresh-processes times each path in new
+    processes of its own instead, as users run them;
   * achieved model FLOP/s against this machine's measured peak matmul FLOP/s (fp32 and bf16).
 No timing is asserted anywhere: the script prints figures (and --json writes them).
 """
@@ -23,6 +25,7 @@ import argparse
 import importlib.util
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -192,7 +195,46 @@ def our_classifier(checkpoint: Path, device: torch.device, precision: str, quant
     return run, setup
 
 
-def time_inference(classifiers: dict, paths: list[Path], singles: list[Path]) -> dict:
+OURS = {"ours fp32": dict(precision="fp32"), "ours (default)": dict(precision="auto"),  # how predict.py is asked
+        "ours --quantize": dict(precision="auto", quantize=True),
+        "ours --compile": dict(precision="auto", compile_model=True),
+        "ours --runtime openvino": dict(precision="auto", runtime="openvino")}
+
+
+def make_classifier(name: str, checkpoint: Path, device: torch.device):
+    return pipeline_classifier(checkpoint, device) if name == "pipeline" else our_classifier(checkpoint, device, **OURS[name])
+
+
+def time_in_fresh_processes(names: list[str], checkpoint: Path, device: torch.device, paths: list[Path],
+                            singles: list[Path], work: Path) -> dict:
+    """time_inference with each path in a new process of its own, as users run them: ours call
+    keep_freed_memory first as predict.py does, the pipeline keeps glibc's defaults. Round by round,
+    one process per path and round; the medians over the rounds."""
+    (work / "files.json").write_text(json.dumps({"paths": [str(p) for p in paths], "singles": [str(p) for p in singles]}))
+    runs = {name: [] for name in names}
+    for _ in range(ROUNDS):
+        for name in names:
+            command = [sys.executable, __file__, "--child", name, "--work", str(work), "--device", device.type]
+            output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+            runs[name].append(json.loads(output.splitlines()[-1]))
+    return {name: {"single_ms": statistics.median(r["single_ms"] for r in results),
+                   "batch_per_s": statistics.median(r["batch_per_s"] for r in results),
+                   "setup_s": statistics.median(r["setup_s"] for r in results), "top1": results[0]["top1"]}
+            for name, results in runs.items()}
+
+
+def child(args: argparse.Namespace) -> int:
+    """One path of time_in_fresh_processes: one round in this new process, the figures as JSON."""
+    if args.child != "pipeline":
+        keep_freed_memory()
+    files = json.loads((args.work / "files.json").read_text())
+    classifier = make_classifier(args.child, args.work / "ours" / "best", pick_device(args.device))
+    print(json.dumps(time_inference({args.child: classifier}, [Path(p) for p in files["paths"]],
+                                    [Path(p) for p in files["singles"]], rounds=1)[args.child]))
+    return 0
+
+
+def time_inference(classifiers: dict, paths: list[Path], singles: list[Path], rounds: int = ROUNDS) -> dict:
     """Single-image latencies and batch-32 throughput of every classifier, timed in turns (image by
     image, round by round) so that the shared machine's slow spells hit all of them alike."""
     results = {name: {"setup_s": setup, "latencies": [], "rounds": []} for name, (_, setup) in classifiers.items()}
@@ -201,7 +243,7 @@ def time_inference(classifiers: dict, paths: list[Path], singles: list[Path]) ->
     for path in singles:
         for name, (run, _) in classifiers.items():
             results[name]["latencies"].append(timed(run, [path], 1)[0])
-    for _ in range(ROUNDS):
+    for _ in range(rounds):
         for name, (run, _) in classifiers.items():
             results[name]["rounds"].append(timed(run, paths, 32))
     return {name: {"single_ms": 1000 * statistics.median(result["latencies"]), "setup_s": result["setup_s"],
@@ -226,6 +268,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip", nargs="*", default=[], choices=["trainer", "fp32", "inference", "pipeline", "compile", "openvino"],
                    help="leave parts out: the Trainer run, our fp32 run, all prediction, the pipeline, our --compile "
                         "or --runtime openvino prediction")
+    p.add_argument("--fresh-processes", action="store_true",
+                   help="time each prediction path in new processes of its own, as users run them (ours with "
+                        "predict.py's allocator setting, the pipeline with glibc's defaults); no --compile")
+    p.add_argument("--child", help=argparse.SUPPRESS)  # one path of --fresh-processes
     p.add_argument("--seed", type=int, default=42, help="seed of the split, weights and augmentation of both")
     p.add_argument("--work", type=Path, default=None, help="where data and checkpoints go (default: a temp dir)")
     p.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
@@ -236,6 +282,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.child:
+        return child(args)
     keep_freed_memory()  # what train.py and predict.py do at start; here it serves Hugging Face's paths alike
     work = args.work or Path(tempfile.mkdtemp(prefix="speed-bench-"))
     device = pick_device(args.device)
@@ -267,20 +315,20 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = work / "ours" / "best"
     files = [path for path, _ in val + train][:args.inference_images]
     singles = files[:args.single_images]
-    classifiers = {"ours fp32": our_classifier(checkpoint, device, "fp32"),
-                   "ours (default)": our_classifier(checkpoint, device, "auto")}
-    if device.type == "cpu":
-        classifiers["ours --quantize"] = our_classifier(checkpoint, device, "auto", quantize=True)
-    if "compile" not in args.skip:
-        classifiers["ours --compile"] = our_classifier(checkpoint, device, "auto", compile_model=True)
+    names = ["ours fp32", "ours (default)"] + (["ours --quantize"] if device.type == "cpu" else [])
+    if "compile" not in args.skip and not args.fresh_processes:
+        names.append("ours --compile")
     if device.type == "cpu" and "openvino" not in args.skip:
         if importlib.util.find_spec("openvino"):
-            classifiers["ours --runtime openvino"] = our_classifier(checkpoint, device, "auto", runtime="openvino")
+            names.append("ours --runtime openvino")
         else:
             print("note: no openvino package, so no --runtime openvino row (pip install -r requirements-extras.txt)")
     if "pipeline" not in args.skip:
-        classifiers["pipeline"] = pipeline_classifier(checkpoint, device)
-    inference = time_inference(classifiers, files, singles)
+        names.append("pipeline")
+    if args.fresh_processes:
+        inference = time_in_fresh_processes(names, checkpoint, device, files, singles, work)
+    else:
+        inference = time_inference({name: make_classifier(name, checkpoint, device) for name in names}, files, singles)
     reference_top1 = inference["ours fp32"]["top1"]
     for result in inference.values():
         result["agreement"] = sum(a == b for a, b in zip(result.pop("top1"), reference_top1)) / len(files)
