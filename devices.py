@@ -108,8 +108,9 @@ def configure_backends(device: torch.device) -> None:
 def keep_freed_memory() -> bool:
     """Make glibc serve big tensors from its heap and keep freed memory for reuse. By default it maps
     fresh pages from the OS for every block over 32 MB and unmaps them on free, so each forward pass
-    page-faults its activations in anew: in fresh processes here that cost about 25% of prediction
-    time and 8% of a training step. The price: up to 1 GiB of freed memory stays with the process.
+    page-faults its activations in anew: in fresh processes here that cost a quarter of the time of
+    an int8 prediction batch and 8-19% of a training step (benchmarks/levers.py). The price: up to
+    1 GiB of freed memory stays with the process.
     Returns False, changing nothing, where the C library is not glibc (macOS, Windows, musl)."""
     if platform.libc_ver()[0] != "glibc":
         return False

@@ -170,8 +170,8 @@ def load_onnx(path: str | Path, threads: int | None = None) -> tuple[OnnxModel, 
 class OpenVinoModel:
     """A classifier converted in memory to OpenVINO and compiled for the CPU (a few seconds), called
     like a Hugging Face classifier. OpenVINO fuses the whole graph and runs it in bf16 where the CPU
-    has bf16 instructions: on the development machine batches ran about 1.3x faster than int8
-    PyTorch (docs/performance.md)."""
+    has bf16 instructions: on the development machine its batches were as fast as int8 PyTorch,
+    without int8's rounding (docs/performance.md)."""
 
     def __init__(self, model: nn.Module, bf16: bool):
         try:

@@ -52,7 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="torch.compile the model first (20-30 s): pays for folders of thousands of images")
     p.add_argument("--runtime", default="pytorch", choices=["pytorch", "openvino"],
                    help="openvino (CPU, needs `pip install openvino`): convert the model in memory (a few "
-                        "seconds) and run it with OpenVINO, bf16 where the CPU has it; the fastest for batches")
+                        "seconds) and run it with OpenVINO, bf16 where the CPU has it; batches about as fast "
+                        "as --quantize, without int8 rounding")
     p.add_argument("--json", metavar="FILE", help="also write the predictions as JSON to FILE ('-': stdout)")
     p.add_argument("--visualize", type=Path, metavar="OUT.png",
                    help=f"save the images with their top-k labels and confidence bars (first {MAX_PICTURES})")

@@ -117,8 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decode and resize each image once into an in-memory uint8 cache of at most this many "
                         "MiB, so later epochs skip decoding (0: decode every epoch)")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the model first (about a minute on a CPU): for long runs; training steps were "
-                        "7%% faster on a 2-core CPU (benchmarks/levers.py)")
+                   help="torch.compile the model first (about a minute on a CPU): for long runs on GPUs; on a 2-core "
+                        "CPU with bf16, steps were only 1%% faster (benchmarks/levers.py)")
     p.add_argument("--output-dir", type=Path, default=Path("checkpoints"),
                    help="where checkpoints and pictures go (--evaluate: default CHECKPOINT-evaluation)")
     p.add_argument("--track", choices=["mlflow", "tensorboard"], default=None,
