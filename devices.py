@@ -1,4 +1,5 @@
-"""Where the maths runs: device choice and mixed precision, shared by train.py and predict.py."""
+"""Where the maths runs: device choice, mixed precision, bf16 on CPUs and the memory allocator,
+shared by train.py and predict.py."""
 from __future__ import annotations
 
 import ctypes
@@ -16,9 +17,9 @@ from classifier import UserError
 
 
 PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt() parameters, from <malloc.h>
-KEEP_FREED_BYTES = 2**30
 PRECISION_HELP = "autocast precision; auto: bf16 where the device supports it, else fp16 on CUDA, else fp32"
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt() parameters, from <malloc.h>
+KEEP_FREED_BYTES = 2**30  # keep_freed_memory: blocks up to this size come from the heap and stay there
 
 
 def pick_device(name: str) -> torch.device:

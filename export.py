@@ -177,7 +177,8 @@ class OpenVinoModel:
         try:
             import openvino
         except ImportError:
-            raise UserError(f"--runtime openvino needs the openvino package: pip install openvino, or {EXTRAS}") from None
+            raise UserError(f"--runtime openvino needs the openvino package: pip install openvino, "
+                            f"or {EXTRAS}") from None
         from transformers.utils import logging as transformers_logging
         size, verbosity = getattr(model.config, "image_size", 224), transformers_logging.get_verbosity()
         try:

@@ -68,7 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--runtime openvino runs on the CPU and does its own optimising: leave out --quantize, --compile "
                 "and --device cuda/mps")
     if args.runtime == "openvino" and args.model.suffix == ".onnx":
-        p.error("--runtime openvino converts a checkpoint directory; give --model DIR (an .onnx file runs in onnxruntime)")
+        p.error("--runtime openvino converts a checkpoint directory; give --model DIR "
+                "(an .onnx file runs in onnxruntime)")
     return args
 
 

@@ -202,6 +202,7 @@ OURS = {"ours fp32": dict(precision="fp32"), "ours (default)": dict(precision="a
 
 
 def make_classifier(name: str, checkpoint: Path, device: torch.device):
+    """The classifier called ``name`` in the tables: the pipeline, or one of OURS."""
     return pipeline_classifier(checkpoint, device) if name == "pipeline" else our_classifier(checkpoint, device, **OURS[name])
 
 
