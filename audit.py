@@ -18,7 +18,6 @@ from tqdm import tqdm
 
 from images import DECODE_ERRORS, load_image
 
-# The errors classifier.ImageFolderDataset catches: what makes training skip a file.
 IMBALANCE_THRESHOLD = 3.0  # largest / smallest class from which class weighting is worth it
 HEAD_BYTES = 64 * 1024  # same-size files are compared on this much first, before a full read
 EXAMPLES = 3  # example paths of small images shown per class

@@ -19,11 +19,12 @@ from torch.utils.data import DataLoader
 
 from checkpoint import load_checkpoint, read_info, update_info
 from classifier import ImageFolderDataset, UserError, collate_skipping_bad, eval_transform, scan_class_folders
-from devices import autocast_dtype, loader_workers, pick_device
+from devices import loader_workers, pick_device
 from distributed import World
 from images import load_image
 from loop import Run, evaluate
 from metrics import expected_calibration_error, fit_temperature, per_class_scores
+from predict import prepare_model
 
 MAX_MISTAKES = 16
 
@@ -188,7 +189,8 @@ def evaluate_checkpoint(args: argparse.Namespace, given: set[str]) -> dict:
                                                       absent and f"missing from the folder: {', '.join(absent)}") if part))
     samples = [(path, labels.index(name)) for name in labels for path in classes[name]]
     device = pick_device(args.device)
-    run = Run(model.to(device), model, device, autocast_dtype(device, args.precision), World(), args)
+    model, dtype = prepare_model(model, device, args.precision)  # scored as predict.py runs it
+    run = Run(model, model, device, dtype, World(), args)
     loader = DataLoader(ImageFolderDataset(samples, eval_transform(prep), prep.resize_size), batch_size=args.batch_size,
                         num_workers=loader_workers(args.num_workers, device), collate_fn=collate_skipping_bad)
     evaluation = evaluate(run, model, loader, len(labels), f"evaluating {root}", keep_outputs=True)
