@@ -1,12 +1,15 @@
-"""Export a trained checkpoint for serving: ONNX, TorchScript, or int8 (dynamically quantized).
+"""Export a trained checkpoint for serving: ONNX, TorchScript, int8 (dynamically quantized), or
+OpenVINO IR, fp32 or int8 calibrated on your images (the fastest on CPUs).
 
     python export.py --model checkpoints/best --format onnx
     python export.py --model checkpoints/best --format int8 --check-images data/circle
+    python export.py --model checkpoints/best --format openvino-int8 --calibration-images data
 
 Every artefact carries what is needed to use it without this code: the label map and the
 preprocessing, in a sidecar JSON (ARTEFACT.json) and inside the file itself (ONNX metadata_props,
-or the extra file "classifier.json" of a TorchScript archive). Each export is reloaded, compared
-with the PyTorch model on preprocessed images, and timed against it at batch 32.
+the extra file "classifier.json" of a TorchScript archive, an OpenVINO IR's rt_info). Each export
+is reloaded, compared with the PyTorch model on preprocessed images, and timed against it at batch 32.
+predict.py runs .onnx and .xml exports as it runs checkpoints.
 """
 from __future__ import annotations
 
@@ -25,10 +28,15 @@ import torch
 from torch import nn
 
 from classifier import HelpFormatter, ImageFolderDataset, Preprocessing, UserError, eval_transform, list_images
+from devices import cpu_supports_bf16
 
-FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "int8": ".int8.pt"}
-TOLERANCE = 1e-3  # max |logit difference| accepted for the fp32 formats (onnx, torchscript)
+FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "int8": ".int8.pt",
+           "openvino": ".openvino.xml", "openvino-int8": ".openvino-int8.xml"}
+EXACT_FORMATS = ("onnx", "torchscript")  # fp32 as PyTorch runs it; the others round to int8 or bf16
+TOLERANCE = 1e-3  # max |logit difference| accepted for the exact formats
+MIN_AGREEMENT = 0.99  # top-1 agreement with PyTorch below which the other formats get a warning
 CHECK_IMAGES = 64  # at most this many images from --check-images are compared
+CALIBRATION_IMAGES = 64  # and from --calibration-images calibrate openvino-int8 (about 15 s for vit-small)
 BENCH_BATCH = 32
 EXTRAS = "pip install -r requirements-extras.txt"
 # protobuf cannot hold more than 2 GiB in one file; bigger ONNX models keep their weights beside it
@@ -58,7 +66,7 @@ def describe(prep: Preprocessing, labels: list[str], source: Path, fmt: str, tem
 
 
 # ---------------------------------------------------------------------------
-# Writing the three formats
+# Writing the formats
 # ---------------------------------------------------------------------------
 def export_onnx(net: nn.Module, example: torch.Tensor, out: Path, meta: dict, opset: int | None) -> int:
     """ONNX with a dynamic batch axis and ``meta`` in metadata_props; returns the opset written."""
@@ -156,57 +164,34 @@ def load_onnx(path: str | Path, threads: int | None = None) -> tuple[OnnxModel, 
     if not path.is_file():
         raise UserError(f"ONNX model {path} not found. Export one with `python export.py --format onnx`")
     model = OnnxModel(path, threads)
-    missing = [key for key in ("labels", "image_size", "crop_pct", "mean", "std") if key not in model.meta]
+    return model, *read_meta(model.meta, path)
+
+
+def read_meta(meta: dict, path: Path) -> tuple[Preprocessing, list[str]]:
+    """The preprocessing and labels an export carries in its metadata (see describe)."""
+    missing = [key for key in ("labels", "image_size", "crop_pct", "mean", "std") if key not in meta]
     if missing:
         raise UserError(f"{path} has no {', '.join(missing)} in its metadata; export it with export.py")
-    meta = model.meta
     prep = Preprocessing(int(meta["image_size"]), float(meta["crop_pct"]), tuple(meta["mean"]), tuple(meta["std"]))
-    return model, prep, list(meta["labels"])
+    return prep, list(meta["labels"])
 
 
-# ---------------------------------------------------------------------------
-# Running through OpenVINO (predict.py --runtime openvino)
-# ---------------------------------------------------------------------------
-class OpenVinoModel:
-    """A classifier converted in memory to OpenVINO and compiled for the CPU (a few seconds), called
-    like a Hugging Face classifier. OpenVINO fuses the whole graph and runs it in bf16 where the CPU
-    has bf16 instructions: on the development machine its batches were as fast as int8 PyTorch,
-    without int8's rounding (docs/performance.md)."""
-
-    def __init__(self, model: nn.Module, bf16: bool):
-        try:
-            import openvino
-        except ImportError:
-            raise UserError(f"--runtime openvino needs the openvino package: pip install openvino, "
-                            f"or {EXTRAS}") from None
-        from transformers.utils import logging as transformers_logging
-        size, verbosity = getattr(model.config, "image_size", 224), transformers_logging.get_verbosity()
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # tracer warnings from transformers' Python code
-                transformers_logging.set_verbosity_error()  # and its notes on attributes the converter reads
-                converted = openvino.convert_model(model.cpu().eval(),
-                                                   example_input={"pixel_values": torch.zeros(1, 3, size, size)})
-            compiled = openvino.Core().compile_model(converted, "CPU", {
-                "PERFORMANCE_HINT": "LATENCY",  # one request at a time, on every core
-                "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32"})
-        except Exception as error:  # OpenVINO raises its own types for graphs it cannot take
-            raise UserError(f"OpenVINO could not convert this model ({str(error).splitlines()[0]}); "
-                            f"predict without --runtime openvino") from None
-        finally:
-            transformers_logging.set_verbosity(verbosity)
-        self.request = compiled.create_infer_request()
-
-    def __call__(self, pixel_values: torch.Tensor) -> SimpleNamespace:
-        logits = self.request.infer([pixel_values.detach().cpu().numpy()])[0]
-        return SimpleNamespace(logits=torch.tensor(logits))  # a copy: the next call reuses OpenVINO's buffer
+def load_exported(path: Path, bf16: bool):
+    """An .onnx or OpenVINO .xml export with its preprocessing and labels, as load_checkpoint gives
+    them for a checkpoint; ``model.meta`` holds the rest (temperature). ``bf16``: OpenVINO may use it."""
+    if path.suffix == ".onnx":
+        return load_onnx(path)
+    from openvino_backend import load_ir
+    model = load_ir(path, bf16)
+    return model, *read_meta(model.meta, path)
 
 
 # ---------------------------------------------------------------------------
 # Checking and timing
 # ---------------------------------------------------------------------------
-def check_batch(prep: Preprocessing, folder: Path | None) -> tuple[torch.Tensor, str]:
-    """Preprocessed images to compare on: from ``folder`` (spread over it), or 16 drawn shapes."""
+def check_batch(prep: Preprocessing, folder: Path | None, limit: int = CHECK_IMAGES,
+                option: str = "--check-images") -> tuple[torch.Tensor, str]:
+    """Up to ``limit`` preprocessed images from ``folder`` (spread over it), or 16 drawn shapes."""
     transform = eval_transform(prep)
     if folder is None:
         from synthetic import SHAPES, draw_shape
@@ -214,13 +199,13 @@ def check_batch(prep: Preprocessing, folder: Path | None) -> tuple[torch.Tensor,
         images = [transform(draw_shape(shape, 96, rng)) for shape in SHAPES for _ in range(2)]
         return torch.stack(images), f"{len(images)} synthetic images"
     if not folder.is_dir():
-        raise UserError(f"--check-images {folder} is not a folder")
+        raise UserError(f"{option} {folder} is not a folder")
     paths = list_images(folder)
-    paths = paths[::max(1, len(paths) // CHECK_IMAGES)][:CHECK_IMAGES]  # spread over the classes' sub-folders
+    paths = paths[::max(1, len(paths) // limit)][:limit]  # spread over the classes' sub-folders
     dataset = ImageFolderDataset([(path, 0) for path in paths], transform, prep.resize_size)
     images = [item[0] for item in (dataset[i] for i in range(len(dataset))) if item[0] is not None]
     if not images:
-        raise UserError(f"--check-images {folder} has no readable images")
+        raise UserError(f"{option} {folder} has no readable images")
     return torch.stack(images), f"{len(images)} images from {folder}"
 
 
@@ -242,11 +227,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", type=Path, default=Path("checkpoints/best"), help="checkpoint directory")
     p.add_argument("--format", required=True, choices=list(FORMATS),
                    help="onnx: ONNX Runtime and other engines; torchscript: traced fp32 for PyTorch without "
-                        "Python model code; int8: dynamically quantized Linear layers, traced")
+                        "Python model code; int8: dynamically quantized Linear layers, traced; openvino: "
+                        "OpenVINO IR (runs bf16 on CPUs that have it); openvino-int8: OpenVINO IR with int8 "
+                        "matmuls calibrated on --calibration-images, the fastest on CPUs")
     p.add_argument("--out", type=Path, help="where to write (default: the checkpoint folder's name plus "
-                                           ".onnx, .torchscript.pt or .int8.pt, beside it)")
+                                           + ", ".join(FORMATS.values()) + ", beside it)")
     p.add_argument("--check-images", type=Path, metavar="DIR",
                    help=f"compare on images from this folder (up to {CHECK_IMAGES}; default: 16 synthetic shapes)")
+    p.add_argument("--calibration-images", type=Path, default=Path("data"), metavar="DIR",
+                   help=f"openvino-int8: images like those it will see (up to {CALIBRATION_IMAGES}, spread over "
+                        "the class folders) to measure each layer's int8 range on; train.py's --data is best")
     p.add_argument("--opset", type=int, help="ONNX opset version (default: the exporter's)")
     p.add_argument("--bench-rounds", type=int, default=5,
                    help=f"timed batches of {BENCH_BATCH} per model for the speed comparison (0: skip it)")
@@ -260,14 +250,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--threads must be at least 1")
     if args.out is None:
         args.out = args.model.with_name(args.model.name + FORMATS[args.format])
-    elif args.format == "onnx" and args.out.suffix != ".onnx":
-        p.error("--out must end in .onnx for --format onnx (predict.py recognises ONNX models by it)")
+    elif args.format not in ("torchscript", "int8") and args.out.suffix != "." + FORMATS[args.format].split(".")[-1]:
+        p.error(f"--out must end in .{FORMATS[args.format].split('.')[-1]} for --format {args.format} "
+                f"(predict.py recognises the model by it)")
     return args
 
 
-def write_artefact(net: nn.Module, example: torch.Tensor, meta: dict, args: argparse.Namespace):
-    """Write ``args.out`` in ``args.format`` (an ONNX export adds its opset to ``meta``) and load it
-    back. Returns a function from pixel values to logits, and the engine's name."""
+def write_artefact(net: nn.Module, example: torch.Tensor, prep: Preprocessing, meta: dict, args: argparse.Namespace):
+    """Write ``args.out`` in ``args.format`` (an ONNX export adds its opset to ``meta``, an int8
+    OpenVINO one its calibration images) and load it back. Returns a function from pixel values to
+    logits, and the engine's name."""
+    if args.format.startswith("openvino"):
+        from openvino_backend import convert, import_openvino, load_ir, quantize_static, save_ir
+        import_openvino(f"--format {args.format}")
+        converted = convert(net, prep.image_size)
+        if args.format == "openvino-int8":
+            calibration, meta["calibrated_on"] = check_batch(prep, args.calibration_images, CALIBRATION_IMAGES,
+                                                             "--calibration-images")
+            print(f"Calibrating the int8 ranges on {meta['calibrated_on']}")
+            converted = quantize_static(converted, calibration)
+        save_ir(converted, args.out, meta)
+        ir = load_ir(args.out, bf16=cpu_supports_bf16())  # as predict.py will run it
+
+        def run_ir(batch: torch.Tensor) -> torch.Tensor:
+            return ir(pixel_values=batch).logits
+        return run_ir, "OpenVINO int8" if args.format == "openvino-int8" else "OpenVINO"
     if args.format == "onnx":
         meta["opset"] = export_onnx(net, example, args.out, meta, args.opset)
         session = load_onnx(args.out, args.threads)[0]
@@ -281,7 +288,7 @@ def write_artefact(net: nn.Module, example: torch.Tensor, meta: dict, args: argp
 
 
 def export(args: argparse.Namespace) -> bool:
-    """Write, reload, compare and time one artefact; False if an fp32 export disagrees with PyTorch."""
+    """Write, reload, compare and time one artefact; False if an exact export disagrees with PyTorch."""
     from checkpoint import load_checkpoint, read_info
     model, prep, labels = load_checkpoint(args.model)
     net = LogitsOnly(model).eval()
@@ -297,7 +304,7 @@ def export(args: argparse.Namespace) -> bool:
     meta = describe(prep, labels, args.model, args.format, temperature)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     # batch 2 as the example: tracing or exporting with 1 could bake that size into the graph
-    run, engine = write_artefact(net, images[:2], meta, args)
+    run, engine = write_artefact(net, images[:2], prep, meta, args)
     args.out.with_name(args.out.name + ".json").write_text(json.dumps(meta, indent=2) + "\n")
     print(f"Wrote {args.out} and {args.out.name}.json ({len(labels)} labels, {prep.image_size}px input)")
 
@@ -311,9 +318,12 @@ def export(args: argparse.Namespace) -> bool:
         speed = images_per_second(run, batch, args.bench_rounds)
         print(f"Speed at batch {BENCH_BATCH}, {args.threads or 'all'} thread(s), images/s:\n"
               f"  {'PyTorch fp32':<28}{base_speed:9.1f}\n  {engine:<28}{speed:9.1f}  ({speed / base_speed:.2f}x)")
-    if args.format != "int8" and difference > TOLERANCE:
+    if args.format in EXACT_FORMATS and difference > TOLERANCE:
         print(f"error: the export differs from PyTorch by more than {TOLERANCE:g}; do not use it", file=sys.stderr)
         return False
+    if agree < MIN_AGREEMENT * len(images):
+        print(f"warning: its top-1 answer differs from PyTorch's on {len(images) - agree} of {len(images)} images; "
+              f"check on your own images (--check-images), or export an fp32 format", file=sys.stderr)
     return True
 
 

@@ -23,10 +23,12 @@ from classifier import (HelpFormatter, ImageFolderDataset, Preprocessing, UserEr
                         eval_transform, list_images)
 from devices import (PRECISION_HELP, PRECISIONS, autocast, autocast_dtype, keep_freed_memory, pick_device,
                      run_in_bf16)
-from export import OpenVinoModel, load_onnx, quantize_int8
+from export import load_exported, quantize_int8
+from openvino_backend import OpenVinoModel
 
 MAX_PICTURES = 24  # --visualize draws at most this many images, to keep the figure readable
 UNKNOWN = "unknown"  # the answer below --min-confidence
+EXPORTED = (".onnx", ".xml")  # --model files made by export.py; anything else is a checkpoint directory
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,7 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--image", nargs="+", required=True, metavar="PATH",
                    help="image files, folders (searched recursively) or glob patterns")
     p.add_argument("--model", type=Path, default=Path("checkpoints/best"),
-                   help="checkpoint directory, or an ONNX model made by export.py (run with onnxruntime)")
+                   help="checkpoint directory, or a model made by export.py: .onnx (run with onnxruntime) or "
+                        ".xml (OpenVINO IR, e.g. --format openvino-int8: the fastest on CPUs)")
     p.add_argument("--top-k", type=int, default=3, help="how many labels to show per image")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     p.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
@@ -66,10 +69,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--min-confidence is a probability from 0 to 1")
     if args.runtime == "openvino" and (args.quantize or args.compile or args.device not in ("auto", "cpu")):
         p.error("--runtime openvino runs on the CPU and does its own optimising: leave out --quantize, --compile "
-                "and --device cuda/mps")
-    if args.runtime == "openvino" and args.model.suffix == ".onnx":
-        p.error("--runtime openvino converts a checkpoint directory; give --model DIR "
-                "(an .onnx file runs in onnxruntime)")
+                "and --device cuda/mps (for int8 with OpenVINO, export once: python export.py --format openvino-int8)")
+    if args.model.suffix in EXPORTED and (args.quantize or args.compile or args.runtime != "pytorch"):
+        p.error(f"--model {args.model} is an export and runs as it was exported: leave out --quantize, --compile "
+                f"and --runtime")
+    if args.model.suffix == ".xml" and args.device not in ("auto", "cpu"):
+        p.error(f"--model {args.model} is an OpenVINO model, which runs on the CPU: leave out --device")
     return args
 
 
@@ -109,7 +114,7 @@ def prepare_model(model: torch.nn.Module, device: torch.device, precision: str =
     if runtime == "openvino":
         if device.type != "cpu":
             raise UserError("--runtime openvino runs on the CPU; add --device cpu, or leave --runtime out on a GPU")
-        return OpenVinoModel(model, bf16=autocast_dtype(device, precision) == torch.bfloat16), None
+        return OpenVinoModel.from_torch(model, bf16=autocast_dtype(device, precision) == torch.bfloat16), None
     if quantize:
         if device.type != "cpu":
             raise UserError("--quantize uses int8 CPU kernels; on a GPU use --precision bf16 or fp16 instead")
@@ -195,9 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     keep_freed_memory()
     try:
-        device = pick_device("cpu" if args.runtime == "openvino" else args.device)
-        if args.model.suffix == ".onnx":  # ONNX Runtime runs the exported graph as it is
-            model, prep, labels = load_onnx(args.model)
+        device = pick_device("cpu" if args.runtime == "openvino" or args.model.suffix == ".xml" else args.device)
+        if args.model.suffix in EXPORTED:  # onnxruntime or OpenVINO runs the exported graph as it is
+            bf16 = autocast_dtype(device, args.precision) == torch.bfloat16
+            model, prep, labels = load_exported(args.model, bf16)
             temperature, dtype = float(model.meta.get("temperature", 1.0)), None
         else:
             model, prep, labels = load_checkpoint(args.model)

@@ -13,9 +13,10 @@ pre-trained checkpoint), the same batch size, epochs, peak learning rate and wor
     phase (training loops and decoding) and end to end (with set-up, validation every epoch, saving);
   * prediction of the checkpoint our run saved, decoding and preprocessing included: the median
     latency of one image and the throughput of batches of 32, predict.py's path (fp32, default,
-    --quantize, --compile, --runtime openvino when installed) against transformers.pipeline, timed
-    in turns; top-1 agreement with our fp32 predictions. --fresh-processes times each path in new
-    processes of its own instead, as users run them;
+    --quantize, --compile, --runtime openvino and an export.py --format openvino-int8 model
+    calibrated on the training split, when OpenVINO is installed) against transformers.pipeline,
+    timed in turns; top-1 agreement with our fp32 predictions. --fresh-processes times each path
+    in new processes of its own instead, as users run them;
   * achieved model FLOP/s against this machine's measured peak matmul FLOP/s (fp32 and bf16).
 No timing is asserted anywhere: the script prints figures (and --json writes them).
 """
@@ -36,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402  (after the path, like the imports of our modules below)
 
+import export  # noqa: E402
 from checkpoint import load_checkpoint  # noqa: E402
 from classifier import ImageFolderDataset, load_splits  # noqa: E402
 from devices import autocast_dtype, keep_freed_memory, pick_device  # noqa: E402
@@ -184,21 +186,50 @@ def pipeline_classifier(checkpoint: Path, device: torch.device):
 
 
 def our_classifier(checkpoint: Path, device: torch.device, precision: str, quantize: bool = False,
-                   compile_model: bool = False, runtime: str = "pytorch"):
-    """predict.py's path (load_checkpoint, prepare_model, predict: decoding and preprocessing
-    included): files in, top-1 labels out; and the seconds prepare_model took."""
-    model, prep, labels = load_checkpoint(checkpoint)
-    setup, (model, dtype) = timed(prepare_model, model, device, precision, quantize, compile_model, runtime)
+                   compile_model: bool = False, runtime: str = "pytorch", export_format: str | None = None):
+    """predict.py's path (load_checkpoint and prepare_model, or load_exported for an export made by
+    main; then predict, decoding and preprocessing included): files in, top-1 labels out; and the
+    seconds the set-up took."""
+    start = time.perf_counter()
+    if export_format:
+        model, prep, labels = export.load_exported(exported(checkpoint, export_format),
+                                                   autocast_dtype(device, precision) == torch.bfloat16)
+        dtype = None
+    else:
+        model, prep, labels = load_checkpoint(checkpoint)
+        model, dtype = prepare_model(model, device, precision, quantize, compile_model, runtime)
+    setup = time.perf_counter() - start
 
     def run(files: list[Path], batch_size: int) -> list[str]:
         return [result["label"] for result in predict(model, prep, labels, files, 1, batch_size, device, dtype=dtype)[0]]
     return run, setup
 
 
+def exported(checkpoint: Path, export_format: str) -> Path:
+    return checkpoint.with_name(checkpoint.name + export.FORMATS[export_format])
+
+
+def export_for_prediction(checkpoint: Path, export_format: str, train: list) -> float:
+    """export.py --format ``export_format`` of the checkpoint, calibrated (int8) on images of the
+    training split, as a user would; returns its seconds."""
+    calibration = checkpoint.parent / "calibration"  # links to the training split's images, by class
+    for path, _ in train:
+        link = calibration / path.parent.name / path.name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.exists():
+            link.symlink_to(path.resolve())
+    seconds, code = timed(export.main, ["--model", str(checkpoint), "--format", export_format,
+                                        "--calibration-images", str(calibration), "--bench-rounds", "0"])
+    if code != 0:
+        raise SystemExit(f"export.py --format {export_format} failed")
+    return seconds
+
+
 OURS = {"ours fp32": dict(precision="fp32"), "ours (default)": dict(precision="auto"),  # how predict.py is asked
         "ours --quantize": dict(precision="auto", quantize=True),
         "ours --compile": dict(precision="auto", compile_model=True),
-        "ours --runtime openvino": dict(precision="auto", runtime="openvino")}
+        "ours --runtime openvino": dict(precision="auto", runtime="openvino"),
+        "ours openvino-int8 export": dict(precision="auto", export_format="openvino-int8")}
 
 
 def make_classifier(name: str, checkpoint: Path, device: torch.device):
@@ -322,6 +353,9 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cpu" and "openvino" not in args.skip:
         if importlib.util.find_spec("openvino"):
             names.append("ours --runtime openvino")
+            if importlib.util.find_spec("nncf"):
+                figures["export_s"] = export_for_prediction(checkpoint, "openvino-int8", train)
+                names.append("ours openvino-int8 export")
         else:
             print("note: no openvino package, so no --runtime openvino row (pip install -r requirements-extras.txt)")
     if "pipeline" not in args.skip:
@@ -376,10 +410,11 @@ def print_tables(figures: dict, args: argparse.Namespace, n_train: int, fast_dty
     for name, result in inference.items():
         single = f"{result['single_ms'] / pipe['single_ms']:.2f}x" if pipe else "-"
         batch = f"{result['batch_per_s'] / pipe['batch_per_s']:.2f}x" if pipe else "-"
-        precision = fast if name in ("ours (default)", "ours --compile", "ours --runtime openvino") else "fp32"
+        precision = "fp32" if name in ("ours fp32", "ours --quantize", "pipeline") else fast
         print(f"{name:<26}{result['single_ms']:11.1f}{single:>12}{result['batch_per_s']:12.1f}{batch:>12}"
               f"{100 * result['agreement']:12.1f}%   {of_peak(flops * result['batch_per_s'], precision)}"
-              + (f"  (setup {result['setup_s']:.0f}s)" if result.get("setup_s", 0) > 5 else ""))
+              + (f"  (setup {result['setup_s']:.0f}s)" if result.get("setup_s", 0) > 5 else "")
+              + (f"  (export {figures['export_s']:.0f}s, once)" if "export" in name else ""))
 
 
 if __name__ == "__main__":

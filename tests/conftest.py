@@ -72,3 +72,22 @@ def trained_run(tmp_path_factory, tiny_vit, pattern_data) -> Path:
     assert train.main(["--data", str(pattern_data), "--model", str(tiny_vit), "--output-dir", str(out),
                        *TRAIN_OPTIONS]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def openvino_int8_export(trained_run, pattern_data, tmp_path_factory) -> tuple[Path, str]:
+    """The trained checkpoint exported by export.py as int8 OpenVINO, calibrated on the pattern
+    images; returns (the .xml path, export.py's report)."""
+    for package in ("openvino", "nncf"):
+        pytest.importorskip(package, reason="needs the extras: pip install -r requirements-extras.txt")
+    import contextlib
+    import io
+
+    import export
+    out, report = tmp_path_factory.mktemp("openvino") / "model.xml", io.StringIO()
+    with contextlib.redirect_stdout(report):
+        code = export.main(["--model", str(trained_run / "best"), "--format", "openvino-int8", "--out", str(out),
+                            "--calibration-images", str(pattern_data), "--bench-rounds", "1"])
+    assert code == 0, report.getvalue()
+    return out, report.getvalue()
+
