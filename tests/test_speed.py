@@ -41,7 +41,7 @@ def test_cached_samples_equal_freshly_decoded_ones(photos, make_transform):
     prep = Preprocessing(image_size=32, crop_pct=0.875)
     fresh = ImageFolderDataset(photos, make_transform(prep), prep.resize_size)
     cached = ImageFolderDataset(photos, make_transform(prep), prep.resize_size)
-    count, used = cached.fill_cache(max_bytes=2**30, num_workers=2)
+    count, used = cached.fill_cache(max_bytes=2**30, num_threads=2)
     assert count == len(photos) and used > 0
     assert isinstance(cached.cache[len(photos) - 1], str)  # the broken file's reason is cached too
     for dataset in (fresh, cached):
