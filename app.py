@@ -25,7 +25,8 @@ EXTRAS = "pip install -r requirements-extras.txt"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Serve a web page that classifies uploaded images.",
                                 formatter_class=HelpFormatter)
-    p.add_argument("--model", type=Path, default=Path("checkpoints/best"), help="checkpoint directory")
+    p.add_argument("--model", type=Path, default=Path("checkpoints/best"),
+                   help="checkpoint directory, or an .onnx or .xml model made by export.py")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on; 0.0.0.0 makes the page reachable from other machines")
     p.add_argument("--port", type=int, default=7860, help="port to listen on")
@@ -47,15 +48,13 @@ def make_classify(model_dir: Path, device_name: str, batch_size: int):
 
     ``results`` lists {"name", "image" (its path), "predictions": [{"label", "confidence"}]} in upload
     order, as predict.predict gives them; ``errors`` is Markdown naming each unreadable upload and why."""
-    from checkpoint import load_checkpoint, read_info
     from devices import keep_freed_memory, pick_device
-    from predict import predict, prepare_model
+    from predict import load_for_prediction, predict
 
     keep_freed_memory()  # as predict.py: no page faults for every upload's activations
-    model, prep, labels = load_checkpoint(model_dir)
-    temperature = read_info(model_dir).get("temperature", 1.0)  # calibrated confidences, as predict.py
-    device = pick_device(device_name)
-    model, dtype = prepare_model(model, device, "auto")  # predict.py's defaults: bf16 where supported
+    device = pick_device("cpu" if model_dir.suffix == ".xml" else device_name)  # OpenVINO runs on the CPU
+    # predict.py's defaults (bf16 where supported), its calibrated confidences and its exports
+    model, prep, labels, temperature, dtype = load_for_prediction(model_dir, device)
 
     def classify(files: list[str] | None, top_k: float) -> tuple[list[dict], str]:
         results, failures = predict(model, prep, labels, [Path(file) for file in files or []], int(top_k),

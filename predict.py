@@ -50,13 +50,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
     p.add_argument("--quantize", action="store_true",
                    help="CPU only: int8 weights for every linear layer (dynamic quantization); the fastest on "
-                        "CPUs, especially for single images; check agreement with benchmarks/speed.py")
+                        "CPUs without an export step (export.py --format openvino-int8 is faster still); "
+                        "check agreement with benchmarks/speed.py")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model first (20-30 s): pays for folders of thousands of images")
     p.add_argument("--runtime", default="pytorch", choices=["pytorch", "openvino"],
                    help="openvino (CPU, needs `pip install openvino`): convert the model in memory (a few "
                         "seconds) and run it with OpenVINO, bf16 where the CPU has it; batches about as fast "
-                        "as --quantize, without int8 rounding")
+                        "as --quantize, without int8 rounding; for int8 in OpenVINO export the model with "
+                        "export.py --format openvino-int8")
     p.add_argument("--json", metavar="FILE", help="also write the predictions as JSON to FILE ('-': stdout)")
     p.add_argument("--visualize", type=Path, metavar="OUT.png",
                    help=f"save the images with their top-k labels and confidence bars (first {MAX_PICTURES})")
@@ -127,6 +129,19 @@ def prepare_model(model: torch.nn.Module, device: torch.device, precision: str =
         inductor_config.freezing = True  # inference only: constant-fold the weights into the kernels
         model = torch.compile(model)
     return model, dtype
+
+
+def load_for_prediction(path: Path, device: torch.device, precision: str = "auto", quantize: bool = False,
+                        compile_model: bool = False, runtime: str = "pytorch"):
+    """A checkpoint directory, or an .onnx / .xml export, ready to predict with: (model, preprocessing,
+    labels, calibrated softmax temperature, autocast dtype or None)."""
+    if path.suffix in EXPORTED:  # onnxruntime or OpenVINO runs the exported graph as it is
+        model, prep, labels = load_exported(path, autocast_dtype(device, precision) == torch.bfloat16)
+        return model, prep, labels, float(model.meta.get("temperature", 1.0)), None
+    model, prep, labels = load_checkpoint(path)
+    temperature = read_info(path).get("temperature", 1.0)  # calibrated after training
+    model, dtype = prepare_model(model, device, precision, quantize, compile_model, runtime)
+    return model, prep, labels, temperature, dtype
 
 
 def predict(model: torch.nn.Module, prep: Preprocessing, labels: list[str], paths: list[Path],
@@ -201,14 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()
     try:
         device = pick_device("cpu" if args.runtime == "openvino" or args.model.suffix == ".xml" else args.device)
-        if args.model.suffix in EXPORTED:  # onnxruntime or OpenVINO runs the exported graph as it is
-            bf16 = autocast_dtype(device, args.precision) == torch.bfloat16
-            model, prep, labels = load_exported(args.model, bf16)
-            temperature, dtype = float(model.meta.get("temperature", 1.0)), None
-        else:
-            model, prep, labels = load_checkpoint(args.model)
-            temperature = read_info(args.model).get("temperature", 1.0)  # calibrated after training
-            model, dtype = prepare_model(model, device, args.precision, args.quantize, args.compile, args.runtime)
+        model, prep, labels, temperature, dtype = load_for_prediction(args.model, device, args.precision, args.quantize,
+                                                                      args.compile, args.runtime)
         paths, failures = expand_inputs(args.image)
         if args.top_k > len(labels):
             print(f"note: --top-k {args.top_k} capped at the model's {len(labels)} classes", file=sys.stderr)

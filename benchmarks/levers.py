@@ -10,7 +10,8 @@ and predict.py can be checked on your own machine:
     attention; bf16 activations between blocks (devices.run_in_bf16); fused vs foreach AdamW;
     torch.compile;
   * prediction at batch 32 and batch 1: fp32, bf16 autocast alone, predict.py's bf16 (the whole
-    model in bf16, bf16-softmax attention), dynamic int8, torch.compile (inductor freezing);
+    model in bf16, bf16-softmax attention), dynamic int8 (whole batches, and in chunks of 8 to keep
+    activations in cache), OpenVINO in bf16 and with static int8, torch.compile (inductor freezing);
   * the data side, per image: decoding a big JPEG with and without Pillow's draft mode, and each
     augmentation step on the cached uint8 image;
   * glibc's allocator left as it is or told to keep freed memory (devices.keep_freed_memory, which
@@ -20,6 +21,7 @@ Every figure is the median of several timed repeats after a warm-up.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import json
 import statistics
@@ -95,16 +97,24 @@ def training_step(args, dtype, attention: str, fused: bool, compiled: bool = Fal
 def prediction_runs(args, variant: str):
     """(batch-32 function, one-image function) of the model alone in inference mode, as predict.py prepares it."""
     from predict import prepare_model
-    if variant == "bf16 autocast alone":
+    batch = torch.randn(32, 3, args.image_size, args.image_size)
+    if variant.startswith("OpenVINO"):
+        from openvino_backend import OpenVinoModel, convert, quantize_static
+        converted = convert(fresh_model(args), args.image_size)
+        if "int8" in variant:  # ranges measured on noise: fine for timing, not for predicting
+            converted = quantize_static(converted, batch[:16])
+        model, dtype = OpenVinoModel(converted, bf16=True), None
+    elif variant == "bf16 autocast alone":
         model, dtype = fresh_model(args).eval(), torch.bfloat16
     else:
         model, dtype = prepare_model(fresh_model(args), torch.device("cpu"), "fp32" if variant == "fp32" else "bf16",
-                                     quantize=variant == "int8", compile_model=variant == "compile")
-    batch = torch.randn(32, 3, args.image_size, args.image_size)
+                                     quantize=variant.startswith("int8"), compile_model=variant == "compile")
+    chunk = 8 if "chunks" in variant else 32
 
     def run(images):
         with torch.inference_mode(), autocast(torch.device("cpu"), dtype):
-            model(pixel_values=images)
+            for part in images.split(chunk):
+                model(pixel_values=part)
     return (lambda: run(batch)), (lambda: run(batch[:1]))
 
 
@@ -193,8 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     del steps
 
     print("\nPrediction, model alone: images/s at batch 32 | ms for one image; timed in turns")
-    runs = {variant: prediction_runs(args, variant) for variant in ["fp32", "bf16 autocast alone", "bf16", "int8"]
-            + ([] if args.quick else ["compile"])}
+    variants = ["fp32", "bf16 autocast alone", "bf16", "int8", "int8, the batch in chunks of 8"]
+    if importlib.util.find_spec("openvino") and importlib.util.find_spec("nncf"):
+        variants += ["OpenVINO bf16 (--runtime openvino)", "OpenVINO static int8 (export openvino-int8)"]
+    runs = {variant: prediction_runs(args, variant) for variant in variants + ([] if args.quick else ["compile"])}
     batches = interleaved_medians({name: run[0] for name, run in runs.items()}, args.repeats, warmup=2)
     singles = interleaved_medians({name: run[1] for name, run in runs.items()}, 4 * args.repeats, warmup=2)
     for name in runs:

@@ -74,3 +74,15 @@ def test_mistakes_with_openvino_models_are_one_line_errors(openvino_int8_export,
     assert export.main([*checkpoint, "--format", "openvino-int8", "--out", str(tmp_path / "m.xml"),
                         "--calibration-images", str(pattern_data)]) == 2
     assert "needs the nncf package: pip install openvino nncf" in capsys.readouterr().err
+
+
+def test_the_web_page_serves_an_openvino_model_as_predict_does(openvino_int8_export, pattern_data, capsys):
+    import app
+    xml = openvino_int8_export[0]
+    paths = [pattern_data / name / f"{name}_007.png" for name in CLASSES]
+    labels, classify = app.make_classify(xml, "auto", 32)
+    results, errors = classify([str(p) for p in paths], 2)
+    assert labels == CLASSES and errors == "" and [r["name"] for r in results] == [p.name for p in paths]
+    assert predict.main(["--model", str(xml), "--image", *map(str, paths), "--top-k", "2", "--json", "-"]) == 0
+    for ours, theirs in zip(results, json.loads(capsys.readouterr().out)["results"]):
+        assert ours["predictions"] == theirs["predictions"]
