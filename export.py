@@ -265,6 +265,9 @@ def write_artefact(net: nn.Module, example: torch.Tensor, prep: Preprocessing, m
         import_openvino(f"--format {args.format}")
         converted = convert(net, prep.image_size)
         if args.format == "openvino-int8":
+            if not args.calibration_images.is_dir():
+                raise UserError(f"--calibration-images {args.calibration_images} is not a folder: give images like "
+                                f"those the model will predict, to calibrate int8 on (train.py's --data is best)")
             calibration, meta["calibrated_on"] = check_batch(prep, args.calibration_images, CALIBRATION_IMAGES,
                                                              "--calibration-images")
             print(f"Calibrating the int8 ranges on {meta['calibrated_on']}")
