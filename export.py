@@ -154,6 +154,9 @@ class OnnxModel:
         logits = self.session.run(None, {self.input_name: pixel_values.detach().cpu().numpy()})[0]
         return SimpleNamespace(logits=torch.from_numpy(logits))
 
+    def eval(self) -> "OnnxModel":
+        return self  # always in inference mode; here so that validation code can call it like on a module
+
     def to(self, device: torch.device) -> "OnnxModel":
         return self  # onnxruntime picked its execution provider when the session was made
 

@@ -86,6 +86,9 @@ class OpenVinoModel:
         logits = self.request.infer([pixel_values.detach().cpu().numpy()])[0]
         return SimpleNamespace(logits=torch.tensor(logits))  # a copy: the next call reuses OpenVINO's buffer
 
+    def eval(self) -> "OpenVinoModel":
+        return self  # always in inference mode; here so that validation code can call it like on a module
+
     def to(self, device: torch.device) -> "OpenVinoModel":
         return self  # the CPU, always
 

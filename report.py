@@ -17,14 +17,14 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from checkpoint import load_checkpoint, read_info, update_info
+from checkpoint import load_checkpoint, update_info
 from classifier import ImageFolderDataset, UserError, collate_skipping_bad, eval_transform, scan_class_folders
 from devices import loader_workers, pick_device
 from distributed import World
 from images import load_image
 from loop import Run, evaluate
 from metrics import expected_calibration_error, fit_temperature, per_class_scores
-from predict import prepare_model
+from predict import load_for_prediction
 
 MAX_MISTAKES = 16
 
@@ -177,9 +177,12 @@ def report_run(run: Run, directory: Path, labels: list[str], val_loader: DataLoa
 
 
 def evaluate_checkpoint(args: argparse.Namespace, given: set[str]) -> dict:
-    """``train.py --evaluate``: score the checkpoint --model on the labelled folder --data (its val/
-    part when it has train/ and val/), with the same metrics and pictures as after training."""
-    model, prep, labels = load_checkpoint(args.model)
+    """``train.py --evaluate``: score the checkpoint --model, or an .onnx / .xml export of one, on the
+    labelled folder --data (its val/ part when it has train/ and val/), with the same metrics and
+    pictures as after training, loaded and run exactly as predict.py would."""
+    model_path = Path(args.model)
+    device = pick_device("cpu" if model_path.suffix == ".xml" else args.device)  # OpenVINO runs on the CPU
+    model, prep, labels, temperature, dtype = load_for_prediction(model_path, device, args.precision)
     root = next((args.data / name for name in ("val", "validation") if (args.data / name).is_dir()), args.data)
     classes = scan_class_folders(root)
     unknown, absent = sorted(set(classes) - set(labels)), sorted(set(labels) - set(classes))
@@ -188,16 +191,13 @@ def evaluate_checkpoint(args: argparse.Namespace, given: set[str]) -> dict:
                         + "; ".join(part for part in (unknown and f"not in the checkpoint: {', '.join(unknown)}",
                                                       absent and f"missing from the folder: {', '.join(absent)}") if part))
     samples = [(path, labels.index(name)) for name in labels for path in classes[name]]
-    device = pick_device(args.device)
-    model, dtype = prepare_model(model, device, args.precision)  # scored as predict.py runs it
     run = Run(model, model, device, dtype, World(), args)
     loader = DataLoader(ImageFolderDataset(samples, eval_transform(prep), prep.resize_size), batch_size=args.batch_size,
                         num_workers=loader_workers(args.num_workers, device), collate_fn=collate_skipping_bad)
     evaluation = evaluate(run, model, loader, len(labels), f"evaluating {root}", keep_outputs=True)
     if "logits" not in evaluation:
         raise UserError(f"no readable image in {root}")
-    temperature = read_info(args.model).get("temperature", 1.0)
-    out = args.output_dir if "output_dir" in given else Path(f"{Path(args.model).resolve()}-evaluation")
+    out = args.output_dir if "output_dir" in given else Path(f"{model_path.resolve()}-evaluation")
     write_report(out, labels, evaluation, temperature)
     ece = expected_calibration_error((evaluation["logits"] / temperature).softmax(1), evaluation["labels"])
     print(f"{root}: {evaluation['count']} images | loss {evaluation['loss']:.4f} acc {evaluation['acc']:.3f} "

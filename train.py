@@ -2,7 +2,7 @@
 
     python train.py --epochs 5 --batch-size 16
     torchrun --nproc_per_node=2 train.py --epochs 5 --batch-size 16     # one process per device
-    python train.py --evaluate --model checkpoints/best --data other_photos
+    python train.py --evaluate --model checkpoints/best --data other_photos   # or an .onnx / .xml export
 
 Each epoch trains with AdamW (warm-up, then cosine decay; layer-wise LR decay; optionally the
 head alone first), validates, and keeps the best model by the --select-by score. Outputs in
@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     select.add_argument("--no-calibrate", dest="calibrate", action="store_false",
                         help="don't fit a softmax temperature on the validation set after training")
     select.add_argument("--evaluate", action="store_true",
-                        help="only score the checkpoint --model on the labelled folder --data (metrics and pictures)")
+                        help="only score the checkpoint --model (or an .onnx / .xml export of it) on the labelled "
+                             "folder --data (metrics and pictures)")
     p.add_argument("--seed", type=int, default=42, help="seed for the split, augmentation and initialisation")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                    help="where to train; auto picks a GPU when there is one")
