@@ -38,11 +38,10 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402  (after the path, like the imports of our modules below)
 
 import export  # noqa: E402
-from checkpoint import load_checkpoint  # noqa: E402
 from classifier import ImageFolderDataset, load_splits  # noqa: E402
 from devices import autocast_dtype, keep_freed_memory, pick_device  # noqa: E402
 from model import PRESETS, create_model  # noqa: E402
-from predict import predict, prepare_model  # noqa: E402
+from predict import load_for_prediction, predict  # noqa: E402
 from synthetic import generate_data  # noqa: E402
 
 from anchors import pipeline_classifier, train_with_trainer  # noqa: E402  (benchmarks/)
@@ -112,18 +111,12 @@ def timed(function, *arguments, **options) -> tuple[float, object]:
 
 def our_classifier(checkpoint: Path, device: torch.device, precision: str, quantize: bool = False,
                    compile_model: bool = False, runtime: str = "pytorch", export_format: str | None = None):
-    """predict.py's path (load_checkpoint and prepare_model, or load_exported for an export made by
-    main; then predict, decoding and preprocessing included): files in, top-1 labels out; and the
-    seconds the set-up took."""
-    start = time.perf_counter()
-    if export_format:
-        model, prep, labels = export.load_exported(exported(checkpoint, export_format),
-                                                   autocast_dtype(device, precision) == torch.bfloat16)
-        dtype = None
-    else:
-        model, prep, labels = load_checkpoint(checkpoint)
-        model, dtype = prepare_model(model, device, precision, quantize, compile_model, runtime)
-    setup = time.perf_counter() - start
+    """predict.py's path (load_for_prediction on the checkpoint, or on its export made by main; then
+    predict, decoding and preprocessing included): files in, top-1 labels out; and the seconds the
+    set-up took."""
+    path = exported(checkpoint, export_format) if export_format else checkpoint
+    setup, (model, prep, labels, _, dtype) = timed(load_for_prediction, path, device, precision, quantize,
+                                                   compile_model, runtime)
 
     def run(files: list[Path], batch_size: int) -> list[str]:
         return [result["label"] for result in predict(model, prep, labels, files, 1, batch_size, device, dtype=dtype)[0]]
