@@ -225,7 +225,7 @@ def images_per_second(run, batch: torch.Tensor, rounds: int) -> float:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Export a trained checkpoint to ONNX, TorchScript or int8, "
+    p = argparse.ArgumentParser(description="Export a trained checkpoint to ONNX, TorchScript, int8 or OpenVINO, "
                                             "check it against PyTorch and time it.", formatter_class=HelpFormatter)
     p.add_argument("--model", type=Path, default=Path("checkpoints/best"), help="checkpoint directory")
     p.add_argument("--format", required=True, choices=list(FORMATS),
