@@ -48,11 +48,11 @@ def make_classify(model_dir: Path, device_name: str, batch_size: int):
 
     ``results`` lists {"name", "image" (its path), "predictions": [{"label", "confidence"}]} in upload
     order, as predict.predict gives them; ``errors`` is Markdown naming each unreadable upload and why."""
-    from devices import keep_freed_memory, pick_device
-    from predict import load_for_prediction, predict
+    from devices import keep_freed_memory
+    from predict import load_for_prediction, predict, prediction_device
 
     keep_freed_memory()  # as predict.py: no page faults for every upload's activations
-    device = pick_device("cpu" if model_dir.suffix == ".xml" else device_name)  # OpenVINO runs on the CPU
+    device = prediction_device(model_dir, device_name)
     # predict.py's defaults (bf16 where supported), its calibrated confidences and its exports
     model, prep, labels, temperature, dtype = load_for_prediction(model_dir, device)
 

@@ -253,9 +253,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--threads must be at least 1")
     if args.out is None:
         args.out = args.model.with_name(args.model.name + FORMATS[args.format])
-    elif args.format not in ("torchscript", "int8") and args.out.suffix != "." + FORMATS[args.format].split(".")[-1]:
-        p.error(f"--out must end in .{FORMATS[args.format].split('.')[-1]} for --format {args.format} "
-                f"(predict.py recognises the model by it)")
+    elif (suffix := "." + FORMATS[args.format].rsplit(".", 1)[1]) in (".onnx", ".xml") and args.out.suffix != suffix:
+        p.error(f"--out must end in {suffix} for --format {args.format} (predict.py recognises the model by it)")
     return args
 
 

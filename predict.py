@@ -131,6 +131,11 @@ def prepare_model(model: torch.nn.Module, device: torch.device, precision: str =
     return model, dtype
 
 
+def prediction_device(model_path: Path, device: str, runtime: str = "pytorch") -> torch.device:
+    """Where ``model_path`` runs: OpenVINO (an .xml export, or --runtime openvino) always on the CPU."""
+    return pick_device("cpu" if runtime == "openvino" or model_path.suffix == ".xml" else device)
+
+
 def load_for_prediction(path: Path, device: torch.device, precision: str = "auto", quantize: bool = False,
                         compile_model: bool = False, runtime: str = "pytorch"):
     """A checkpoint directory, or an .onnx / .xml export, ready to predict with: (model, preprocessing,
@@ -215,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     keep_freed_memory()
     try:
-        device = pick_device("cpu" if args.runtime == "openvino" or args.model.suffix == ".xml" else args.device)
+        device = prediction_device(args.model, args.device, args.runtime)
         model, prep, labels, temperature, dtype = load_for_prediction(args.model, device, args.precision, args.quantize,
                                                                       args.compile, args.runtime)
         paths, failures = expand_inputs(args.image)

@@ -19,12 +19,12 @@ from torch.utils.data import DataLoader
 
 from checkpoint import load_checkpoint, update_info
 from classifier import ImageFolderDataset, UserError, collate_skipping_bad, eval_transform, scan_class_folders
-from devices import loader_workers, pick_device
+from devices import loader_workers
 from distributed import World
 from images import load_image
 from loop import Run, evaluate
 from metrics import expected_calibration_error, fit_temperature, per_class_scores
-from predict import load_for_prediction
+from predict import load_for_prediction, prediction_device
 
 MAX_MISTAKES = 16
 
@@ -181,7 +181,7 @@ def evaluate_checkpoint(args: argparse.Namespace, given: set[str]) -> dict:
     labelled folder --data (its val/ part when it has train/ and val/), with the same metrics and
     pictures as after training, loaded and run exactly as predict.py would."""
     model_path = Path(args.model)
-    device = pick_device("cpu" if model_path.suffix == ".xml" else args.device)  # OpenVINO runs on the CPU
+    device = prediction_device(model_path, args.device)
     model, prep, labels, temperature, dtype = load_for_prediction(model_path, device, args.precision)
     root = next((args.data / name for name in ("val", "validation") if (args.data / name).is_dir()), args.data)
     classes = scan_class_folders(root)

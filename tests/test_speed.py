@@ -1,6 +1,6 @@
 """The speed levers keep results: the decode cache, cached backbone features, bf16 on CPUs, int8 and
-OpenVINO prediction (in memory, and export.py's int8 model), torch.compile, the allocator setting and the worker defaults. (Timings live in
-benchmarks/speed.py and benchmarks/levers.py.)"""
+OpenVINO prediction (in memory, and export.py's int8 model), torch.compile, the allocator setting
+and the worker defaults. (Timings live in benchmarks/speed.py and benchmarks/levers.py.)"""
 from __future__ import annotations
 
 import csv
