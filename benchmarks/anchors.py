@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from model import create_model
+from vitclassifier.model.vit import create_model
 
 
 class HFExampleDataset(torch.utils.data.Dataset):

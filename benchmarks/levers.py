@@ -37,8 +37,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from devices import autocast, keep_freed_memory, run_in_bf16  # noqa: E402
-from model import PRESETS, create_model  # noqa: E402
+from vitclassifier.devices import autocast, keep_freed_memory, run_in_bf16  # noqa: E402
+from vitclassifier.model.vit import PRESETS, create_model  # noqa: E402
 
 
 def median_seconds(function, repeats: int, warmup: int = 1) -> float:
@@ -99,7 +99,7 @@ def prediction_runs(args, variant: str):
     from predict import prepare_model
     batch = torch.randn(32, 3, args.image_size, args.image_size)
     if variant.startswith("OpenVINO"):
-        from openvino_backend import OpenVinoModel, convert, quantize_static
+        from vitclassifier.model.openvino import OpenVinoModel, convert, quantize_static
         converted = convert(fresh_model(args), args.image_size)
         if "int8" in variant:  # ranges measured on noise: fine for timing, not for predicting
             converted = quantize_static(converted, batch[:16])
@@ -122,8 +122,8 @@ def data_costs(args) -> dict[str, float]:
     """Milliseconds per image of decoding and of each augmentation step (one thread, like a worker)."""
     from PIL import Image
     from torchvision.transforms import v2
-    from classifier import Preprocessing, train_transform
-    from images import load_image
+    from vitclassifier.data.transforms import Preprocessing, train_transform
+    from vitclassifier.data.images import load_image
     torch.set_num_threads(1)
     photo = Image.effect_mandelbrot((4000, 3000), (-2.0, -1.2, 1.0, 1.2), 60).convert("RGB")  # a 12 MP "photo"
     buffer = io.BytesIO()

@@ -44,8 +44,8 @@ def measure_tta(checkpoint: Path, data: Path) -> dict:
     """Validation accuracy and milliseconds per image of predict.py's path, with and without --tta."""
     sys.path.insert(0, str(ROOT))
     import torch
-    from checkpoint import load_checkpoint, read_info
-    from classifier import load_splits
+    from vitclassifier.model.checkpoint import load_checkpoint, read_info
+    from vitclassifier.data.folders import load_splits
     from predict import predict
     model, prep, labels = load_checkpoint(checkpoint)
     _, _, val = load_splits(data, 0.2, 42)

@@ -38,11 +38,12 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402  (after the path, like the imports of our modules below)
 
 import export  # noqa: E402
-from classifier import ImageFolderDataset, load_splits  # noqa: E402
-from devices import autocast_dtype, keep_freed_memory, pick_device  # noqa: E402
-from model import PRESETS, create_model  # noqa: E402
+from vitclassifier.data.dataset import ImageFolderDataset  # noqa: E402
+from vitclassifier.data.folders import load_splits  # noqa: E402
+from vitclassifier.devices import autocast_dtype, keep_freed_memory, pick_device  # noqa: E402
+from vitclassifier.model.vit import PRESETS, create_model  # noqa: E402
 from predict import load_for_prediction, predict  # noqa: E402
-from synthetic import generate_data  # noqa: E402
+from vitclassifier.data.synthetic import generate_data  # noqa: E402
 
 from anchors import pipeline_classifier, train_with_trainer  # noqa: E402  (benchmarks/)
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from PIL import Image
 
-import audit
+from vitclassifier.data import audit
 import classifier
-from audit import audit_dataset, format_report
-from classifier import load_splits
+from vitclassifier.data.audit import audit_dataset, format_report
+from vitclassifier.data.folders import load_splits
 
 
 def make_images(folder: Path, count: int, size: int = 16, prefix: str = "img") -> list[Path]:

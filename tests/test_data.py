@@ -10,8 +10,10 @@ import torch
 from PIL import Image
 
 import classifier
-from classifier import Preprocessing, UserError, eval_transform, list_images, load_splits, train_transform
-from synthetic import generate_data, parse_classes
+from vitclassifier.data.transforms import Preprocessing, eval_transform, train_transform
+from vitclassifier.errors import UserError
+from vitclassifier.data.folders import list_images, load_splits
+from vitclassifier.data.synthetic import generate_data, parse_classes
 
 
 def test_generation_is_byte_identical_for_a_seed_and_differs_across_seeds(tmp_path):

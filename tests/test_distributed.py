@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from classifier import load_splits
+from vitclassifier.data.folders import load_splits
 from conftest import ROOT
 from test_resume import assert_same_metrics, read_rows, run_args
 

@@ -15,10 +15,10 @@ from PIL import Image
 
 import export
 import predict
-from checkpoint import load_checkpoint
-from classifier import eval_transform
+from vitclassifier.model.checkpoint import load_checkpoint
+from vitclassifier.data.transforms import eval_transform
 from conftest import CLASSES
-from images import load_image
+from vitclassifier.data.images import load_image
 
 onnx = pytest.importorskip("onnx", reason="export tests need the extras: pip install -r requirements-extras.txt")
 ort = pytest.importorskip("onnxruntime", reason="export tests need the extras: pip install -r requirements-extras.txt")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from images import TRANSPARENCY_BACKGROUND, load_image
+from vitclassifier.data.images import TRANSPARENCY_BACKGROUND, load_image
 
 
 def test_rgba_transparency_lands_on_grey_not_black(tmp_path):

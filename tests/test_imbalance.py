@@ -9,9 +9,9 @@ import torch
 
 import train
 from conftest import TRAIN_OPTIONS, make_pattern_folder
-from distributed import EpochSampler, ShardSampler, World
-from metrics import macro_f1, per_class_scores
-from recipe import class_weights
+from vitclassifier.training.distributed import EpochSampler, ShardSampler, World
+from vitclassifier.training.metrics import macro_f1, per_class_scores
+from vitclassifier.training.recipe import class_weights
 from test_resume import read_rows
 
 

@@ -20,9 +20,9 @@ from PIL import Image
 
 import predict
 import train
-from classifier import load_splits
+from vitclassifier.data.folders import load_splits
 from conftest import TRAIN_OPTIONS
-from images import TRANSPARENCY_BACKGROUND as GREY, load_image
+from vitclassifier.data.images import TRANSPARENCY_BACKGROUND as GREY, load_image
 
 SIZE = 32  # side of the small images
 ORIENTATION = 0x0112  # EXIF tag; 6 means "rotate 90 degrees clockwise to display"

@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from classifier import UserError
-from model import DropoutLinear, create_model, encoder_blocks, freeze, resolve_source
+from vitclassifier.errors import UserError
+from vitclassifier.model.vit import DropoutLinear, create_model, encoder_blocks, freeze, resolve_source
 from conftest import ROOT
 
 LABELS = ["a", "b", "c"]

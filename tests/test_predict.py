@@ -105,7 +105,7 @@ def predictions_of(capsys, *argv) -> dict:
 
 def test_the_calibrated_temperature_changes_confidences_but_not_the_top_label(trained_run, images, tmp_path, capsys):
     import shutil
-    from checkpoint import update_info
+    from vitclassifier.model.checkpoint import update_info
     hot = tmp_path / "hot"
     shutil.copytree(trained_run / "best", hot)
     update_info(hot, temperature=1.0)

@@ -9,8 +9,8 @@ from safetensors.torch import load_file
 
 import train
 from conftest import TRAIN_OPTIONS, make_pattern_folder
-from model import create_model
-from recipe import EMA, make_optimizer, mix_batches, parameter_depths, staged_warmup_cosine
+from vitclassifier.model.vit import create_model
+from vitclassifier.training.recipe import EMA, make_optimizer, mix_batches, parameter_depths, staged_warmup_cosine
 from test_resume import read_rows
 
 
@@ -116,8 +116,9 @@ def test_ema_follows_the_weights_slowly():
 
 
 def test_ema_is_validated_and_the_better_weights_are_saved(tmp_path, small_data, tiny_vit):
-    from checkpoint import load_checkpoint
-    from classifier import eval_transform, load_splits
+    from vitclassifier.model.checkpoint import load_checkpoint
+    from vitclassifier.data.transforms import eval_transform
+    from vitclassifier.data.folders import load_splits
     out = run(tmp_path, small_data, tiny_vit, "--epochs", "3", "--ema", "0.9")
     rows = read_rows(out / "metrics.csv")
     assert all(row["ema_val_acc"] for row in rows)

@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 import train
-from metrics import expected_calibration_error, fit_temperature
-from report import write_confusion
+from vitclassifier.training.metrics import expected_calibration_error, fit_temperature
+from vitclassifier.reporting.report import write_confusion
 
 PICTURES = ("curves.png", "confusion_matrix.png", "mistakes.png")
 

@@ -16,10 +16,10 @@ import torch
 import checkpoint
 import predict
 import train
-from checkpoint import atomic_write_dir, check_output_dir, load_checkpoint, save_model
-from classifier import UserError
+from vitclassifier.model.checkpoint import atomic_write_dir, check_output_dir, load_checkpoint, save_model
+from vitclassifier.errors import UserError
 from conftest import ROOT, TRAIN_OPTIONS
-from resume import StopSignal
+from vitclassifier.training.resume import StopSignal
 
 COMPARED = ("train_loss", "train_acc", "val_loss", "val_acc", "val_top3", "val_macro_f1", "lr")
 
@@ -70,7 +70,7 @@ def test_a_writer_killed_mid_save_leaves_the_previous_checkpoint(tmp_path):
     writer = subprocess.Popen([sys.executable, "-c", f"""
 import sys, time
 sys.path.insert(0, {str(ROOT)!r})
-from checkpoint import atomic_write_dir
+from vitclassifier.model.checkpoint import atomic_write_dir
 def slow(d):
     with open(d / "weights.bin", "wb") as f:
         for _ in range(10_000):

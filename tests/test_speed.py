@@ -17,10 +17,12 @@ from PIL import Image
 import devices
 import predict
 import train
-from checkpoint import load_checkpoint
-from classifier import ImageFolderDataset, Preprocessing, UserError, eval_transform, fill_caches, train_transform
+from vitclassifier.model.checkpoint import load_checkpoint
+from vitclassifier.data.dataset import ImageFolderDataset, fill_caches
+from vitclassifier.data.transforms import Preprocessing, eval_transform, train_transform
+from vitclassifier.errors import UserError
 from conftest import TRAIN_OPTIONS
-from features import can_cache_features
+from vitclassifier.training.features import can_cache_features
 
 
 @pytest.fixture()
@@ -188,7 +190,7 @@ def test_train_compile_option_trains_like_eager_and_saves_a_plain_checkpoint(pat
 
 def test_bf16_on_cpus_runs_attention_and_activations_in_bf16_with_the_same_answers(tiny_vit):
     import copy
-    from model import create_model
+    from vitclassifier.model.vit import create_model
     cpu, bf16 = torch.device("cpu"), torch.bfloat16
     torch.manual_seed(0)
     reference = create_model(str(tiny_vit), ["a", "b", "c"])[0].eval()  # fp32, PyTorch's SDPA attention

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from classifier import UserError
+from vitclassifier.errors import UserError
 from conftest import ROOT, TRAIN_OPTIONS
-from tracking import make_tracker
+from vitclassifier.reporting.tracking import make_tracker
 
 NEEDS_EXTRAS = "needs the extras: pip install -r requirements-extras.txt"
 # as train.py's metrics.csv rows have them: text, and empty where a metric is not computed (no EMA)

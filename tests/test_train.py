@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 import train
-from checkpoint import load_checkpoint
-from classifier import eval_transform
+from vitclassifier.model.checkpoint import load_checkpoint
+from vitclassifier.data.transforms import eval_transform
 from conftest import CLASSES, TRAIN_OPTIONS
 
 

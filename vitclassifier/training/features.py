@@ -8,34 +8,21 @@ is the whole model as usual (the head is the model's own ``classifier``).
 """
 from __future__ import annotations
 
-import argparse
-from types import SimpleNamespace
-
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from classifier import ImageFolderDataset, collate_skipping_bad
-from devices import autocast
+from vitclassifier.config import TrainConfig
+from vitclassifier.data.dataset import ImageFolderDataset, collate_skipping_bad
+from vitclassifier.devices import autocast
 
 
-def can_cache_features(args: argparse.Namespace) -> bool:
+def can_cache_features(config: TrainConfig) -> bool:
     """True when every epoch would see the same backbone features: frozen backbone (its dropout
     off), no augmentation and no mixing. ``--cache-mb 0`` turns this cache off too."""
-    no_augmentation = args.no_crop and args.no_flip and args.no_rotate and args.no_color_jitter
-    return (args.freeze == "backbone" and no_augmentation and not args.mixup and not args.cutmix
-            and not args.backbone_dropout and args.cache_mb > 0)
-
-
-class HeadOnly(nn.Module):
-    """Calls ``model.classifier`` on features, answering like the full model (``.logits``)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, pixel_values: torch.Tensor) -> SimpleNamespace:
-        return SimpleNamespace(logits=self.model.classifier(pixel_values))
+    data, model, recipe = config.data, config.model, config.recipe
+    return (model.freeze == "backbone" and not any(data.augment.values()) and not recipe.mixup
+            and not recipe.cutmix and not model.backbone_dropout and data.cache_mb > 0)
 
 
 class FeatureDataset(Dataset):

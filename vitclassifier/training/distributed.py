@@ -16,6 +16,12 @@ import torch.distributed as dist
 from torch.utils.data import Sampler
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of epoch ``epoch`` of a run seeded with ``seed``: its shuffling, augmentation and
+    dropout all derive from it, so a resumed run repeats them."""
+    return seed * 1000 + epoch
+
+
 @dataclass
 class World:
     """This process's place among the training processes."""
@@ -102,7 +108,7 @@ class EpochSampler(Sampler[int]):
         self.epoch, self.start_batch = epoch, start_batch
 
     def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
         if self.weights is None:
             order = torch.randperm(self.n, generator=generator)
         else:

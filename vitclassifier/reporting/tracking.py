@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from classifier import UserError
+from vitclassifier.errors import UserError
 
 KINDS = ("mlflow", "tensorboard")
 EXPERIMENT = "vit-classifier"
@@ -49,7 +49,7 @@ class Tracker:
     def close(self, status: str = "FINISHED") -> None:
         """End the run; ``status`` is FINISHED, FAILED or KILLED (MLflow's run states)."""
 
-    def __enter__(self) -> "Tracker":
+    def __enter__(self) -> Tracker:
         return self
 
     def __exit__(self, kind, error, traceback) -> None:

@@ -13,11 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AttentionInterface
 
-from classifier import UserError
+from vitclassifier.errors import UserError
 
-
-PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
-PRECISION_HELP = "autocast precision; auto: bf16 where the device supports it, else fp16 on CUDA, else fp32"
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt() parameters, from <malloc.h>
 KEEP_FREED_BYTES = 2**30  # keep_freed_memory: blocks up to this size come from the heap and stay there
 

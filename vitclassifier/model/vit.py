@@ -7,13 +7,16 @@ from __future__ import annotations
 import difflib
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
-from classifier import Preprocessing, UserError
+from vitclassifier.data.transforms import Preprocessing
+from vitclassifier.errors import UserError
 
 IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 INCEPTION_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
@@ -44,6 +47,20 @@ class DropoutLinear(nn.Linear):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return super().forward(self.dropout(features))
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers' notes and progress bars off while we load, trace or convert a model: we report
+    what matters ourselves (e.g. the head we replace on purpose is not "newly initialized" news)."""
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -126,10 +143,13 @@ def create_model(name: str, labels: list[str], pretrained: bool = True, dropout:
     """Build the classifier for ``labels`` from a preset, Hub id or local checkpoint directory.
 
     With ``pretrained=False`` a preset's architecture is built with random weights, offline."""
-    from transformers import (AutoConfig, AutoImageProcessor, AutoModelForImageClassification,
-                              ViTConfig, ViTForImageClassification)
-    from transformers.utils import logging as hf_logging
-    hf_logging.disable_progress_bar()  # no "Loading weights" bar for a model this size
+    from transformers import (
+        AutoConfig,
+        AutoImageProcessor,
+        AutoModelForImageClassification,
+        ViTConfig,
+        ViTForImageClassification,
+    )
     id2label = dict(enumerate(labels))
     label2id = {label: i for i, label in id2label.items()}
     if not pretrained:
@@ -145,19 +165,16 @@ def create_model(name: str, labels: list[str], pretrained: bool = True, dropout:
         _replace_head(model, len(labels), dropout, keep_weights=False)
         return model, Preprocessing(config.image_size, 0.875, mean, std)
     source, local_only = resolve_source(name)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # we replace the head on purpose: no "newly initialized" warning
     try:
-        old_labels = list(AutoConfig.from_pretrained(source, local_files_only=local_only).id2label.values())
-        processor = AutoImageProcessor.from_pretrained(source, local_files_only=local_only)
-        model = AutoModelForImageClassification.from_pretrained(
-            source, num_labels=len(labels), id2label=id2label, label2id=label2id,
-            ignore_mismatched_sizes=True, local_files_only=local_only, dtype=torch.float32,
-            use_safetensors=True if Path(source).is_dir() else None)  # local weights: safetensors only
+        with quiet_transformers():
+            old_labels = list(AutoConfig.from_pretrained(source, local_files_only=local_only).id2label.values())
+            processor = AutoImageProcessor.from_pretrained(source, local_files_only=local_only)
+            model = AutoModelForImageClassification.from_pretrained(
+                source, num_labels=len(labels), id2label=id2label, label2id=label2id,
+                ignore_mismatched_sizes=True, local_files_only=local_only, dtype=torch.float32,
+                use_safetensors=True if Path(source).is_dir() else None)  # local weights: safetensors only
     except OSError as error:  # e.g. a half-downloaded cache, or a directory missing its weights
         raise UserError(f"could not load {source}: {str(error).splitlines()[0]} {WAYS_OUT}") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
     _replace_head(model, len(labels), dropout, keep_weights=old_labels == labels)
     if image_size:
         resize_position_embeddings(model, image_size)

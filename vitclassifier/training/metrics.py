@@ -6,11 +6,13 @@ accuracy, per-class precision/recall/F1 and macro-F1, and it sums exactly across
 from __future__ import annotations
 
 import csv
-import os
+import io
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from vitclassifier.files import atomic_write_text
 
 METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_top3", "val_macro_f1",
                  "ema_val_loss", "ema_val_acc", "ema_val_macro_f1", "lr", "seconds"]
@@ -81,15 +83,11 @@ def read_metrics(path: Path, up_to_epoch: int) -> list[dict]:
 
 def write_metrics(path: Path, rows: list[dict]) -> None:
     """Rewrite metrics.csv atomically (a temporary file renamed over it)."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=METRIC_FIELDS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=METRIC_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, table.getvalue())
 
 
 def new_totals() -> dict:

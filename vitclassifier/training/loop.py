@@ -5,7 +5,6 @@ a confusion matrix, so its metrics are exact over the whole set, also across pro
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,11 +14,17 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from classifier import UserError
-from devices import autocast
-from distributed import World, sum_across, sum_tensor_across
-from metrics import macro_f1
-from recipe import EMA
+from vitclassifier.config import RecipeOptions
+from vitclassifier.devices import autocast
+from vitclassifier.errors import UserError
+from vitclassifier.training.distributed import (
+    World,
+    epoch_seed,
+    sum_across,
+    sum_tensor_across,
+)
+from vitclassifier.training.metrics import macro_f1
+from vitclassifier.training.recipe import EMA
 
 
 @dataclass
@@ -30,7 +35,7 @@ class Run:
     device: torch.device
     dtype: torch.dtype | None
     world: World
-    args: argparse.Namespace
+    recipe: RecipeOptions
     optimizer: torch.optim.Optimizer | None = None
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
     scaler: torch.amp.GradScaler | None = None
@@ -70,14 +75,14 @@ def check_classes_readable(bad_files: dict, samples: list[tuple[Path, int]], lab
 def train_epoch(run: Run, loader: DataLoader, epoch: int, first_step: int, totals: dict, stop) -> int:
     """Train from optimizer step ``first_step`` of ``epoch``, adding into ``totals``. Returns the
     number of the next step: all of them, or fewer when a stop was requested."""
-    args = run.args
+    recipe = run.recipe
     run.model.train()
     step, micro, stepped = first_step, 0, False
     # Loss and top-1 sums stay on the device (sum_dtype): reading them every step would make the CPU
     # wait for the GPU instead of queueing the next step while it computes.
     running = torch.zeros(2, dtype=sum_dtype(run.device), device=run.device)
     count = totals["count"]
-    bar = run.bar(loader, f"epoch {epoch}/{args.epochs} train")
+    bar = run.bar(loader, f"epoch {epoch}/{recipe.epochs} train")
     for images, labels, _, bad in bar:
         run.note_bad(bad)
         stop_now, some_empty = sum_across([float(stop.signum > 0), float(images is None)], run.world, run.device)
@@ -86,13 +91,13 @@ def train_epoch(run: Run, loader: DataLoader, epoch: int, first_step: int, total
         micro += 1
         if not some_empty:  # a batch of only unreadable files: every process skips it together
             # Dropout and mixing depend only on (seed, epoch, step, micro-batch, process): a resumed run repeats them.
-            torch.manual_seed((((args.seed * 1000 + epoch) * 100_003 + step) * 64 + micro) * 101 + run.world.rank)
+            torch.manual_seed((((epoch_seed(recipe.seed, epoch)) * 100_003 + step) * 64 + micro) * 101 + run.world.rank)
             images, labels = images.to(run.device, non_blocking=True), labels.to(run.device, non_blocking=True)
             inputs, targets = run.mix(images, labels) if run.mix else (images, labels)
             with run.autocast():
                 logits = run.model(pixel_values=inputs).logits.float()
-                loss = F.cross_entropy(logits, targets, weight=run.loss_weight, label_smoothing=args.label_smoothing)
-            run.scaler.scale(loss / args.grad_accum).backward()  # the mean over the micro-batches
+                loss = F.cross_entropy(logits, targets, weight=run.loss_weight, label_smoothing=recipe.label_smoothing)
+            run.scaler.scale(loss / recipe.grad_accum).backward()  # the mean over the micro-batches
             stepped = True
             hits = (logits.argmax(1) == labels).sum()  # against the true, unmixed labels
             running += torch.stack([loss.detach().to(running.dtype) * len(labels), hits.to(running.dtype)])
@@ -100,12 +105,12 @@ def train_epoch(run: Run, loader: DataLoader, epoch: int, first_step: int, total
             if not bar.disable and step % 10 == 0:  # shown on a terminal only
                 loss_sum, top1 = (totals[key] + value for key, value in zip(("loss", "top1"), running.tolist()))
                 bar.set_postfix(loss=f"{loss_sum / count:.3f}", acc=f"{top1 / count:.3f}")
-        if micro < args.grad_accum:
+        if micro < recipe.grad_accum:
             continue
         if stepped:
-            if args.grad_clip > 0:
+            if recipe.grad_clip > 0:
                 run.scaler.unscale_(run.optimizer)
-                torch.nn.utils.clip_grad_norm_(run.model.parameters(), args.grad_clip)
+                torch.nn.utils.clip_grad_norm_(run.model.parameters(), recipe.grad_clip)
             run.scaler.step(run.optimizer)
             run.scaler.update()
             run.optimizer.zero_grad(set_to_none=True)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
-from model import encoder_blocks
+from vitclassifier.model.vit import encoder_blocks
 
 
 def parameter_depths(model: nn.Module) -> dict[str, int]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from images import DECODE_ERRORS, load_image
+from vitclassifier.data.images import DECODE_ERRORS, load_image
 
 IMBALANCE_THRESHOLD = 3.0  # largest / smallest class from which class weighting is worth it
 HEAD_BYTES = 64 * 1024  # same-size files are compared on this much first, before a full read

@@ -7,7 +7,6 @@ scheduler and scaler, the position (epoch, step) and the epoch's running sums; n
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import signal
@@ -16,17 +15,19 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from checkpoint import load_training_state, resume_conflicts
-from classifier import UserError
+from vitclassifier.config import TrainConfig
+from vitclassifier.errors import UserError
+from vitclassifier.model.checkpoint import load_training_state
 
 # Options that may change when a run is resumed; any other option given on the command line must
 # match the interrupted run (options not given are taken from it).
-RESUME_FREE = {"device", "num_workers", "precision", "patience", "cache_mb", "compile", "output_dir", "resume", "track", "tracking_uri"}
+RESUME_FREE = {"device", "num_workers", "precision", "patience", "cache_mb", "compile", "output_dir", "resume",
+               "track", "tracking_uri"}
 
 
-def options_of(args: argparse.Namespace) -> dict:
-    """The run's options as plain data (saved with the training state, compared on resume)."""
-    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "resume"}
+def saved_options(config: TrainConfig) -> dict:
+    """The run's options as plain data, saved with the training state (all but --resume)."""
+    return {name: value for name, value in config.as_options().items() if name != "resume"}
 
 
 def data_fingerprint(samples: list[tuple[Path, int]], root: Path) -> str:
@@ -37,28 +38,39 @@ def data_fingerprint(samples: list[tuple[Path, int]], root: Path) -> str:
     return digest.hexdigest()
 
 
-def prepare_resume(args: argparse.Namespace, given: set[str]) -> dict | None:
-    """The saved training state to continue from, or None to start afresh. Fills the options not
-    given on this command line from the interrupted run; refuses options that differ."""
-    if args.resume is None:
-        return None
-    if args.resume not in ("", "auto") and "output_dir" not in given:
-        args.output_dir = Path(args.resume)
-    resume_dir = args.output_dir / "last"
-    if args.resume == "auto" and not (resume_dir / "training_state.pt").is_file():
-        print(f"No interrupted run in {args.output_dir}; starting afresh")
-        return None
+def resume_conflicts(saved: dict, current: dict, given: set[str]) -> list[str]:
+    """Options given on this command line that differ from the run being resumed (except those
+    in RESUME_FREE, which may change between sessions), as "--name: was X, now Y" lines."""
+    return [f"--{name.replace('_', '-')}: was {saved[name]!r}, now {current[name]!r}"
+            for name in sorted(given) if name in saved and name not in RESUME_FREE and saved[name] != current[name]]
+
+
+def prepare_resume(config: TrainConfig, given: set[str]) -> tuple[TrainConfig, dict | None]:
+    """The configuration to run and the saved training state to continue from (None: start afresh).
+    Options not given on this command line come from the interrupted run; ones that differ are refused."""
+    runtime = config.runtime
+    if runtime.resume is None:
+        return config, None
+    if runtime.resume not in ("", "auto") and "output_dir" not in given:
+        config = config.replace(output_dir=Path(runtime.resume))
+    output_dir = config.runtime.output_dir
+    resume_dir = output_dir / "last"
+    if runtime.resume == "auto" and not (resume_dir / "training_state.pt").is_file():
+        print(f"No interrupted run in {output_dir}; starting afresh")
+        return config, None
     state = load_training_state(resume_dir)
-    current = options_of(args)
-    conflicts = resume_conflicts(state["options"], current, given, RESUME_FREE)
+    saved = state.get("options")
+    if not isinstance(saved, dict):
+        raise UserError(f"cannot resume {resume_dir}: its training state has no options; train afresh")
+    current = config.as_options()
+    conflicts = resume_conflicts(saved, current, given)
     if conflicts:
         raise UserError(f"cannot resume {resume_dir} with different options: {'; '.join(conflicts)}. "
                         f"Drop them to continue as before, or train into a new --output-dir")
-    for name, value in state["options"].items():
-        if name not in given and name != "output_dir":
-            setattr(args, name, Path(value) if isinstance(getattr(args, name), Path) else value)
+    kept = {name: value for name, value in saved.items() if name in current and name not in given
+            and name != "output_dir"}
     state["dir"] = resume_dir
-    return state
+    return config.replace(**kept), state
 
 
 class StopSignal:
@@ -68,7 +80,7 @@ class StopSignal:
     def __init__(self, announce: bool):
         self.signum, self.announce, self.previous = 0, announce, {}
 
-    def __enter__(self) -> "StopSignal":
+    def __enter__(self) -> StopSignal:
         for signum in (signal.SIGINT, signal.SIGTERM):
             self.previous[signum] = signal.signal(signum, self._handle)
         return self

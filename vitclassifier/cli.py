@@ -1,0 +1,44 @@
+"""What the commands share on their command lines: the help format, the common options, and
+which options a user typed."""
+from __future__ import annotations
+
+import argparse
+
+DEVICES = ["auto", "cpu", "cuda", "mps"]
+PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
+PRECISION_HELP = "autocast precision; auto: bf16 where the device supports it, else fp16 on CUDA, else fp32"
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: X)" in --help, except for flags and options without a default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def new_parser(description: str) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+
+
+def add_device_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+                      help: str = "where to run; auto picks a GPU when there is one") -> None:
+    parser.add_argument("--device", default="auto", choices=DEVICES, help=help)
+
+
+def add_precision_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
+
+
+def typed_options(parser: argparse.ArgumentParser, argv: list[str] | None,
+                  parsed: argparse.Namespace) -> set[str]:
+    """The destinations of the options given on the command line ``argv`` (``parsed`` is its
+    result), as opposed to those left at their defaults.
+
+    ``argv`` is parsed once more into a namespace whose every attribute is already set to a marker:
+    argparse fills in defaults only where an attribute is missing, so what still holds the marker
+    afterwards was not typed."""
+    untouched = object()
+    again = parser.parse_args(argv, namespace=argparse.Namespace(**dict.fromkeys(vars(parsed), untouched)))
+    return {dest for dest, value in vars(again).items() if value is not untouched}

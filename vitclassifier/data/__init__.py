@@ -1,0 +1,1 @@
+"""The data layer: image files in, uint8 pixels and labels out."""

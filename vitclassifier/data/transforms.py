@@ -1,0 +1,88 @@
+"""Preprocessing: one definition of evaluation preprocessing, read from and written to the
+checkpoint, and the training augmentation built on the same steps."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+
+@dataclass
+class Preprocessing:
+    """What a model expects of its input; saved as the checkpoint's preprocessor_config.json."""
+    image_size: int = 224
+    crop_pct: float = 0.875
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    @property
+    def resize_size(self) -> int:
+        return int(self.image_size / self.crop_pct)
+
+    @classmethod
+    def from_image_processor(cls, processor, image_size: int | None = None) -> Preprocessing:
+        """Read size, crop ratio, mean and std from any Hugging Face image processor."""
+        size = processor.size or {}
+        crop = getattr(processor, "crop_size", None) or {}
+        native = crop.get("height") or size.get("shortest_edge") or size.get("height") or 224
+        if getattr(processor, "crop_pct", None):
+            crop_pct = processor.crop_pct
+        elif crop.get("height") and getattr(processor, "do_center_crop", False):
+            crop_pct = crop["height"] / (size.get("shortest_edge") or size.get("height"))
+        else:
+            crop_pct = 1.0  # processors like ViT's resize straight to the model's size
+        return cls(image_size or native, min(1.0, crop_pct),
+                   tuple(processor.image_mean), tuple(processor.image_std))
+
+    def to_image_processor(self):
+        """An image processor doing exactly eval_transform, so transformers.pipeline agrees with us."""
+        from transformers import ConvNextImageProcessor
+        return ConvNextImageProcessor(size={"shortest_edge": self.image_size}, crop_pct=self.crop_pct,
+                                      image_mean=list(self.mean), image_std=list(self.std), resample=3)
+
+
+@dataclass
+class TwoStage:
+    """A transform in two steps: ``decode`` (deterministic: PIL image -> resized uint8 tensor, the
+    part worth caching) and ``finish`` (random augmentation on uint8, then float and normalise)."""
+    decode: v2.Compose
+    finish: v2.Compose
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.finish(self.decode(image))
+
+
+def _resize(prep: Preprocessing) -> v2.Resize:
+    return v2.Resize(prep.resize_size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+
+
+def _to_normalised_float(prep: Preprocessing) -> list:
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(prep.mean, prep.std)]
+
+
+def eval_transform(prep: Preprocessing) -> TwoStage:
+    """THE evaluation preprocessing: validation and predict.py both use exactly this."""
+    return TwoStage(v2.Compose([v2.PILToTensor(), _resize(prep), v2.CenterCrop(prep.image_size)]),
+                    v2.Compose(_to_normalised_float(prep)))
+
+
+def train_transform(prep: Preprocessing, crop: bool = True, flip: bool = True, rotate: bool = True,
+                    color_jitter: bool = True) -> TwoStage:
+    """Training augmentation; each part can be switched off. With all off it equals eval_transform.
+
+    Every image is first resized so its short side is ``prep.resize_size`` (cacheable); the random
+    steps then work on that small uint8 image, which is much cheaper than on a full-size photo."""
+    steps = []
+    if rotate:
+        steps.append(v2.RandomRotation(15, interpolation=v2.InterpolationMode.BILINEAR))
+    if crop:
+        steps.append(v2.RandomResizedCrop(prep.image_size, scale=(0.6, 1.0), antialias=True))
+    else:
+        steps.append(v2.CenterCrop(prep.image_size))
+    if flip:
+        steps.append(v2.RandomHorizontalFlip())
+    if color_jitter:  # no hue shift: it cost 3 ms an image, 5x the rest of the jitter
+        steps.append(v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3))
+    return TwoStage(v2.Compose([v2.PILToTensor(), _resize(prep)]), v2.Compose(steps + _to_normalised_float(prep)))

@@ -1,0 +1,161 @@
+"""Exporting a checkpoint: write the artefact, load it back through the one loader, compare it
+with PyTorch on real or drawn images, time both. export.py parses its options into an
+``ExportConfig`` and calls ``export_checkpoint``."""
+from __future__ import annotations
+
+import json
+import random
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vitclassifier.data.dataset import ImageFolderDataset
+from vitclassifier.data.folders import list_images
+from vitclassifier.data.transforms import Preprocessing, eval_transform
+from vitclassifier.devices import cpu_supports_bf16
+from vitclassifier.errors import UserError
+from vitclassifier.files import atomic_write_text
+from vitclassifier.inference.loading import load_export
+from vitclassifier.model.checkpoint import load_checkpoint, read_info
+from vitclassifier.model.exporters import describe, export_onnx, quantize_int8, trace
+from vitclassifier.model.openvino import convert, import_openvino, quantize_static, save_ir
+from vitclassifier.model.runnable import LogitsOnly
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "int8": ".int8.pt",
+           "openvino": ".openvino.xml", "openvino-int8": ".openvino-int8.xml"}
+EXACT_FORMATS = ("onnx", "torchscript")  # fp32 as PyTorch runs it; the others round to int8 or bf16
+TOLERANCE = 1e-3  # max |logit difference| accepted for the exact formats
+MIN_AGREEMENT = 0.99  # top-1 agreement with PyTorch below which the other formats get a warning
+CHECK_IMAGES = 64  # at most this many images from --check-images are compared
+CALIBRATION_IMAGES = 64  # and from --calibration-images calibrate openvino-int8 (about 15 s for vit-small)
+BENCH_BATCH = 32
+EXTRAS = "pip install -r requirements-extras.txt"
+
+
+@dataclass
+class ExportConfig:
+    model: Path  # the checkpoint directory
+    format: str  # a key of FORMATS
+    out: Path
+    check_images: Path | None = None
+    calibration_images: Path = Path("data")
+    opset: int | None = None
+    bench_rounds: int = 5
+    threads: int | None = None
+
+
+def check_batch(prep: Preprocessing, folder: Path | None, limit: int = CHECK_IMAGES,
+                option: str = "--check-images") -> tuple[torch.Tensor, str]:
+    """Up to ``limit`` preprocessed images from ``folder`` (spread over it), or 16 drawn shapes."""
+    transform = eval_transform(prep)
+    if folder is None:
+        from vitclassifier.data.synthetic import SHAPES, draw_shape
+        rng = random.Random(0)
+        images = [transform(draw_shape(shape, 96, rng)) for shape in SHAPES for _ in range(2)]
+        return torch.stack(images), f"{len(images)} synthetic images"
+    if not folder.is_dir():
+        raise UserError(f"{option} {folder} is not a folder")
+    paths = list_images(folder)
+    paths = paths[::max(1, len(paths) // limit)][:limit]  # spread over the classes' sub-folders
+    dataset = ImageFolderDataset([(path, 0) for path in paths], transform, prep.resize_size)
+    images = [item[0] for item in (dataset[i] for i in range(len(dataset))) if item[0] is not None]
+    if not images:
+        raise UserError(f"{option} {folder} has no readable images")
+    return torch.stack(images), f"{len(images)} images from {folder}"
+
+
+def images_per_second(run, batch: torch.Tensor, rounds: int) -> float:
+    """Throughput of ``run(batch)``: the median of ``rounds`` timed calls after two warm-up calls
+    (the median, because other work on the machine slows single calls down)."""
+    seconds = []
+    with torch.inference_mode():
+        for _ in range(rounds + 2):
+            start = time.perf_counter()
+            run(batch)
+            seconds.append(time.perf_counter() - start)
+    return len(batch) / statistics.median(seconds[2:])
+
+
+def write_openvino(net: nn.Module, prep: Preprocessing, meta: dict, config: ExportConfig) -> None:
+    """An OpenVINO IR; for openvino-int8, calibrated on --calibration-images (recorded in ``meta``)."""
+    import_openvino(f"--format {config.format}")
+    converted = convert(net, prep.image_size)
+    if config.format == "openvino-int8":
+        if not config.calibration_images.is_dir():
+            raise UserError(f"--calibration-images {config.calibration_images} is not a folder: give images like "
+                            f"those the model will predict, to calibrate int8 on (train.py's --data is best)")
+        calibration, meta["calibrated_on"] = check_batch(prep, config.calibration_images, CALIBRATION_IMAGES,
+                                                         "--calibration-images")
+        print(f"Calibrating the int8 ranges on {meta['calibrated_on']}")
+        converted = quantize_static(converted, calibration)
+    save_ir(converted, config.out, meta)
+
+
+def write_artefact(net: nn.Module, example: torch.Tensor, prep: Preprocessing, meta: dict,
+                   config: ExportConfig) -> str:
+    """Write ``config.out`` in ``config.format``; an ONNX export adds its opset to ``meta``, an int8
+    OpenVINO one its calibration images. Returns the engine's name for the report."""
+    if config.format.startswith("openvino"):
+        write_openvino(net, prep, meta, config)
+        return "OpenVINO int8" if config.format == "openvino-int8" else "OpenVINO"
+    if config.format == "onnx":
+        meta["opset"] = export_onnx(net, example, config.out, meta, config.opset)
+        return f"ONNX Runtime (opset {meta['opset']})"
+    int8 = config.format == "int8"
+    trace(quantize_int8(net) if int8 else net, example, config.out, meta)
+    return f"TorchScript {'int8' if int8 else 'fp32'}"
+
+
+def compare(reference: torch.Tensor, candidate: torch.Tensor, described: str, config: ExportConfig) -> bool:
+    """Print how far the export's logits are from PyTorch's; False if an exact format is too far."""
+    difference = (reference - candidate).abs().max().item()
+    agree = (reference.argmax(1) == candidate.argmax(1)).sum().item()
+    count = len(reference)
+    print(f"Checked on {described}: max |logit difference| {difference:.2e}, "
+          f"top-1 agreement {agree}/{count} ({100 * agree / count:.1f}%)")
+    if config.format in EXACT_FORMATS and difference > TOLERANCE:
+        print(f"error: the export differs from PyTorch by more than {TOLERANCE:g}; do not use it", file=sys.stderr)
+        return False
+    if agree < MIN_AGREEMENT * count:
+        print(f"warning: its top-1 answer differs from PyTorch's on {count - agree} of {count} images; "
+              f"check on your own images (--check-images), or export an fp32 format", file=sys.stderr)
+    return True
+
+
+def export_checkpoint(config: ExportConfig) -> bool:
+    """Write, reload, compare and time one artefact; False if an exact export disagrees with PyTorch."""
+    model, prep, labels = load_checkpoint(config.model)
+    net = LogitsOnly(model).eval()
+    images, described = check_batch(prep, config.check_images)
+    batch = images.repeat(-(-BENCH_BATCH // len(images)), 1, 1, 1)[:BENCH_BATCH]
+    with torch.inference_mode():
+        reference = net(images)
+    # PyTorch is timed before the export is loaded: onnxruntime's threads keep spinning for a while
+    # after each run and would take the CPU from it.
+    base_speed = images_per_second(net, batch, config.bench_rounds) if config.bench_rounds else None
+
+    temperature = float(read_info(config.model).get("temperature", 1.0))  # calibrated by train.py
+    meta = describe(prep, labels, config.model, config.format, temperature)
+    config.out.parent.mkdir(parents=True, exist_ok=True)
+    # batch 2 as the example: tracing or exporting with 1 could bake that size into the graph
+    engine = write_artefact(net, images[:2], prep, meta, config)
+    atomic_write_text(config.out.with_name(config.out.name + ".json"), json.dumps(meta, indent=2) + "\n")
+    print(f"Wrote {config.out} and {config.out.name}.json ({len(labels)} labels, {prep.image_size}px input)")
+
+    exported = load_export(config.out, bf16=cpu_supports_bf16(), threads=config.threads)  # as predict.py runs it
+
+    def run(pixels: torch.Tensor) -> torch.Tensor:
+        return exported(pixel_values=pixels).logits
+
+    with torch.inference_mode():
+        exact_enough = compare(reference, run(images), described, config)
+    if base_speed:
+        speed = images_per_second(run, batch, config.bench_rounds)
+        print(f"Speed at batch {BENCH_BATCH}, {config.threads or 'all'} thread(s), images/s:\n"
+              f"  {'PyTorch fp32':<28}{base_speed:9.1f}\n  {engine:<28}{speed:9.1f}  ({speed / base_speed:.2f}x)")
+    return exact_enough

@@ -1,0 +1,90 @@
+"""One loader for every runnable form of a trained classifier: a checkpoint directory, or an
+.onnx, OpenVINO .xml or TorchScript .pt export. predict.py, app.py and train.py --evaluate all
+load through ``load_for_prediction``, so they run a model the same way and agree."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vitclassifier.data.transforms import Preprocessing
+from vitclassifier.devices import autocast_dtype, pick_device, run_in_bf16
+from vitclassifier.errors import UserError
+from vitclassifier.inference.runtimes import OnnxModel, OpenVinoModel, TorchScriptModel
+from vitclassifier.model.checkpoint import load_checkpoint, read_info
+from vitclassifier.model.exporters import quantize_int8, read_meta
+from vitclassifier.model.runnable import Runnable
+
+EXPORT_SUFFIXES = (".onnx", ".xml", ".pt")  # files made by export.py; anything else is a checkpoint directory
+CPU_ONLY_SUFFIXES = (".xml", ".pt")  # OpenVINO and our TorchScript exports run on the CPU
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to predict with, and everything needed to feed it and read its answers."""
+    model: Runnable
+    prep: Preprocessing
+    labels: list[str]
+    temperature: float  # the calibrated softmax temperature: confidences are softmax(logits / T)
+    dtype: torch.dtype | None  # autocast precision (None: fp32, or a runtime that chose its own)
+    device: torch.device
+
+
+def is_export(path: Path) -> bool:
+    return Path(path).suffix in EXPORT_SUFFIXES
+
+
+def prediction_device(model_path: Path, device: str, runtime: str = "pytorch") -> torch.device:
+    """Where ``model_path`` runs: OpenVINO and TorchScript exports (and --runtime openvino) on the CPU."""
+    on_cpu = runtime == "openvino" or Path(model_path).suffix in CPU_ONLY_SUFFIXES
+    return pick_device("cpu" if on_cpu else device)
+
+
+def prepare_model(model: nn.Module, device: torch.device, precision: str = "fp32", quantize: bool = False,
+                  compile_model: bool = False, runtime: str = "pytorch") -> tuple[Runnable, torch.dtype | None]:
+    """The model made fast for inference on ``device``, and the dtype to autocast to (None: fp32)."""
+    if runtime == "openvino":
+        if device.type != "cpu":
+            raise UserError("--runtime openvino runs on the CPU; add --device cpu, or leave --runtime out on a GPU")
+        return OpenVinoModel.from_torch(model, bf16=autocast_dtype(device, precision) == torch.bfloat16), None
+    if quantize:
+        if device.type != "cpu":
+            raise UserError("--quantize uses int8 CPU kernels; on a GPU use --precision bf16 or fp16 instead")
+        return quantize_int8(model.eval()), None
+    model.to(device).eval()
+    dtype = autocast_dtype(device, precision)
+    run_in_bf16(model, device, dtype, training=False)
+    if compile_model:
+        from torch._inductor import config as inductor_config
+        inductor_config.freezing = True  # inference only: constant-fold the weights into the kernels
+        model = torch.compile(model)
+    return model, dtype
+
+
+def load_export(path: Path, bf16: bool, threads: int | None = None) -> OnnxModel | OpenVinoModel | TorchScriptModel:
+    """An export made by export.py, by its suffix. ``bf16``: OpenVINO may compute in bf16;
+    ``threads``: onnxruntime's thread count (None: one per core)."""
+    if path.suffix == ".onnx":
+        return OnnxModel(path, threads)
+    if path.suffix == ".xml":
+        return OpenVinoModel.from_ir(path, bf16)
+    return TorchScriptModel(path)
+
+
+def load_for_prediction(path: Path, device: torch.device, precision: str = "auto", quantize: bool = False,
+                        compile_model: bool = False, runtime: str = "pytorch") -> LoadedModel:
+    """A checkpoint directory or an export, ready to predict with on ``device``."""
+    path = Path(path)
+    if is_export(path):  # the exported graph runs as it was exported
+        if quantize or compile_model or runtime != "pytorch":
+            raise UserError(f"--model {path} is an export and runs as it was exported: leave out --quantize, "
+                            f"--compile and --runtime")
+        model = load_export(path, autocast_dtype(device, precision) == torch.bfloat16)
+        prep, labels = read_meta(model.meta, path)
+        return LoadedModel(model, prep, labels, float(model.meta.get("temperature", 1.0)), None, device)
+    model, prep, labels = load_checkpoint(path)
+    temperature = float(read_info(path).get("temperature", 1.0))  # calibrated after training
+    runnable, dtype = prepare_model(model, device, precision, quantize, compile_model, runtime)
+    return LoadedModel(runnable, prep, labels, temperature, dtype, device)

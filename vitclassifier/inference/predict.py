@@ -1,0 +1,109 @@
+"""Prediction: turn what the user gave (files, folders, globs) into image paths, run a loaded model
+over them in batches, and report top-k labels with calibrated confidences."""
+from __future__ import annotations
+
+import glob
+import json
+import sys
+from pathlib import Path
+from typing import TextIO
+
+import torch
+from torch.utils.data import DataLoader
+from torchvision.transforms import v2
+
+from vitclassifier.data.dataset import ImageFolderDataset, collate_skipping_bad
+from vitclassifier.data.folders import list_images
+from vitclassifier.data.transforms import eval_transform
+from vitclassifier.devices import autocast
+from vitclassifier.files import atomic_write_text
+from vitclassifier.inference.loading import LoadedModel
+
+UNKNOWN = "unknown"  # the answer below --min-confidence
+
+
+def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files, folders and globs -> (image paths in order, [(input, reason)] for inputs that match nothing)."""
+    paths, missing = [], []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = list_images(path)
+            paths += found
+            if not found:
+                missing.append((item, "folder has no image files"))
+        elif path.is_file():
+            paths.append(path)
+        elif glob.has_magic(item):
+            matches = sorted(Path(m) for m in glob.glob(item, recursive=True) if Path(m).is_file())
+            paths += matches
+            if not matches:
+                missing.append((item, "pattern matches no files"))
+        else:
+            missing.append((item, "file not found"))
+    return list(dict.fromkeys(paths)), missing  # drop repeats, keep order
+
+
+def tta_views(images: torch.Tensor) -> list[torch.Tensor]:
+    """The views --tta averages over: the image, its mirror, its centre zoomed by 1/0.875, and that mirrored."""
+    size = images.shape[-1]
+    centre = v2.functional.center_crop(images, [round(size * 0.875)] * 2)
+    zoomed = torch.nn.functional.interpolate(centre, size=(size, size), mode="bilinear", antialias=True)
+    return [images, images.flip(-1), zoomed, zoomed.flip(-1)]
+
+
+def predict(loaded: LoadedModel, paths: list[Path], top_k: int, batch_size: int, tta: bool = False,
+            min_confidence: float = 0.0) -> tuple[list[dict], list[tuple[str, str]]]:
+    """Top-k (label, confidence) for every readable image; unreadable ones come back as (path, reason).
+
+    Confidences are softmax(logits / temperature), the model's calibration. ``label`` is the top
+    label, or "unknown" when its confidence is below ``min_confidence``."""
+    model, prep, labels, temperature, device = (loaded.model, loaded.prep, loaded.labels, loaded.temperature,
+                                                loaded.device)
+    dataset = ImageFolderDataset([(path, 0) for path in paths], eval_transform(prep), prep.resize_size)
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_skipping_bad,
+                        pin_memory=device.type == "cuda")
+    results, failures = [], []
+    k = min(top_k, len(labels))
+    with torch.inference_mode():
+        for images, _, good_paths, bad in loader:
+            failures += bad
+            if images is None:
+                continue
+            images = images.to(device, non_blocking=True)
+            with autocast(device, loaded.dtype):
+                logits = [model(pixel_values=view).logits.float() for view in (tta_views(images) if tta else [images])]
+            probabilities = torch.stack([(view / temperature).softmax(dim=1) for view in logits]).mean(dim=0)
+            confidences, indices = probabilities.topk(k, dim=1)
+            for path, conf_row, index_row in zip(good_paths, confidences.tolist(), indices.tolist()):
+                results.append({"path": path,
+                                "label": labels[index_row[0]] if conf_row[0] >= min_confidence else UNKNOWN,
+                                "predictions": [{"label": labels[i], "confidence": round(c, 6)}
+                                                for c, i in zip(conf_row, index_row)]})
+    return results, failures
+
+
+def print_table(results: list[dict], file: TextIO = sys.stdout) -> None:
+    width = max((len(p["label"]) for r in results for p in r["predictions"]), default=5)
+    for result in results:
+        unsure = result.get("label") == UNKNOWN
+        print(f"{result['path']}{'  -> unknown: no label is confident enough' if unsure else ''}", file=file)
+        for rank, p in enumerate(result["predictions"], 1):
+            bar = "#" * round(p["confidence"] * 20)
+            print(f"  {rank}. {p['label']:<{width}}  {p['confidence'] * 100:6.2f}%  {bar}", file=file)
+
+
+
+
+def predictions_json(model_path: Path, results: list[dict], failures: list[tuple[str, str]]) -> str:
+    """The --json report: the model, every result, every input that could not be predicted."""
+    return json.dumps({"model": str(model_path), "results": results,
+                       "errors": [{"path": path, "error": reason} for path, reason in failures]}, indent=2)
+
+
+def write_json(destination: str, report: str) -> None:
+    """``-``: standard output; else a file, written atomically."""
+    if destination == "-":
+        print(report)
+    else:
+        atomic_write_text(Path(destination), report + "\n")
