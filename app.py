@@ -31,7 +31,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=7860, help="port to listen on")
     p.add_argument("--share", action="store_true",
                    help="also publish the page through a temporary public gradio.live link")
-    p.add_argument("--top-k", type=int, default=3, help="labels shown per image at first (a slider changes it)")
+    p.add_argument(
+        "--top-k", type=int, default=3, help="labels shown per image at first (a slider changes it)"
+    )
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     add_device_option(p, "where to run")
     args = p.parse_args(argv)
@@ -49,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         from vitclassifier.inference.webapp import build_app  # imports gradio: after the check above
+
         app = build_app(args.model, args.top_k, args.batch_size, args.device)
     except UserError as error:
         return report_user_error(error)
@@ -57,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         app.queue().launch(server_name=args.host, server_port=args.port, share=args.share, ssr_mode=False)
     except OSError as error:  # the port is taken, or the address is not this machine's
         reason = str(error).split(". ")[0]  # Gradio goes on about its own launch() arguments
-        print(f"error: cannot serve on {args.host}:{args.port}: {reason}; pick another --port", file=sys.stderr)
+        print(
+            f"error: cannot serve on {args.host}:{args.port}: {reason}; pick another --port", file=sys.stderr
+        )
         return 2
     return 0
 

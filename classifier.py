@@ -27,9 +27,22 @@ from vitclassifier.errors import UserError, report_user_error
 from vitclassifier.files import atomic_write_text
 from vitclassifier.model.vit import PRESETS, create_model, freeze
 
-__all__ = ["PRESETS", "ImageFolderDataset", "Preprocessing", "UserError", "collate_skipping_bad", "create_model",
-           "eval_transform", "fill_caches", "freeze", "generate_data", "list_images", "load_splits",
-           "scan_class_folders", "train_transform"]
+__all__ = [
+    "PRESETS",
+    "ImageFolderDataset",
+    "Preprocessing",
+    "UserError",
+    "collate_skipping_bad",
+    "create_model",
+    "eval_transform",
+    "fill_caches",
+    "freeze",
+    "generate_data",
+    "list_images",
+    "load_splits",
+    "scan_class_folders",
+    "train_transform",
+]
 
 
 def check_data(args: argparse.Namespace) -> int:
@@ -40,10 +53,16 @@ def check_data(args: argparse.Namespace) -> int:
             raise UserError(f"--val-split must be between 0 and 1, got {args.val_split}")
         labels, train, val = load_splits(root, args.val_split, args.split_seed)
         # load_splits took the split from root/train and root/val exactly when all training files lie there
-        split = ("the train/ and val/ folders" if all(p.is_relative_to(root / "train") for p, _ in train)
-                 else f"{args.val_split * 100:g}% of each class held out, seed {args.split_seed}")
-        report = {"data": str(root), "split": split,
-                  **audit_dataset(labels, train, val, args.image_size or 224)}
+        split = (
+            "the train/ and val/ folders"
+            if all(p.is_relative_to(root / "train") for p, _ in train)
+            else f"{args.val_split * 100:g}% of each class held out, seed {args.split_seed}"
+        )
+        report = {
+            "data": str(root),
+            "split": split,
+            **audit_dataset(labels, train, val, args.image_size or 224),
+        }
         if args.json and args.json != "-":
             atomic_write_text(Path(args.json), json.dumps(report, indent=2) + "\n")
     except UserError as error:
@@ -60,28 +79,53 @@ def check_data(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = new_parser("Data tools for the ViT image classifier.")
     command = parser.add_mutually_exclusive_group()
-    command.add_argument("--generate-data", action="store_true",
-                         help="write a synthetic shapes data set (one sub-folder per class) and sample images")
-    command.add_argument("--check-data", type=Path, metavar="DIR",
-                         help="audit a data set as train.py will read it: class counts, unreadable, small "
-                              "and duplicate files, class imbalance. Exit code 1 if training is impossible")
-    parser.add_argument("--image-size", type=at_least(16), default=None, metavar="N",
-                        help="--generate-data: side of each image in pixels (default: 64); --check-data: "
-                             "the model input size, smaller images are reported (default: 224)")
+    command.add_argument(
+        "--generate-data",
+        action="store_true",
+        help="write a synthetic shapes data set (one sub-folder per class) and sample images",
+    )
+    command.add_argument(
+        "--check-data",
+        type=Path,
+        metavar="DIR",
+        help="audit a data set as train.py will read it: class counts, unreadable, small "
+        "and duplicate files, class imbalance. Exit code 1 if training is impossible",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=at_least(16),
+        default=None,
+        metavar="N",
+        help="--generate-data: side of each image in pixels (default: 64); --check-data: "
+        "the model input size, smaller images are reported (default: 224)",
+    )
     generate = parser.add_argument_group("--generate-data options")
     generate.add_argument("--out", type=Path, default=Path("data"), help="where to write the data set")
-    generate.add_argument("--classes", type=parse_classes, default=DEFAULT_CLASSES,
-                          help=f"comma-separated shapes, or a count; available: {', '.join(SHAPES)}")
+    generate.add_argument(
+        "--classes",
+        type=parse_classes,
+        default=DEFAULT_CLASSES,
+        help=f"comma-separated shapes, or a count; available: {', '.join(SHAPES)}",
+    )
     generate.add_argument("--per-class", type=at_least(2), default=1200, help="images per class")
     generate.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files")
-    generate.add_argument("--samples-dir", type=Path, default=Path("."),
-                          help="where sample.jpg and samples/ go")
+    generate.add_argument(
+        "--samples-dir", type=Path, default=Path("."), help="where sample.jpg and samples/ go"
+    )
     check = parser.add_argument_group("--check-data options")
-    check.add_argument("--val-split", type=float, default=0.2,
-                       help="fraction of each class held out for validation; must match train.py's "
-                            "--val-split (ignored with train/ and val/ folders)")
-    check.add_argument("--split-seed", type=int, default=42,
-                       help="seed of the train/validation split; must match train.py's --seed")
+    check.add_argument(
+        "--val-split",
+        type=float,
+        default=0.2,
+        help="fraction of each class held out for validation; must match train.py's "
+        "--val-split (ignored with train/ and val/ folders)",
+    )
+    check.add_argument(
+        "--split-seed",
+        type=int,
+        default=42,
+        help="seed of the train/validation split; must match train.py's --seed",
+    )
     check.add_argument("--json", metavar="FILE", help="also write the report as JSON ('-' for stdout)")
     args = parser.parse_args(argv)
     if args.check_data:

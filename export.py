@@ -14,6 +14,7 @@ This file only reads the command line; the work is in vitclassifier.inference.ex
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -31,9 +32,9 @@ from vitclassifier.inference.exporting import (
 )
 
 
-def parse_args(argv: list[str] | None = None) -> ExportConfig:
-    p = new_parser("Export a trained checkpoint to ONNX, TorchScript, int8 or OpenVINO, check it against PyTorch "
-                   "and time it.")
+def build_parser() -> argparse.ArgumentParser:
+    p = new_parser("Export a trained checkpoint to ONNX, TorchScript, int8 or OpenVINO, check it against "
+                   "PyTorch and time it.")
     p.add_argument("--model", type=Path, default=Path("checkpoints/best"), help="checkpoint directory")
     p.add_argument("--format", required=True, choices=list(FORMATS),
                    help="onnx: ONNX Runtime and other engines; torchscript: traced fp32 for PyTorch without "
@@ -43,25 +44,34 @@ def parse_args(argv: list[str] | None = None) -> ExportConfig:
     p.add_argument("--out", type=Path, help="where to write (default: the checkpoint folder's name plus "
                                            + ", ".join(FORMATS.values()) + ", beside it)")
     p.add_argument("--check-images", type=Path, metavar="DIR",
-                   help=f"compare on images from this folder (up to {CHECK_IMAGES}; default: 16 synthetic shapes)")
+                   help=f"compare on images from this folder (up to {CHECK_IMAGES}; default: 16 synthetic "
+                        f"shapes)")
     p.add_argument("--calibration-images", type=Path, default=Path("data"), metavar="DIR",
-                   help=f"openvino-int8: images like those it will see (up to {CALIBRATION_IMAGES}, spread over "
-                        "the class folders) to measure each layer's int8 range on; train.py's --data is best")
+                   help=f"openvino-int8: images like those it will see (up to {CALIBRATION_IMAGES}, spread "
+                        "over the class folders) to measure each layer's int8 range on; train.py's --data is "
+                        "best")
     p.add_argument("--opset", type=int, help="ONNX opset version (default: the exporter's)")
     p.add_argument("--bench-rounds", type=int, default=5,
                    help=f"timed batches of {BENCH_BATCH} per model for the speed comparison (0: skip it)")
     p.add_argument("--threads", type=int,
                    help="CPU threads for PyTorch and onnxruntime (default: theirs, one per core); 1 gives "
                         "steadier timings on a busy machine")
-    args = p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> ExportConfig:
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.bench_rounds < 0:
-        p.error("--bench-rounds must not be negative")
+        parser.error("--bench-rounds must not be negative")
     if args.threads is not None and args.threads < 1:
-        p.error("--threads must be at least 1")
+        parser.error("--threads must be at least 1")
+    suffix = "." + FORMATS[args.format].rsplit(".", 1)[1]  # what predict.py recognises the model by
     if args.out is None:
         args.out = args.model.with_name(args.model.name + FORMATS[args.format])
-    elif (suffix := "." + FORMATS[args.format].rsplit(".", 1)[1]) in (".onnx", ".xml") and args.out.suffix != suffix:
-        p.error(f"--out must end in {suffix} for --format {args.format} (predict.py recognises the model by it)")
+    elif args.out.suffix != suffix:
+        parser.error(f"--out must end in {suffix} for --format {args.format} (predict.py recognises the "
+                     f"model by it)")
     return ExportConfig(**vars(args))
 
 

@@ -25,60 +25,80 @@ from vitclassifier.inference.predict import expand_inputs, predict, predictions_
 from vitclassifier.reporting.plots import MAX_PICTURES, write_predictions
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = new_parser("Predict the top-k labels of images with a trained ViT classifier.")
     p.add_argument("--image", nargs="+", required=True, metavar="PATH",
                    help="image files, folders (searched recursively) or glob patterns")
     p.add_argument("--model", type=Path, default=Path("checkpoints/best"),
                    help="checkpoint directory, or a model made by export.py: .onnx (run with onnxruntime), "
-                        ".xml (OpenVINO IR, e.g. --format openvino-int8: the fastest on CPUs) or .pt (TorchScript)")
+                        ".xml (OpenVINO IR, e.g. --format openvino-int8: the fastest on CPUs) or .pt "
+                        "(TorchScript)")
     p.add_argument("--top-k", type=int, default=3, help="how many labels to show per image")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     p.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
-                   help="answer 'unknown' (with the best guess shown) when the top confidence is below P (0-1)")
+                   help="answer 'unknown' (with the best guess shown) when the top confidence is below P "
+                        "(0-1)")
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average over the image, its mirror and a zoomed centre "
                         "(and its mirror); 4x the compute")
     add_device_option(p, "where to run")
     add_precision_option(p)
     p.add_argument("--quantize", action="store_true",
-                   help="CPU only: int8 weights for every linear layer (dynamic quantization); the fastest on "
-                        "CPUs without an export step (export.py --format openvino-int8 is faster still); "
-                        "check agreement with benchmarks/speed.py")
+                   help="CPU only: int8 weights for every linear layer (dynamic quantization); the fastest "
+                        "on CPUs without an export step (export.py --format openvino-int8 is faster "
+                        "still); check agreement with benchmarks/speed.py")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model first (20-30 s): pays for folders of thousands of images")
     p.add_argument("--runtime", default="pytorch", choices=["pytorch", "openvino"],
                    help="openvino (CPU, needs `pip install openvino`): convert the model in memory (a few "
-                        "seconds) and run it with OpenVINO, bf16 where the CPU has it; batches about as fast "
-                        "as --quantize, without int8 rounding; for int8 in OpenVINO export the model with "
-                        "export.py --format openvino-int8")
+                        "seconds) and run it with OpenVINO, bf16 where the CPU has it; batches about as "
+                        "fast as --quantize, without int8 rounding; for int8 in OpenVINO export the model "
+                        "with export.py --format openvino-int8")
     p.add_argument("--json", metavar="FILE", help="also write the predictions as JSON to FILE ('-': stdout)")
     p.add_argument("--visualize", type=Path, metavar="OUT.png",
                    help=f"save the images with their top-k labels and confidence bars (first {MAX_PICTURES})")
-    args = p.parse_args(argv)
-    if args.top_k < 1:
-        p.error("--top-k must be at least 1")
-    if args.batch_size < 1:
-        p.error("--batch-size must be at least 1")
-    if not 0 <= args.min_confidence <= 1:
-        p.error("--min-confidence is a probability from 0 to 1")
-    if args.runtime == "openvino" and (args.quantize or args.compile or args.device not in ("auto", "cpu")):
-        p.error("--runtime openvino runs on the CPU and does its own optimising: leave out --quantize, --compile "
-                "and --device cuda/mps (for int8 with OpenVINO, export once: python export.py --format openvino-int8)")
-    if is_export(args.model) and (args.quantize or args.compile or args.runtime != "pytorch"):
-        p.error(f"--model {args.model} is an export and runs as it was exported: leave out --quantize, --compile "
-                f"and --runtime")
-    if args.model.suffix in CPU_ONLY_SUFFIXES and args.device not in ("auto", "cpu"):
-        p.error(f"--model {args.model} is an export that runs on the CPU: leave out --device")
+    return p
+
+
+def option_problems(args: argparse.Namespace) -> list[str]:
+    """What is wrong with these options, one sentence each naming the option."""
+    on_cpu_only = args.device not in ("auto", "cpu")
+    checks = [
+        (args.top_k >= 1, "--top-k must be at least 1"),
+        (args.batch_size >= 1, "--batch-size must be at least 1"),
+        (0 <= args.min_confidence <= 1, "--min-confidence is a probability from 0 to 1"),
+        (args.runtime != "openvino" or not (args.quantize or args.compile or on_cpu_only),
+         "--runtime openvino runs on the CPU and does its own optimising: leave out --quantize, --compile "
+         "and --device cuda/mps (for int8 with OpenVINO, export once: python export.py --format "
+         "openvino-int8)"),
+        (not is_export(args.model) or not (args.quantize or args.compile or args.runtime != "pytorch"),
+         f"--model {args.model} is an export and runs as it was exported: leave out --quantize, "
+         f"--compile and --runtime"),
+        (args.model.suffix not in CPU_ONLY_SUFFIXES or not on_cpu_only,
+         f"--model {args.model} is an export that runs on the CPU: leave out --device"),
+    ]
+    return [message for ok, message in checks if not ok]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    problems = option_problems(args)
+    if problems:
+        parser.error("; ".join(problems))
     return args
 
 
 def run(args: argparse.Namespace) -> int:
     device = prediction_device(args.model, args.device, args.runtime)
-    loaded = load_for_prediction(args.model, device, args.precision, args.quantize, args.compile, args.runtime)
+    loaded = load_for_prediction(
+        args.model, device, args.precision, args.quantize, args.compile, args.runtime
+    )
     paths, failures = expand_inputs(args.image)
     if args.top_k > len(loaded.labels):
-        print(f"note: --top-k {args.top_k} capped at the model's {len(loaded.labels)} classes", file=sys.stderr)
+        print(
+            f"note: --top-k {args.top_k} capped at the model's {len(loaded.labels)} classes", file=sys.stderr
+        )
     results, bad = predict(loaded, paths, args.top_k, args.batch_size, args.tta, args.min_confidence)
     failures += bad
     print_table(results, file=sys.stderr if args.json == "-" else sys.stdout)
@@ -90,7 +110,10 @@ def run(args: argparse.Namespace) -> int:
         write_predictions(results, args.visualize)
         print(f"Saved the picture to {args.visualize}", file=sys.stderr)
     if failures:
-        print(f"{len(failures)} of {len(results) + len(failures)} input(s) could not be predicted", file=sys.stderr)
+        print(
+            f"{len(failures)} of {len(results) + len(failures)} input(s) could not be predicted",
+            file=sys.stderr,
+        )
     return 1 if failures or not results else 0
 
 

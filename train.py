@@ -27,26 +27,36 @@ from vitclassifier.reporting.report import evaluate_checkpoint
 from vitclassifier.training.trainer import train
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = new_parser("Fine-tune a pre-trained ViT on a folder of images.")
+def add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, default=Path("data"),
                    help="folder with one sub-folder per class (or train/ and val/ sub-folders)")
+    p.add_argument("--epochs", type=int, default=10, help="number of passes over the training set")
+    p.add_argument("--batch-size", type=int, default=32,
+                   help="images per training step and process (under torchrun the global batch is N times "
+                        "this)")
+    p.add_argument("--grad-accum", type=int, default=1,
+                   help="add up the gradients of N batches per optimizer step (effective batch: N x "
+                        "--batch-size)")
+    for name in ("crop", "flip", "rotate", "color-jitter"):
+        p.add_argument(f"--no-{name}", action="store_true", help=f"switch off the random {name} augmentation")
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="vit-base",
                    help=f"preset ({', '.join(PRESETS)}), Hugging Face Hub id, or local checkpoint directory")
     p.add_argument("--no-pretrained", action="store_true",
                    help="build the preset's architecture with random weights (offline, no download)")
     p.add_argument("--image-size", type=int, default=None,
                    help="input size in pixels, a multiple of the patch size (default: the model's own)")
-    p.add_argument("--epochs", type=int, default=10, help="number of passes over the training set")
-    p.add_argument("--batch-size", type=int, default=32,
-                   help="images per training step and process (under torchrun the global batch is N times this)")
-    p.add_argument("--grad-accum", type=int, default=1,
-                   help="add up the gradients of N batches per optimizer step (effective batch: N x --batch-size)")
     p.add_argument("--grad-checkpointing", action="store_true",
                    help="recompute activations in the backward pass: much less memory, about 30%% slower")
+
+
+def add_recipe_options(p: argparse.ArgumentParser) -> None:
     recipe = p.add_argument_group("fine-tuning recipe")
     recipe.add_argument("--lr", type=float, default=None,
-                        help="peak learning rate (default: 5e-5 for pretrained weights, 3e-4 with --no-pretrained)")
+                        help="peak learning rate (default: 5e-5 for pretrained weights, 3e-4 with "
+                             "--no-pretrained)")
     recipe.add_argument("--head-lr", type=float, default=None,
                         help="peak learning rate of the new classification head (default: 10 x --lr when "
                              "pretrained, else --lr)")
@@ -54,24 +64,30 @@ def build_parser() -> argparse.ArgumentParser:
                         help="LR factor per encoder block from the top, so early blocks move less (1: off; "
                              "0.65-0.75 suits strong ImageNet backbones on long runs)")
     recipe.add_argument("--freeze", default="none",
-                        help="none: train all; backbone: train the head only; N: head + last N encoder blocks")
+                        help="none: train all; backbone: train the head only; N: head + last N encoder "
+                             "blocks")
     recipe.add_argument("--freeze-epochs", type=int, default=0,
                         help="train the head alone for this many epochs first, then unfreeze (per --freeze) "
                              "with a new warm-up")
-    recipe.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (not on biases/norms)")
-    recipe.add_argument("--warmup", type=float, default=0.1, help="fraction of each stage's steps spent warming up")
-    recipe.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this (0: off)")
+    recipe.add_argument("--weight-decay", type=float, default=0.05,
+                        help="AdamW weight decay (not on biases/norms)")
+    recipe.add_argument("--warmup", type=float, default=0.1,
+                        help="fraction of each stage's steps spent warming up")
+    recipe.add_argument("--grad-clip", type=float, default=1.0,
+                        help="clip the gradient norm to this (0: off)")
     recipe.add_argument("--dropout", type=float, default=0.1, help="dropout before the classification head")
     recipe.add_argument("--backbone-dropout", type=float, default=0.0,
                         help="dropout on the hidden states inside the transformer blocks")
-    recipe.add_argument("--label-smoothing", type=float, default=0.1, help="label smoothing of the training loss")
+    recipe.add_argument("--label-smoothing", type=float, default=0.1,
+                        help="label smoothing of the training loss")
     recipe.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0: off; 0.2-0.8 typical)")
     recipe.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (0: off; 1.0 typical)")
     recipe.add_argument("--ema", type=float, default=0.0,
                         help="keep an exponential moving average of the weights with this decay (e.g. 0.999; "
                              "0: off); it is validated too and saved when better")
-    for name in ("crop", "flip", "rotate", "color-jitter"):
-        p.add_argument(f"--no-{name}", action="store_true", help=f"switch off the random {name} augmentation")
+
+
+def add_selection_options(p: argparse.ArgumentParser) -> None:
     select = p.add_argument_group("validation, imbalance and calibration")
     select.add_argument("--val-split", type=float, default=0.2,
                         help="fraction of each class held out for validation (ignored with train/ and val/)")
@@ -86,29 +102,40 @@ def build_parser() -> argparse.ArgumentParser:
     select.add_argument("--no-calibrate", dest="calibrate", action="store_false",
                         help="don't fit a softmax temperature on the validation set after training")
     select.add_argument("--evaluate", action="store_true",
-                        help="only score the checkpoint --model (or an .onnx / .xml export of it) on the labelled "
-                             "folder --data (metrics and pictures)")
+                        help="only score the checkpoint --model (or an export of it: .onnx, .xml, .pt) on "
+                             "the labelled folder --data (metrics and pictures)")
+
+
+def add_runtime_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=42, help="seed for the split, augmentation and initialisation")
     add_device_option(p, "where to train; auto picks a GPU when there is one")
     add_precision_option(p)
     p.add_argument("--num-workers", type=int, default=None,
-                   help="DataLoader worker processes decoding and augmenting images (default: 0 on CPUs with up "
-                        "to 4 cores, whose cores the model needs; 2 on bigger CPUs; up to 8 with a GPU)")
+                   help="DataLoader worker processes decoding images (default: 0 on CPUs with up to 4 cores, "
+                        "whose cores the model needs; 2 on bigger CPUs; up to 8 with a GPU)")
     p.add_argument("--cache-mb", type=int, default=4096,
-                   help="decode and resize each image once into an in-memory uint8 cache of at most this many "
-                        "MiB, so later epochs skip decoding (0: decode every epoch)")
+                   help="decode and resize each image once into an in-memory uint8 cache of at most this "
+                        "many MiB, so later epochs skip decoding (0: decode every epoch)")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the model first (about a minute on a CPU): for long runs on GPUs; on a 2-core "
-                        "CPU with bf16, steps were only 1%% faster (benchmarks/levers.py)")
+                   help="torch.compile the model first (about a minute on a CPU): for long runs on GPUs "
+                        "(docs/performance.md)")
     p.add_argument("--output-dir", type=Path, default=Path("checkpoints"),
                    help="where checkpoints and pictures go (--evaluate: default CHECKPOINT-evaluation)")
     p.add_argument("--track", choices=["mlflow", "tensorboard"], default=None,
-                   help="log parameters, metrics, pictures and the best model to MLflow, or metrics to TensorBoard")
+                   help="log parameters, metrics, pictures and the best model to MLflow, or metrics to "
+                        "TensorBoard")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking server or store (default: a local store in --output-dir)")
     p.add_argument("--resume", nargs="?", const="", default=None, metavar="DIR|auto",
                    help="continue an interrupted run from DIR/last (default DIR: --output-dir); auto: resume "
                         "if --output-dir holds an interrupted run, else start afresh")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = new_parser("Fine-tune a pre-trained ViT on a folder of images.")
+    for add_options in (add_data_options, add_model_options, add_recipe_options, add_selection_options,
+                        add_runtime_options):
+        add_options(p)
     return p
 
 
@@ -135,8 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         return report_user_error(error)
     except KeyboardInterrupt:
-        print(f"\nStopped at once. The last completed save can be continued with: "
-              f"python train.py --resume {args.output_dir}", file=sys.stderr)
+        print(
+            f"\nStopped at once. The last completed save can be continued with: "
+            f"python train.py --resume {args.output_dir}",
+            file=sys.stderr,
+        )
         return 130
     return 128 + summary["stopped_by"] if summary["stopped_by"] else 0
 

@@ -162,9 +162,24 @@ class TrainConfig:
             (r.select_by in SELECT_BY_CHOICES, f"--select-by: choose from {', '.join(SELECT_BY_CHOICES)}"),
             (r.class_weights in ("none", "auto"), "--class-weights: choose none or auto"),
         ]
-        numbers = (d.val_split, r.lr or 1, r.head_lr or 1, r.layer_decay, r.weight_decay, r.warmup, r.grad_clip,
-                   m.dropout, m.backbone_dropout, r.label_smoothing, r.mixup, r.cutmix, r.ema)
-        checks.append((all(math.isfinite(x) for x in numbers), "numeric options must be finite numbers, not nan/inf"))
+        numbers = (
+            d.val_split,
+            r.lr or 1,
+            r.head_lr or 1,
+            r.layer_decay,
+            r.weight_decay,
+            r.warmup,
+            r.grad_clip,
+            m.dropout,
+            m.backbone_dropout,
+            r.label_smoothing,
+            r.mixup,
+            r.cutmix,
+            r.ema,
+        )
+        checks.append(
+            (all(math.isfinite(x) for x in numbers), "numeric options must be finite numbers, not nan/inf")
+        )
         return [message for ok, message in checks if not ok]
 
     def validate(self) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through ``path.tmp`` and a rename: readers see the old file or the new one."""
+    """Write ``text`` to ``path`` through ``path.tmp`` and a rename: readers see the old file or the new."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:

@@ -179,7 +179,8 @@ def _imbalance(report: dict) -> str:
     classes, largest, smallest = report["classes"], report["largest_class"], report["smallest_class"]
     ratio = report["imbalance_ratio"]
     return (f"Imbalance: largest / smallest class = {'n/a' if ratio is None else f'{ratio:.1f}'} "
-            f"(largest: {largest} {classes[largest]['total']}, smallest: {smallest} {classes[smallest]['total']})")
+            f"(largest: {largest} {classes[largest]['total']}, "
+            f"smallest: {smallest} {classes[smallest]['total']})")
 
 
 def _brief(report: dict) -> list[str]:
@@ -191,8 +192,10 @@ def _brief(report: dict) -> list[str]:
         lines.append(_imbalance(report) + "; consider --class-weights auto or --balanced-sampler")
     duplicates = report["duplicates"]
     if duplicates["cross_split_groups"]:
-        lines.append(f"Warning: {duplicates['cross_split_groups']} image(s) are in both train and val, "
-                     f"which inflates validation accuracy (python classifier.py --check-data lists them)")
+        lines.append(
+            f"Warning: {duplicates['cross_split_groups']} image(s) are in both train and val, "
+            f"which inflates validation accuracy (python classifier.py --check-data lists them)"
+        )
     if duplicates["cross_class_groups"]:
         lines.append(f"Warning: {duplicates['cross_class_groups']} image(s) are filed under two classes")
     if report["fatal"]:
@@ -212,12 +215,15 @@ def _table(report: dict) -> list[str]:
 
     def line(cells: list[str]) -> str:
         return "  ".join([cells[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:])])
+
     return [line(header)] + [line(row) for row in rows]
 
 
 def _listed(items: list[str]) -> list[str]:
     """The first LISTED items, indented, and a count of the rest."""
-    more = [f"  ... and {len(items) - LISTED} more (the --json report lists all)"] if len(items) > LISTED else []
+    more = (
+        [f"  ... and {len(items) - LISTED} more (the --json report lists all)"] if len(items) > LISTED else []
+    )
     return [f"  {item}" for item in items[:LISTED]] + more
 
 
@@ -227,8 +233,10 @@ def _full(report: dict) -> list[str]:
         lines.append(f"Folder: {report['data']}; split: {report['split']}")
     lines += ["", *_table(report), "", _imbalance(report)]
     if report["unreadable"]:
-        lines += [f"Unreadable files ({len(report['unreadable'])}):",
-                  *_listed([f"{bad['path']}: {bad['reason']}" for bad in report["unreadable"]])]
+        lines += [
+            f"Unreadable files ({len(report['unreadable'])}):",
+            *_listed([f"{bad['path']}: {bad['reason']}" for bad in report["unreadable"]]),
+        ]
     if report["small_examples"]:
         lines.append(f"Images smaller than {report['image_size']} px (shorter side), per class:")
         for name, examples in report["small_examples"].items():
@@ -236,14 +244,20 @@ def _full(report: dict) -> list[str]:
             lines.append(f"  {name}: {report['classes'][name]['small']}, e.g. {shown}")
     duplicates = report["duplicates"]
     if duplicates["groups"]:
-        lines.append(f"Exact duplicates: {len(duplicates['groups'])} group(s), "
-                     f"{duplicates['redundant_files']} redundant file(s); "
-                     f"{duplicates['cross_split_groups']} across train/val, "
-                     f"{duplicates['cross_class_groups']} across classes")
+        lines.append(
+            f"Exact duplicates: {len(duplicates['groups'])} group(s), "
+            f"{duplicates['redundant_files']} redundant file(s); "
+            f"{duplicates['cross_split_groups']} across train/val, "
+            f"{duplicates['cross_class_groups']} across classes"
+        )
         # The harmful groups first: they change the numbers, plain repeats only waste time.
         ranked = sorted(duplicates["groups"], key=lambda g: not (g["cross_split"] or g["cross_class"]))
-        lines += _listed([" = ".join(f"{f['path']} ({f['class']}, {f['split']})" for f in group["files"])
-                          for group in ranked])
+        lines += _listed(
+            [
+                " = ".join(f"{f['path']} ({f['class']}, {f['split']})" for f in group["files"])
+                for group in ranked
+            ]
+        )
     else:
         lines.append("Exact duplicates: none")
     if report["recommendations"]:
@@ -251,7 +265,9 @@ def _full(report: dict) -> list[str]:
     if report["fatal"]:
         lines += ["Training is impossible:", *(f"  - {reason}" for reason in report["fatal"])]
     else:
-        lines.append("Training is possible" + (" (see the recommendations)" if report["recommendations"] else ""))
+        lines.append(
+            "Training is possible" + (" (see the recommendations)" if report["recommendations"] else "")
+        )
     return lines
 
 

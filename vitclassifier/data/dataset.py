@@ -72,15 +72,18 @@ class ImageFolderDataset(Dataset):
 
 
 def fill_caches(datasets: list[ImageFolderDataset], max_bytes: int) -> str:
-    """Fill the datasets' caches in turn, decoding on every core, within ``max_bytes`` in all; says what it did."""
+    """Fill the datasets' caches in turn, decoding on every core, within ``max_bytes`` in all;
+    says what it did."""
     start, used, cached = time.time(), 0, 0
     threads = min(8, os.cpu_count() or 1)  # nothing else runs yet
     for dataset in datasets:
         count, size = dataset.fill_cache(max_bytes - used, threads)
         cached, used = cached + count, used + size
     missed = sum(len(dataset) for dataset in datasets) - cached
-    return (f"Decoded {cached} images once into a {used / 2**20:.0f} MiB cache in {time.time() - start:.1f}s"
-            + (f"; {missed} more are decoded every epoch (raise --cache-mb)" if missed else ""))
+    return (
+        f"Decoded {cached} images once into a {used / 2**20:.0f} MiB cache in {time.time() - start:.1f}s"
+        + (f"; {missed} more are decoded every epoch (raise --cache-mb)" if missed else "")
+    )
 
 
 def collate_skipping_bad(batch):
@@ -90,5 +93,9 @@ def collate_skipping_bad(batch):
     bad = [(item[2], item[3]) for item in batch if item[0] is None]
     if not good:
         return None, None, [], bad
-    return (torch.stack([item[0] for item in good]), torch.tensor([item[1] for item in good]),
-            [item[2] for item in good], bad)
+    return (
+        torch.stack([item[0] for item in good]),
+        torch.tensor([item[1] for item in good]),
+        [item[2] for item in good],
+        bad,
+    )

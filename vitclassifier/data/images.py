@@ -29,7 +29,9 @@ def _high_depth_to_8bit(image: Image.Image) -> Image.Image:
     if image.mode.startswith("I;16"):
         full_scale = 65535.0
     else:
-        full_scale = next((r for r in (1.0, 255.0, 65535.0) if peak <= r and (r > 1.0 or image.mode == "F")), peak)
+        full_scale = next(
+            (r for r in (1.0, 255.0, 65535.0) if peak <= r and (r > 1.0 or image.mode == "F")), peak
+        )
     scaled = pixels * (255.0 / max(full_scale, 1e-12))
     return Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
 

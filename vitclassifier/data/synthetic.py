@@ -67,8 +67,11 @@ def draw_shape(shape: str, size: int, rng: random.Random) -> Image.Image:
         dx, dy = math.cos(angle), math.sin(angle)
         for k in range(-12, 13):  # parallel bars across the whole picture
             ox, oy = cx + k * gap * -dy, cy + k * gap * dx
-            draw.line([ox - 2 * canvas * dx, oy - 2 * canvas * dy, ox + 2 * canvas * dx, oy + 2 * canvas * dy],
-                      fill=colour, width=max(2, int(gap * 0.45)))
+            draw.line(
+                [ox - 2 * canvas * dx, oy - 2 * canvas * dy, ox + 2 * canvas * dx, oy + 2 * canvas * dy],
+                fill=colour,
+                width=max(2, int(gap * 0.45)),
+            )
     else:
         raise ValueError(f"unknown shape {shape!r}")
     image = image.resize((size, size), Image.LANCZOS).filter(ImageFilter.GaussianBlur(rng.uniform(0, 0.5)))
@@ -88,23 +91,27 @@ def parse_classes(spec: str) -> list[str]:
     unknown = [name for name in names if name not in SHAPES]
     if unknown or len(set(names)) < 2 or len(set(names)) < len(names):
         raise argparse.ArgumentTypeError(
-            f"{spec!r}: give two or more different shapes from {', '.join(SHAPES)} (or a number)")
+            f"{spec!r}: give two or more different shapes from {', '.join(SHAPES)} (or a number)"
+        )
     return names
 
 
 def at_least(minimum: int):
     """argparse type: an integer no smaller than ``minimum``."""
+
     def parse(text: str) -> int:
         value = int(text)
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
         return value
+
     parse.__name__ = "integer"
     return parse
 
 
-def generate_data(out: Path, classes: list[str], per_class: int, image_size: int, seed: int,
-                  samples_dir: Path) -> None:
+def generate_data(
+    out: Path, classes: list[str], per_class: int, image_size: int, seed: int, samples_dir: Path
+) -> None:
     """Write ``out/<class>/<class>_NNNN.jpg`` and a few loose images for the predict quick start.
 
     Every image has its own seeded RNG, so the same seed always gives byte-identical files.
@@ -127,7 +134,11 @@ def generate_data(out: Path, classes: list[str], per_class: int, image_size: int
     for stale in SHAPES:  # only our own earlier samples, so samples/ matches this data set
         (loose / f"{stale}.jpg").unlink(missing_ok=True)
     for name in classes:  # a different seed stream: these are not copies of training images
-        draw_shape(name, image_size, random.Random(f"{seed}/sample/{name}")).save(loose / f"{name}.jpg", quality=92)
+        draw_shape(name, image_size, random.Random(f"{seed}/sample/{name}")).save(
+            loose / f"{name}.jpg", quality=92
+        )
     shutil.copyfile(loose / f"{classes[0]}.jpg", samples_dir / "sample.jpg")
-    print(f"Wrote {len(classes) * per_class} images in {len(classes)} classes to {out}/, "
-          f"sample images to {samples_dir / 'sample.jpg'} and {loose}/")
+    print(
+        f"Wrote {len(classes) * per_class} images in {len(classes)} classes to {out}/, "
+        f"sample images to {samples_dir / 'sample.jpg'} and {loose}/"
+    )

@@ -85,4 +85,6 @@ def train_transform(prep: Preprocessing, crop: bool = True, flip: bool = True, r
         steps.append(v2.RandomHorizontalFlip())
     if color_jitter:  # no hue shift: it cost 3 ms an image, 5x the rest of the jitter
         steps.append(v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3))
-    return TwoStage(v2.Compose([v2.PILToTensor(), _resize(prep)]), v2.Compose(steps + _to_normalised_float(prep)))
+    return TwoStage(
+        v2.Compose([v2.PILToTensor(), _resize(prep)]), v2.Compose(steps + _to_normalised_float(prep))
+    )

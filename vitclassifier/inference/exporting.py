@@ -87,17 +87,21 @@ def write_openvino(net: nn.Module, prep: Preprocessing, meta: dict, config: Expo
     converted = convert(net, prep.image_size)
     if config.format == "openvino-int8":
         if not config.calibration_images.is_dir():
-            raise UserError(f"--calibration-images {config.calibration_images} is not a folder: give images like "
-                            f"those the model will predict, to calibrate int8 on (train.py's --data is best)")
-        calibration, meta["calibrated_on"] = check_batch(prep, config.calibration_images, CALIBRATION_IMAGES,
-                                                         "--calibration-images")
+            raise UserError(
+                f"--calibration-images {config.calibration_images} is not a folder: give images like "
+                f"those the model will predict, to calibrate int8 on (train.py's --data is best)"
+            )
+        calibration, meta["calibrated_on"] = check_batch(
+            prep, config.calibration_images, CALIBRATION_IMAGES, "--calibration-images"
+        )
         print(f"Calibrating the int8 ranges on {meta['calibrated_on']}")
         converted = quantize_static(converted, calibration)
     save_ir(converted, config.out, meta)
 
 
-def write_artefact(net: nn.Module, example: torch.Tensor, prep: Preprocessing, meta: dict,
-                   config: ExportConfig) -> str:
+def write_artefact(
+    net: nn.Module, example: torch.Tensor, prep: Preprocessing, meta: dict, config: ExportConfig
+) -> str:
     """Write ``config.out`` in ``config.format``; an ONNX export adds its opset to ``meta``, an int8
     OpenVINO one its calibration images. Returns the engine's name for the report."""
     if config.format.startswith("openvino"):
@@ -116,14 +120,22 @@ def compare(reference: torch.Tensor, candidate: torch.Tensor, described: str, co
     difference = (reference - candidate).abs().max().item()
     agree = (reference.argmax(1) == candidate.argmax(1)).sum().item()
     count = len(reference)
-    print(f"Checked on {described}: max |logit difference| {difference:.2e}, "
-          f"top-1 agreement {agree}/{count} ({100 * agree / count:.1f}%)")
+    print(
+        f"Checked on {described}: max |logit difference| {difference:.2e}, "
+        f"top-1 agreement {agree}/{count} ({100 * agree / count:.1f}%)"
+    )
     if config.format in EXACT_FORMATS and difference > TOLERANCE:
-        print(f"error: the export differs from PyTorch by more than {TOLERANCE:g}; do not use it", file=sys.stderr)
+        print(
+            f"error: the export differs from PyTorch by more than {TOLERANCE:g}; do not use it",
+            file=sys.stderr,
+        )
         return False
     if agree < MIN_AGREEMENT * count:
-        print(f"warning: its top-1 answer differs from PyTorch's on {count - agree} of {count} images; "
-              f"check on your own images (--check-images), or export an fp32 format", file=sys.stderr)
+        print(
+            f"warning: its top-1 answer differs from PyTorch's on {count - agree} of {count} images; "
+            f"check on your own images (--check-images), or export an fp32 format",
+            file=sys.stderr,
+        )
     return True
 
 
@@ -147,7 +159,9 @@ def export_checkpoint(config: ExportConfig) -> bool:
     atomic_write_text(config.out.with_name(config.out.name + ".json"), json.dumps(meta, indent=2) + "\n")
     print(f"Wrote {config.out} and {config.out.name}.json ({len(labels)} labels, {prep.image_size}px input)")
 
-    exported = load_export(config.out, bf16=cpu_supports_bf16(), threads=config.threads)  # as predict.py runs it
+    exported = load_export(
+        config.out, bf16=cpu_supports_bf16(), threads=config.threads
+    )  # as predict.py runs it
 
     def run(pixels: torch.Tensor) -> torch.Tensor:
         return exported(pixel_values=pixels).logits
@@ -156,6 +170,9 @@ def export_checkpoint(config: ExportConfig) -> bool:
         exact_enough = compare(reference, run(images), described, config)
     if base_speed:
         speed = images_per_second(run, batch, config.bench_rounds)
-        print(f"Speed at batch {BENCH_BATCH}, {config.threads or 'all'} thread(s), images/s:\n"
-              f"  {'PyTorch fp32':<28}{base_speed:9.1f}\n  {engine:<28}{speed:9.1f}  ({speed / base_speed:.2f}x)")
+        print(
+            f"Speed at batch {BENCH_BATCH}, {config.threads or 'all'} thread(s), images/s:\n"
+            f"  {'PyTorch fp32':<28}{base_speed:9.1f}\n"
+            f"  {engine:<28}{speed:9.1f}  ({speed / base_speed:.2f}x)"
+        )
     return exact_enough

@@ -42,12 +42,20 @@ def prediction_device(model_path: Path, device: str, runtime: str = "pytorch") -
     return pick_device("cpu" if on_cpu else device)
 
 
-def prepare_model(model: nn.Module, device: torch.device, precision: str = "fp32", quantize: bool = False,
-                  compile_model: bool = False, runtime: str = "pytorch") -> tuple[Runnable, torch.dtype | None]:
+def prepare_model(
+    model: nn.Module,
+    device: torch.device,
+    precision: str = "fp32",
+    quantize: bool = False,
+    compile_model: bool = False,
+    runtime: str = "pytorch",
+) -> tuple[Runnable, torch.dtype | None]:
     """The model made fast for inference on ``device``, and the dtype to autocast to (None: fp32)."""
     if runtime == "openvino":
         if device.type != "cpu":
-            raise UserError("--runtime openvino runs on the CPU; add --device cpu, or leave --runtime out on a GPU")
+            raise UserError(
+                "--runtime openvino runs on the CPU; add --device cpu, or leave --runtime out on a GPU"
+            )
         return OpenVinoModel.from_torch(model, bf16=autocast_dtype(device, precision) == torch.bfloat16), None
     if quantize:
         if device.type != "cpu":
@@ -58,12 +66,15 @@ def prepare_model(model: nn.Module, device: torch.device, precision: str = "fp32
     run_in_bf16(model, device, dtype, training=False)
     if compile_model:
         from torch._inductor import config as inductor_config
+
         inductor_config.freezing = True  # inference only: constant-fold the weights into the kernels
         model = torch.compile(model)
     return model, dtype
 
 
-def load_export(path: Path, bf16: bool, threads: int | None = None) -> OnnxModel | OpenVinoModel | TorchScriptModel:
+def load_export(
+    path: Path, bf16: bool, threads: int | None = None
+) -> OnnxModel | OpenVinoModel | TorchScriptModel:
     """An export made by export.py, by its suffix. ``bf16``: OpenVINO may compute in bf16;
     ``threads``: onnxruntime's thread count (None: one per core)."""
     if path.suffix == ".onnx":
@@ -73,14 +84,22 @@ def load_export(path: Path, bf16: bool, threads: int | None = None) -> OnnxModel
     return TorchScriptModel(path)
 
 
-def load_for_prediction(path: Path, device: torch.device, precision: str = "auto", quantize: bool = False,
-                        compile_model: bool = False, runtime: str = "pytorch") -> LoadedModel:
+def load_for_prediction(
+    path: Path,
+    device: torch.device,
+    precision: str = "auto",
+    quantize: bool = False,
+    compile_model: bool = False,
+    runtime: str = "pytorch",
+) -> LoadedModel:
     """A checkpoint directory or an export, ready to predict with on ``device``."""
     path = Path(path)
     if is_export(path):  # the exported graph runs as it was exported
         if quantize or compile_model or runtime != "pytorch":
-            raise UserError(f"--model {path} is an export and runs as it was exported: leave out --quantize, "
-                            f"--compile and --runtime")
+            raise UserError(
+                f"--model {path} is an export and runs as it was exported: leave out --quantize, "
+                f"--compile and --runtime"
+            )
         model = load_export(path, autocast_dtype(device, precision) == torch.bfloat16)
         prep, labels = read_meta(model.meta, path)
         return LoadedModel(model, prep, labels, float(model.meta.get("temperature", 1.0)), None, device)

@@ -45,24 +45,37 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]
 
 
 def tta_views(images: torch.Tensor) -> list[torch.Tensor]:
-    """The views --tta averages over: the image, its mirror, its centre zoomed by 1/0.875, and that mirrored."""
+    """The views --tta averages over: the image, its mirror, its centre zoomed by 1/0.875, and that
+    mirrored."""
     size = images.shape[-1]
     centre = v2.functional.center_crop(images, [round(size * 0.875)] * 2)
     zoomed = torch.nn.functional.interpolate(centre, size=(size, size), mode="bilinear", antialias=True)
     return [images, images.flip(-1), zoomed, zoomed.flip(-1)]
 
 
-def predict(loaded: LoadedModel, paths: list[Path], top_k: int, batch_size: int, tta: bool = False,
-            min_confidence: float = 0.0) -> tuple[list[dict], list[tuple[str, str]]]:
+def predict(
+    loaded: LoadedModel,
+    paths: list[Path],
+    top_k: int,
+    batch_size: int,
+    tta: bool = False,
+    min_confidence: float = 0.0,
+) -> tuple[list[dict], list[tuple[str, str]]]:
     """Top-k (label, confidence) for every readable image; unreadable ones come back as (path, reason).
 
     Confidences are softmax(logits / temperature), the model's calibration. ``label`` is the top
     label, or "unknown" when its confidence is below ``min_confidence``."""
-    model, prep, labels, temperature, device = (loaded.model, loaded.prep, loaded.labels, loaded.temperature,
-                                                loaded.device)
+    model, prep, labels, temperature, device = (
+        loaded.model,
+        loaded.prep,
+        loaded.labels,
+        loaded.temperature,
+        loaded.device,
+    )
     dataset = ImageFolderDataset([(path, 0) for path in paths], eval_transform(prep), prep.resize_size)
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate_skipping_bad,
-                        pin_memory=device.type == "cuda")
+    loader = DataLoader(
+        dataset, batch_size=batch_size, collate_fn=collate_skipping_bad, pin_memory=device.type == "cuda"
+    )
     results, failures = [], []
     k = min(top_k, len(labels))
     with torch.inference_mode():
@@ -72,14 +85,23 @@ def predict(loaded: LoadedModel, paths: list[Path], top_k: int, batch_size: int,
                 continue
             images = images.to(device, non_blocking=True)
             with autocast(device, loaded.dtype):
-                logits = [model(pixel_values=view).logits.float() for view in (tta_views(images) if tta else [images])]
+                logits = [
+                    model(pixel_values=view).logits.float()
+                    for view in (tta_views(images) if tta else [images])
+                ]
             probabilities = torch.stack([(view / temperature).softmax(dim=1) for view in logits]).mean(dim=0)
             confidences, indices = probabilities.topk(k, dim=1)
             for path, conf_row, index_row in zip(good_paths, confidences.tolist(), indices.tolist()):
-                results.append({"path": path,
-                                "label": labels[index_row[0]] if conf_row[0] >= min_confidence else UNKNOWN,
-                                "predictions": [{"label": labels[i], "confidence": round(c, 6)}
-                                                for c, i in zip(conf_row, index_row)]})
+                results.append(
+                    {
+                        "path": path,
+                        "label": labels[index_row[0]] if conf_row[0] >= min_confidence else UNKNOWN,
+                        "predictions": [
+                            {"label": labels[i], "confidence": round(c, 6)}
+                            for c, i in zip(conf_row, index_row)
+                        ],
+                    }
+                )
     return results, failures
 
 
@@ -93,12 +115,16 @@ def print_table(results: list[dict], file: TextIO = sys.stdout) -> None:
             print(f"  {rank}. {p['label']:<{width}}  {p['confidence'] * 100:6.2f}%  {bar}", file=file)
 
 
-
-
 def predictions_json(model_path: Path, results: list[dict], failures: list[tuple[str, str]]) -> str:
     """The --json report: the model, every result, every input that could not be predicted."""
-    return json.dumps({"model": str(model_path), "results": results,
-                       "errors": [{"path": path, "error": reason} for path, reason in failures]}, indent=2)
+    return json.dumps(
+        {
+            "model": str(model_path),
+            "results": results,
+            "errors": [{"path": path, "error": reason} for path, reason in failures],
+        },
+        indent=2,
+    )
 
 
 def write_json(destination: str, report: str) -> None:

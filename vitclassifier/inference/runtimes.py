@@ -22,14 +22,17 @@ class OnnxModel(FixedRuntime):
         try:
             import onnxruntime
         except ImportError:
-            raise UserError(f"{path} is an ONNX model; running it needs the onnxruntime package: {EXTRAS}") from None
+            raise UserError(
+                f"{path} is an ONNX model; running it needs the onnxruntime package: {EXTRAS}"
+            ) from None
         if not path.is_file():
             raise UserError(f"ONNX model {path} not found. Export one with `python export.py --format onnx`")
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads or 0  # 0: onnxruntime's choice, one per core
         try:
-            self.session = onnxruntime.InferenceSession(str(path), options,
-                                                        providers=onnxruntime.get_available_providers())
+            self.session = onnxruntime.InferenceSession(
+                str(path), options, providers=onnxruntime.get_available_providers()
+            )
         except Exception as error:  # onnxruntime raises its own exception types for unreadable models
             raise UserError(f"cannot load ONNX model {path}: {str(error).splitlines()[0]}") from None
         self.input_name = self.session.get_inputs()[0].name
@@ -50,9 +53,14 @@ class OpenVinoModel(FixedRuntime):
 
     def __init__(self, converted, bf16: bool, meta: dict | None = None):
         openvino = import_openvino("OpenVINO")
-        compiled = openvino.Core().compile_model(converted, "CPU", {
-            "PERFORMANCE_HINT": "LATENCY",  # one request at a time, on every core
-            "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32"})
+        compiled = openvino.Core().compile_model(
+            converted,
+            "CPU",
+            {
+                "PERFORMANCE_HINT": "LATENCY",  # one request at a time, on every core
+                "INFERENCE_PRECISION_HINT": "bf16" if bf16 else "f32",
+            },
+        )
         self.request = compiled.create_infer_request()
         self.meta = meta or {}
 
@@ -67,8 +75,10 @@ class OpenVinoModel(FixedRuntime):
         """An IR written by export.py, compiled for the CPU, with its rt_info metadata as ``.meta``."""
         openvino = import_openvino(f"{path} is an OpenVINO model; running it")
         if not path.is_file() or not path.with_suffix(".bin").is_file():
-            raise UserError(f"OpenVINO model {path} (and its .bin beside it) not found. "
-                            f"Export one with `python export.py --format openvino-int8`")
+            raise UserError(
+                f"OpenVINO model {path} (and its .bin beside it) not found. "
+                f"Export one with `python export.py --format openvino-int8`"
+            )
         converted = openvino.Core().read_model(str(path))
         if not converted.has_rt_info(["classifier", "labels"]):
             raise UserError(f"{path} has no label map in its metadata; export it with export.py")
@@ -85,8 +95,9 @@ class TorchScriptModel(FixedRuntime):
 
     def __init__(self, path: Path):
         if not path.is_file():
-            raise UserError(f"TorchScript model {path} not found. Export one with "
-                            f"`python export.py --format torchscript`")
+            raise UserError(
+                f"TorchScript model {path} not found. Export one with `python export.py --format torchscript`"
+            )
         extra = {TORCHSCRIPT_META: ""}
         try:
             with warnings.catch_warnings():

@@ -28,9 +28,12 @@ def make_classify(model_dir: Path, device_name: str, batch_size: int):
                  for r in results]
         if not failures:
             return shown, ""
-        lines = "\n".join(f"- **{Path(path).name}** could not be read: {reason.replace(path, Path(path).name)}"
-                          for path, reason in failures)
+        lines = "\n".join(
+            f"- **{Path(path).name}** could not be read: {reason.replace(path, Path(path).name)}"
+            for path, reason in failures
+        )
         return shown, f"**{len(failures)} of {len(results) + len(failures)} upload(s) failed**\n\n{lines}"
+
     return loaded.labels, classify
 
 
@@ -41,23 +44,36 @@ def build_app(model_dir: Path, top_k: int = 3, batch_size: int = 32, device: str
     import gradio as gr
 
     with gr.Blocks(title="ViT image classifier") as app:
-        gr.Markdown(f"## ViT image classifier\n`{model_dir}`: {len(labels)} classes ({', '.join(labels[:10])}"
-                    f"{', …' if len(labels) > 10 else ''}). Upload one or several images.")
+        gr.Markdown(
+            f"## ViT image classifier\n`{model_dir}`: {len(labels)} classes ({', '.join(labels[:10])}"
+            f"{', …' if len(labels) > 10 else ''}). Upload one or several images."
+        )
         with gr.Row():
             files = gr.File(file_count="multiple", file_types=["image"], label="Images", scale=3)
-            k = gr.Slider(1, len(labels), value=min(top_k, len(labels)), step=1, label="Top-k labels", scale=1)
+            k = gr.Slider(
+                1, len(labels), value=min(top_k, len(labels)), step=1, label="Top-k labels", scale=1
+            )
         errors = gr.Markdown(elem_id="errors")
         results = gr.JSON(label="results", render=False)  # placed at the end of the page, below the rows
-        gr.on([files.change, k.release], classify, inputs=[files, k], outputs=[results, errors],
-              api_name="classify")
+        gr.on(
+            [files.change, k.release],
+            classify,
+            inputs=[files, k],
+            outputs=[results, errors],
+            api_name="classify",
+        )
 
         @gr.render(inputs=results)
         def show(shown: list[dict] | None) -> None:
             for result in shown or []:
                 with gr.Row(equal_height=True):
                     gr.Image(result["image"], label=result["name"], height=224, scale=1, buttons=[])
-                    gr.Label({p["label"]: p["confidence"] for p in result["predictions"]},
-                             num_top_classes=len(result["predictions"]), label="Top labels", scale=2)
+                    gr.Label(
+                        {p["label"]: p["confidence"] for p in result["predictions"]},
+                        num_top_classes=len(result["predictions"]),
+                        label="Top labels",
+                        scale=2,
+                    )
 
         with gr.Accordion("Results as JSON", open=False):
             results.render()

@@ -59,13 +59,21 @@ def read_info(directory: Path) -> dict:
 
 def update_info(directory: Path, **fields) -> None:
     """Add ``fields`` to training_info.json, atomically (written beside it, then renamed over it)."""
-    atomic_write_text(Path(directory) / "training_info.json", json.dumps({**read_info(directory), **fields}, indent=2))
+    atomic_write_text(
+        Path(directory) / "training_info.json", json.dumps({**read_info(directory), **fields}, indent=2)
+    )
 
 
-def save_model(model: nn.Module, prep: Preprocessing, directory: Path, info: dict | None = None,
-               training_state: dict | None = None) -> None:
+def save_model(
+    model: nn.Module,
+    prep: Preprocessing,
+    directory: Path,
+    info: dict | None = None,
+    training_state: dict | None = None,
+) -> None:
     """Save a ``save_pretrained`` directory (config with labels, safetensors, preprocessing)
     atomically, with an optional training_info.json and training_state.pt (for --resume)."""
+
     def write(tmp: Path) -> None:
         with quiet_transformers():  # no progress bar for one file
             model.save_pretrained(tmp, safe_serialization=True)
@@ -74,11 +82,14 @@ def save_model(model: nn.Module, prep: Preprocessing, directory: Path, info: dic
             (tmp / "training_info.json").write_text(json.dumps(info, indent=2))
         if training_state is not None:
             torch.save(training_state, tmp / "training_state.pt")
+
     try:
         atomic_write_dir(directory, write)
     except OSError as error:
-        raise UserError(f"could not write checkpoint {directory}: {error.strerror or error}. The previous "
-                        f"checkpoint there is intact; free some space or pick another --output-dir") from None
+        raise UserError(
+            f"could not write checkpoint {directory}: {error.strerror or error}. The previous "
+            f"checkpoint there is intact; free some space or pick another --output-dir"
+        ) from None
 
 
 def check_output_dir(output_dir: Path, needed_bytes: int) -> None:
@@ -92,8 +103,10 @@ def check_output_dir(output_dir: Path, needed_bytes: int) -> None:
         raise UserError(f"cannot write to --output-dir {output_dir}: {error.strerror or error}") from None
     free = shutil.disk_usage(output_dir).free
     if free < needed_bytes:
-        raise UserError(f"--output-dir {output_dir} has {free / 2**20:.0f} MiB free, but the checkpoints need "
-                        f"about {needed_bytes / 2**20:.0f} MiB; free some space or pick another --output-dir")
+        raise UserError(
+            f"--output-dir {output_dir} has {free / 2**20:.0f} MiB free, but the checkpoints need "
+            f"about {needed_bytes / 2**20:.0f} MiB; free some space or pick another --output-dir"
+        )
 
 
 def load_training_state(directory: Path) -> dict:

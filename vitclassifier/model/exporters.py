@@ -23,13 +23,23 @@ META_KEYS = ("labels", "image_size", "crop_pct", "mean", "std")  # what every ex
 
 def describe(prep: Preprocessing, labels: list[str], source: Path, fmt: str, temperature: float) -> dict:
     """What the sidecar JSON and the embedded metadata say: enough to preprocess and read the output."""
-    return {"format": fmt, "source": str(source), "labels": labels, "image_size": prep.image_size,
-            "crop_pct": prep.crop_pct, "resize_size": prep.resize_size, "interpolation": "bicubic",
-            "mean": list(prep.mean), "std": list(prep.std), "temperature": temperature,
-            "preprocessing": "RGB; resize the shorter side to resize_size (bicubic, antialiased); centre-crop "
-                             "image_size; scale to 0..1; subtract mean and divide by std per channel; NCHW float32",
-            "input": "pixel_values", "output": "logits (softmax(logits / temperature) gives the confidences)",
-            "exported_with": f"torch {torch.__version__}"}
+    return {
+        "format": fmt,
+        "source": str(source),
+        "labels": labels,
+        "image_size": prep.image_size,
+        "crop_pct": prep.crop_pct,
+        "resize_size": prep.resize_size,
+        "interpolation": "bicubic",
+        "mean": list(prep.mean),
+        "std": list(prep.std),
+        "temperature": temperature,
+        "preprocessing": "RGB; resize the shorter side to resize_size (bicubic, antialiased); centre-crop "
+        "image_size; scale to 0..1; subtract mean and divide by std per channel; NCHW float32",
+        "input": "pixel_values",
+        "output": "logits (softmax(logits / temperature) gives the confidences)",
+        "exported_with": f"torch {torch.__version__}",
+    }
 
 
 def read_meta(meta: dict, path: Path) -> tuple[Preprocessing, list[str]]:
@@ -37,7 +47,9 @@ def read_meta(meta: dict, path: Path) -> tuple[Preprocessing, list[str]]:
     missing = [key for key in META_KEYS if key not in meta]
     if missing:
         raise UserError(f"{path} has no {', '.join(missing)} in its metadata; export it with export.py")
-    prep = Preprocessing(int(meta["image_size"]), float(meta["crop_pct"]), tuple(meta["mean"]), tuple(meta["std"]))
+    prep = Preprocessing(
+        int(meta["image_size"]), float(meta["crop_pct"]), tuple(meta["mean"]), tuple(meta["std"])
+    )
     return prep, list(meta["labels"])
 
 
@@ -50,9 +62,16 @@ def export_onnx(net: nn.Module, example: torch.Tensor, out: Path, meta: dict, op
         raise UserError(f"--format onnx needs the {error.name} package: {EXTRAS}") from None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's notes on transformers internals help no user
-        program = torch.onnx.export(net, (example,), input_names=["pixel_values"], output_names=["logits"],
-                                    dynamic_shapes={"pixel_values": {0: torch.export.Dim("batch")}},
-                                    opset_version=opset, dynamo=True, verbose=False)
+        program = torch.onnx.export(
+            net,
+            (example,),
+            input_names=["pixel_values"],
+            output_names=["logits"],
+            dynamic_shapes={"pixel_values": {0: torch.export.Dim("batch")}},
+            opset_version=opset,
+            dynamo=True,
+            verbose=False,
+        )
     opset = program.model.opset_imports[""]
     for key, value in {**meta, "opset": opset}.items():
         program.model.metadata_props[key] = json.dumps(value)

@@ -43,25 +43,35 @@ def convert(model: nn.Module, image_size: int):
     try:
         with warnings.catch_warnings(), quiet_transformers():  # the tracer's warnings, transformers' notes
             warnings.simplefilter("ignore")
-            return openvino.convert_model(model.cpu().eval(),
-                                          example_input={"pixel_values": torch.zeros(2, 3, image_size, image_size)})
+            return openvino.convert_model(
+                model.cpu().eval(), example_input={"pixel_values": torch.zeros(2, 3, image_size, image_size)}
+            )
     except Exception as error:  # OpenVINO raises its own types for graphs it cannot take
-        raise UserError(f"OpenVINO could not convert this model ({str(error).splitlines()[0]}); "
-                        f"use the PyTorch runtime instead") from None
+        raise UserError(
+            f"OpenVINO could not convert this model ({str(error).splitlines()[0]}); "
+            f"use the PyTorch runtime instead"
+        ) from None
 
 
 def quantize_static(converted, calibration: torch.Tensor):
     """Static int8 (NNCF post-training quantization, transformer preset) calibrated on
     ``calibration``, a batch of preprocessed images like those to be predicted."""
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # no "no CUDA runtime" note on import
+    logging.getLogger("torch.utils.cpp_extension").setLevel(
+        logging.ERROR
+    )  # no "no CUDA runtime" note on import
     try:
         import nncf
     except ImportError:
         raise UserError(f"int8 calibration needs the nncf package: {INSTALL}") from None
     nncf.set_log_level(logging.WARNING)  # not its notes on every layer it leaves alone
     samples = nncf.Dataset([image[None].numpy() for image in calibration])
-    return nncf.quantize(converted, samples, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calibration),
-                         ignored_scope=nncf.IgnoredScope(patterns=KEEP_IN_BF16, validate=False))
+    return nncf.quantize(
+        converted,
+        samples,
+        model_type=nncf.ModelType.TRANSFORMER,
+        subset_size=len(calibration),
+        ignored_scope=nncf.IgnoredScope(patterns=KEEP_IN_BF16, validate=False),
+    )
 
 
 def save_ir(converted, out: Path, meta: dict) -> None:

@@ -167,12 +167,19 @@ def create_model(name: str, labels: list[str], pretrained: bool = True, dropout:
     source, local_only = resolve_source(name)
     try:
         with quiet_transformers():
-            old_labels = list(AutoConfig.from_pretrained(source, local_files_only=local_only).id2label.values())
+            old_config = AutoConfig.from_pretrained(source, local_files_only=local_only)
+            old_labels = list(old_config.id2label.values())
             processor = AutoImageProcessor.from_pretrained(source, local_files_only=local_only)
             model = AutoModelForImageClassification.from_pretrained(
-                source, num_labels=len(labels), id2label=id2label, label2id=label2id,
-                ignore_mismatched_sizes=True, local_files_only=local_only, dtype=torch.float32,
-                use_safetensors=True if Path(source).is_dir() else None)  # local weights: safetensors only
+                source,
+                num_labels=len(labels),
+                id2label=id2label,
+                label2id=label2id,
+                ignore_mismatched_sizes=True,
+                local_files_only=local_only,
+                dtype=torch.float32,
+                use_safetensors=True if Path(source).is_dir() else None,
+            )  # local weights: safetensors only
     except OSError as error:  # e.g. a half-downloaded cache, or a directory missing its weights
         raise UserError(f"could not load {source}: {str(error).splitlines()[0]} {WAYS_OUT}") from None
     _replace_head(model, len(labels), dropout, keep_weights=old_labels == labels)
@@ -212,7 +219,7 @@ def freeze(model: nn.Module, spec: str) -> None:
         blocks = encoder_blocks(model)
         if blocks is None:
             raise UserError("--freeze N needs a transformer encoder; use none or backbone for this model")
-        trainable += list(blocks)[len(blocks) - int(spec):] if int(spec) else []
+        trainable += list(blocks)[len(blocks) - int(spec) :] if int(spec) else []
         trainable += [m for n, m in model.base_model.named_children() if n in ("layernorm", "norm")]
     for module in trainable:
         for parameter in module.parameters():

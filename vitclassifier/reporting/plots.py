@@ -25,10 +25,20 @@ def write_curves(rows: list[dict], path: Path) -> None:
     epochs = [int(r["epoch"]) for r in rows]
     figure, (loss_axis, acc_axis) = plt.subplots(1, 2, figsize=(10, 4))
     for axis, metric, title in ((loss_axis, "loss", "loss"), (acc_axis, "acc", "top-1 accuracy")):
-        for prefix, label, style in (("train_", "train", "-o"), ("val_", "validation", "-s"), ("ema_val_", "validation (EMA)", "--^")):
+        for prefix, label, style in (
+            ("train_", "train", "-o"),
+            ("val_", "validation", "-s"),
+            ("ema_val_", "validation (EMA)", "--^"),
+        ):
             values = [float(r[prefix + metric]) if r.get(prefix + metric) else None for r in rows]
             if any(v is not None for v in values):
-                axis.plot(epochs, [v if v is not None else float("nan") for v in values], style, label=label, markersize=4)
+                axis.plot(
+                    epochs,
+                    [v if v is not None else float("nan") for v in values],
+                    style,
+                    label=label,
+                    markersize=4,
+                )
         axis.set_xlabel("epoch")
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_title(title)
@@ -47,8 +57,13 @@ def write_confusion(normalised: torch.Tensor, labels: list[str], png: Path) -> N
     side = min(24, max(5, 0.45 * n + 2))  # readable at 20+ classes: the figure grows with them
     figure, axis = plt.subplots(figsize=(side + 1, side))
     image = axis.imshow(normalised.numpy(), cmap="Blues", vmin=0, vmax=1)
-    axis.set_xticks(range(n), labels, rotation=90 if n > 6 else 45, ha="center" if n > 6 else "right",
-                    fontsize=max(6, 11 - n // 10))
+    axis.set_xticks(
+        range(n),
+        labels,
+        rotation=90 if n > 6 else 45,
+        ha="center" if n > 6 else "right",
+        fontsize=max(6, 11 - n // 10),
+    )
     axis.set_yticks(range(n), labels, fontsize=max(6, 11 - n // 10))
     axis.set_xlabel("predicted")
     axis.set_ylabel("true")
@@ -57,8 +72,15 @@ def write_confusion(normalised: torch.Tensor, labels: list[str], png: Path) -> N
             for j in range(n):
                 value = normalised[i, j].item()
                 if value >= 0.005:
-                    axis.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=max(5, 9 - n // 6),
-                              color="white" if value > 0.5 else "black")
+                    axis.text(
+                        j,
+                        i,
+                        f"{value:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=max(5, 9 - n // 6),
+                        color="white" if value > 0.5 else "black",
+                    )
     figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
     axis.set_title("confusion matrix (each row: share of that true class)")
     figure.tight_layout()
@@ -77,8 +99,11 @@ def write_mistakes(mistakes: list[tuple[str, int, int, float]], labels: list[str
         axis.axis("off")
     for axis, (image_path, true, predicted, confidence) in zip(axes.flat, mistakes):
         axis.imshow(load_image(image_path, 256))
-        axis.set_title(f"true: {labels[true]}\npredicted: {labels[predicted]} ({confidence * 100:.0f}%)",
-                       fontsize=9, color="#b22")
+        axis.set_title(
+            f"true: {labels[true]}\npredicted: {labels[predicted]} ({confidence * 100:.0f}%)",
+            fontsize=9,
+            color="#b22",
+        )
     if not mistakes:
         axes[0, 0].text(0.5, 0.5, "no mistakes on the validation set", ha="center", va="center")
     figure.suptitle("most confident mistakes (validation)")
@@ -90,14 +115,16 @@ def write_mistakes(mistakes: list[tuple[str, int, int, float]], labels: list[str
 def write_predictions(results: list[dict], out: Path) -> None:
     """One row per image: the picture, and its top-k labels as horizontal confidence bars."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from vitclassifier.data.images import load_image
 
     shown = results[:MAX_PICTURES]
-    figure, axes = plt.subplots(len(shown), 2, figsize=(8, 2.2 * len(shown)), squeeze=False,
-                                gridspec_kw={"width_ratios": [1, 1.6]})
+    figure, axes = plt.subplots(
+        len(shown), 2, figsize=(8, 2.2 * len(shown)), squeeze=False, gridspec_kw={"width_ratios": [1, 1.6]}
+    )
     for (image_axis, bar_axis), result in zip(axes, shown):
         image_axis.imshow(load_image(result["path"]))
         image_axis.set_title(Path(result["path"]).name, fontsize=9)
@@ -113,5 +140,3 @@ def write_predictions(results: list[dict], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=100)
     plt.close(figure)
-
-

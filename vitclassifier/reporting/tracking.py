@@ -53,7 +53,9 @@ class Tracker:
         return self
 
     def __exit__(self, kind, error, traceback) -> None:
-        self.close("FINISHED" if kind is None else "KILLED" if issubclass(kind, KeyboardInterrupt) else "FAILED")
+        self.close(
+            "FINISHED" if kind is None else "KILLED" if issubclass(kind, KeyboardInterrupt) else "FAILED"
+        )
 
 
 class MlflowTracker(Tracker):
@@ -64,36 +66,47 @@ class MlflowTracker(Tracker):
             from mlflow.exceptions import MlflowException
             from mlflow.tracking import MlflowClient
         except ImportError:
-            raise UserError("--track mlflow needs the mlflow package: pip install mlflow "
-                            "(or pip install -r requirements-extras.txt)") from None
+            raise UserError(
+                "--track mlflow needs the mlflow package: pip install mlflow "
+                "(or pip install -r requirements-extras.txt)"
+            ) from None
         artifacts = None
-        if tracking_uri is None:  # a local store; MLflow's plain-folder store is deprecated, SQLite is its default
+        if (
+            tracking_uri is None
+        ):  # a local store; MLflow's plain-folder store is deprecated, SQLite is its default
             store = (output_dir / "mlruns").resolve()
             store.mkdir(parents=True, exist_ok=True)
             tracking_uri, artifacts = f"sqlite:///{store / 'mlflow.db'}", (store / "artifacts").as_uri()
         try:
             self.client = MlflowClient(tracking_uri=tracking_uri)
             experiment = self.client.get_experiment_by_name(EXPERIMENT)
-            experiment_id = (experiment.experiment_id if experiment
-                             else self.client.create_experiment(EXPERIMENT, artifact_location=artifacts))
+            experiment_id = (
+                experiment.experiment_id
+                if experiment
+                else self.client.create_experiment(EXPERIMENT, artifact_location=artifacts)
+            )
             self.run_id = self.client.create_run(experiment_id, run_name=run_name).info.run_id
         except MlflowException as error:  # also raised for a server that cannot be reached
-            raise UserError(f"cannot start an MLflow run at --tracking-uri {tracking_uri}: "
-                            f"{str(error).splitlines()[0]}") from None
+            raise UserError(
+                f"cannot start an MLflow run at --tracking-uri {tracking_uri}: {str(error).splitlines()[0]}"
+            ) from None
         self.running = True
         print(f"MLflow run {self.run_id} in {tracking_uri} (experiment {EXPERIMENT!r})")
 
     def log_params(self, params: dict) -> None:
         from mlflow.entities import Param
+
         items = [Param(key, str(value)[:MLFLOW_PARAM_LENGTH]) for key, value in params.items()]
         for start in range(0, len(items), MLFLOW_BATCH_PARAMS):
-            self.client.log_batch(self.run_id, params=items[start:start + MLFLOW_BATCH_PARAMS])
+            self.client.log_batch(self.run_id, params=items[start : start + MLFLOW_BATCH_PARAMS])
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         from mlflow.entities import Metric
+
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(key, value, now, epoch)
-                                                    for key, value in numbers(metrics).items()])
+        self.client.log_batch(
+            self.run_id, metrics=[Metric(key, value, now, epoch) for key, value in numbers(metrics).items()]
+        )
 
     def log_files(self, paths: list[Path]) -> None:
         for path in paths:
@@ -116,8 +129,10 @@ class TensorboardTracker(Tracker):
             import tensorboard  # noqa: F401  (SummaryWriter's own message does not say how to install it)
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise UserError("--track tensorboard needs the tensorboard package: pip install tensorboard "
-                            "(or pip install -r requirements-extras.txt)") from None
+            raise UserError(
+                "--track tensorboard needs the tensorboard package: pip install tensorboard "
+                "(or pip install -r requirements-extras.txt)"
+            ) from None
         self.writer = SummaryWriter(log_dir=str(log_dir))
         print(f"TensorBoard events in {log_dir} (view: tensorboard --logdir {log_dir})")
 
@@ -133,12 +148,15 @@ class TensorboardTracker(Tracker):
     def log_files(self, paths: list[Path]) -> None:
         import numpy as np
         from PIL import Image
+
         for path in map(Path, paths):
             if path.suffix.lower() == ".png":
                 with Image.open(path) as image:
                     self.writer.add_image(path.stem, np.asarray(image.convert("RGB")), dataformats="HWC")
             else:  # tables: shown as text (four leading spaces make Markdown keep the columns)
-                self.writer.add_text(path.stem, "\n".join("    " + line for line in path.read_text().splitlines()))
+                self.writer.add_text(
+                    path.stem, "\n".join("    " + line for line in path.read_text().splitlines())
+                )
 
     def log_model(self, directory: Path) -> None:
         # TensorBoard stores no files; record where the model is
@@ -148,7 +166,9 @@ class TensorboardTracker(Tracker):
         self.writer.close()
 
 
-def make_tracker(kind: str | None, tracking_uri: str | None, output_dir: Path, run_name: str | None = None) -> Tracker:
+def make_tracker(
+    kind: str | None, tracking_uri: str | None, output_dir: Path, run_name: str | None = None
+) -> Tracker:
     """The tracker for ``--track KIND`` (None: one that does nothing)."""
     if kind is None:
         return Tracker()

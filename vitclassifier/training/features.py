@@ -48,12 +48,16 @@ def extract_features(model: nn.Module, images: ImageFolderDataset, batch_size: i
                      dtype: torch.dtype | None) -> FeatureDataset:
     """Run the model once over ``images`` and keep what its classifier receives, per file."""
     captured = []
-    hook = model.classifier.register_forward_pre_hook(lambda head, inputs: captured.append(inputs[0].float().cpu()))
+    hook = model.classifier.register_forward_pre_hook(
+        lambda head, inputs: captured.append(inputs[0].float().cpu())
+    )
     features: dict[str, torch.Tensor | str] = {}
     was_training = model.training
     model.eval()
     try:
-        for pixels, _, paths, bad in DataLoader(images, batch_size=batch_size, collate_fn=collate_skipping_bad):
+        for pixels, _, paths, bad in DataLoader(
+            images, batch_size=batch_size, collate_fn=collate_skipping_bad
+        ):
             features.update(bad)  # unreadable files keep their reason
             if pixels is None:
                 continue

@@ -6,6 +6,7 @@ a confusion matrix, so its metrics are exact over the whole set, also across pro
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +43,7 @@ class Run:
     loss_weight: torch.Tensor | None = None
     mix: object = None  # mixup/cutmix batch transform
     ema: EMA | None = None
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None  # on-device batch augmentation
     bad_files: dict = field(default_factory=dict)
 
     def autocast(self):
@@ -54,7 +56,9 @@ class Run:
                 self.bad_files[path] = reason
 
     def bar(self, loader: DataLoader, desc: str):
-        return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None if self.world.is_main else True)
+        return tqdm(
+            loader, desc=desc, leave=False, dynamic_ncols=True, disable=None if self.world.is_main else True
+        )
 
 
 def sum_dtype(device: torch.device) -> torch.dtype:
@@ -68,54 +72,74 @@ def check_classes_readable(bad_files: dict, samples: list[tuple[Path, int]], lab
     for index, name in enumerate(labels):
         paths = [str(path) for path, label in samples if label == index]
         if all(path in bad_files for path in paths):
-            raise UserError(f"every training image of class {name!r} is unreadable ({len(paths)} files, listed "
-                            f"above); fix or remove them, or remove the class folder")
+            raise UserError(
+                f"every training image of class {name!r} is unreadable ({len(paths)} files, listed "
+                f"above); fix or remove them, or remove the class folder"
+            )
+
+
+def step_seed(recipe: RecipeOptions, epoch: int, step: int, micro: int, rank: int) -> int:
+    """Dropout, mixing and device augmentation of a micro-batch depend only on (seed, epoch, step,
+    micro-batch, process): a resumed run repeats them."""
+    return (((epoch_seed(recipe.seed, epoch)) * 100_003 + step) * 64 + micro) * 101 + rank
+
+
+def forward_backward(run: Run, images: torch.Tensor,
+                     labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of one micro-batch; returns its mean loss and top-1 hits (device tensors)."""
+    images, labels = images.to(run.device, non_blocking=True), labels.to(run.device, non_blocking=True)
+    if run.augment is not None:  # batched augmentation on the device (uint8 in, normalised float out)
+        images = run.augment(images)
+    inputs, targets = run.mix(images, labels) if run.mix else (images, labels)
+    with run.autocast():
+        logits = run.model(pixel_values=inputs).logits.float()
+        loss = F.cross_entropy(logits, targets, weight=run.loss_weight,
+                               label_smoothing=run.recipe.label_smoothing)
+    run.scaler.scale(loss / run.recipe.grad_accum).backward()  # the mean over the micro-batches
+    return loss.detach(), (logits.argmax(1) == labels).sum()  # hits against the true, unmixed labels
+
+
+def optimizer_step(run: Run) -> None:
+    """Clip, step, and update the EMA of the weights."""
+    if run.recipe.grad_clip > 0:
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.recipe.grad_clip)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.ema is not None:
+        run.ema.update(run.net)
 
 
 def train_epoch(run: Run, loader: DataLoader, epoch: int, first_step: int, totals: dict, stop) -> int:
     """Train from optimizer step ``first_step`` of ``epoch``, adding into ``totals``. Returns the
     number of the next step: all of them, or fewer when a stop was requested."""
-    recipe = run.recipe
     run.model.train()
     step, micro, stepped = first_step, 0, False
     # Loss and top-1 sums stay on the device (sum_dtype): reading them every step would make the CPU
     # wait for the GPU instead of queueing the next step while it computes.
     running = torch.zeros(2, dtype=sum_dtype(run.device), device=run.device)
     count = totals["count"]
-    bar = run.bar(loader, f"epoch {epoch}/{recipe.epochs} train")
+    bar = run.bar(loader, f"epoch {epoch}/{run.recipe.epochs} train")
     for images, labels, _, bad in bar:
         run.note_bad(bad)
-        stop_now, some_empty = sum_across([float(stop.signum > 0), float(images is None)], run.world, run.device)
+        flags = [float(stop.signum > 0), float(images is None)]
+        stop_now, some_empty = sum_across(flags, run.world, run.device)
         if stop_now and micro == 0:  # stop between optimizer steps, never inside one
             break
         micro += 1
         if not some_empty:  # a batch of only unreadable files: every process skips it together
-            # Dropout and mixing depend only on (seed, epoch, step, micro-batch, process): a resumed run repeats them.
-            torch.manual_seed((((epoch_seed(recipe.seed, epoch)) * 100_003 + step) * 64 + micro) * 101 + run.world.rank)
-            images, labels = images.to(run.device, non_blocking=True), labels.to(run.device, non_blocking=True)
-            inputs, targets = run.mix(images, labels) if run.mix else (images, labels)
-            with run.autocast():
-                logits = run.model(pixel_values=inputs).logits.float()
-                loss = F.cross_entropy(logits, targets, weight=run.loss_weight, label_smoothing=recipe.label_smoothing)
-            run.scaler.scale(loss / recipe.grad_accum).backward()  # the mean over the micro-batches
-            stepped = True
-            hits = (logits.argmax(1) == labels).sum()  # against the true, unmixed labels
-            running += torch.stack([loss.detach().to(running.dtype) * len(labels), hits.to(running.dtype)])
-            count += len(labels)
+            torch.manual_seed(step_seed(run.recipe, epoch, step, micro, run.world.rank))
+            loss, hits = forward_backward(run, images, labels)
+            running += torch.stack([loss.to(running.dtype) * len(labels), hits.to(running.dtype)])
+            stepped, count = True, count + len(labels)
             if not bar.disable and step % 10 == 0:  # shown on a terminal only
-                loss_sum, top1 = (totals[key] + value for key, value in zip(("loss", "top1"), running.tolist()))
+                loss_sum, top1 = (totals[k] + v for k, v in zip(("loss", "top1"), running.tolist()))
                 bar.set_postfix(loss=f"{loss_sum / count:.3f}", acc=f"{top1 / count:.3f}")
-        if micro < recipe.grad_accum:
+        if micro < run.recipe.grad_accum:
             continue
         if stepped:
-            if recipe.grad_clip > 0:
-                run.scaler.unscale_(run.optimizer)
-                torch.nn.utils.clip_grad_norm_(run.model.parameters(), recipe.grad_clip)
-            run.scaler.step(run.optimizer)
-            run.scaler.update()
-            run.optimizer.zero_grad(set_to_none=True)
-            if run.ema is not None:
-                run.ema.update(run.net)
+            optimizer_step(run)
         run.scheduler.step()
         step, micro, stepped = step + 1, 0, False
     loss_sum, top1 = running.tolist()
@@ -124,8 +148,14 @@ def train_epoch(run: Run, loader: DataLoader, epoch: int, first_step: int, total
 
 
 @torch.inference_mode()
-def evaluate(run: Run, net: torch.nn.Module, loader: DataLoader, num_classes: int, desc: str,
-             keep_outputs: bool = False) -> dict:
+def evaluate(
+    run: Run,
+    net: torch.nn.Module,
+    loader: DataLoader,
+    num_classes: int,
+    desc: str,
+    keep_outputs: bool = False,
+) -> dict:
     """Loss, top-1, top-3 and macro-F1 of ``net`` over the whole set (summed over processes), and
     the confusion matrix. ``keep_outputs`` also returns every logit row, label and path (one process)."""
     net.eval()
@@ -141,10 +171,17 @@ def evaluate(run: Run, net: torch.nn.Module, loader: DataLoader, num_classes: in
         with run.autocast():
             logits = net(pixel_values=images).logits.float()
         top = logits.topk(min(3, num_classes), dim=1).indices
-        sums += torch.stack([F.cross_entropy(logits, labels, reduction="sum"), (top[:, 0] == labels).sum(),
-                             (top == labels[:, None]).any(dim=1).sum()]).to(sums.dtype)
+        sums += torch.stack(
+            [
+                F.cross_entropy(logits, labels, reduction="sum"),
+                (top[:, 0] == labels).sum(),
+                (top == labels[:, None]).any(dim=1).sum(),
+            ]
+        ).to(sums.dtype)
         count += len(labels)
-        confusion += torch.bincount(labels * num_classes + top[:, 0], minlength=num_classes ** 2).view_as(confusion)
+        confusion += torch.bincount(labels * num_classes + top[:, 0], minlength=num_classes**2).view_as(
+            confusion
+        )
         if keep_outputs:
             outputs["logits"].append(logits.cpu())
             outputs["labels"].append(labels.cpu())
@@ -152,8 +189,16 @@ def evaluate(run: Run, net: torch.nn.Module, loader: DataLoader, num_classes: in
     loss, top1, top3, count = sum_across(sums.tolist() + [count], run.world, run.device)
     confusion = sum_tensor_across(confusion, run.world).cpu()
     count_or_1 = max(1.0, count)
-    stats = {"loss": loss / count_or_1, "acc": top1 / count_or_1, "top3": top3 / count_or_1,
-             "macro_f1": macro_f1(confusion), "count": int(count), "confusion": confusion}
+    stats = {
+        "loss": loss / count_or_1,
+        "acc": top1 / count_or_1,
+        "top3": top3 / count_or_1,
+        "macro_f1": macro_f1(confusion),
+        "count": int(count),
+        "confusion": confusion,
+    }
     if keep_outputs and outputs["logits"]:
-        stats.update(logits=torch.cat(outputs["logits"]), labels=torch.cat(outputs["labels"]), paths=outputs["paths"])
+        stats.update(
+            logits=torch.cat(outputs["logits"]), labels=torch.cat(outputs["labels"]), paths=outputs["paths"]
+        )
     return stats

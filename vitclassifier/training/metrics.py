@@ -98,8 +98,13 @@ def new_totals() -> dict:
 def metrics_row(epoch: int, totals: dict, val: dict, ema: dict | None, seconds: float) -> dict:
     """One line of metrics.csv."""
     count = max(1, totals["count"])
-    row = {"epoch": epoch, "train_loss": f"{totals['loss'] / count:.6f}", "train_acc": f"{totals['top1'] / count:.6f}",
-           "lr": f"{totals['lr']:.3e}", "seconds": f"{seconds:.1f}"}
+    row = {
+        "epoch": epoch,
+        "train_loss": f"{totals['loss'] / count:.6f}",
+        "train_acc": f"{totals['top1'] / count:.6f}",
+        "lr": f"{totals['lr']:.3e}",
+        "seconds": f"{seconds:.1f}",
+    }
     for prefix, stats in (("val_", val), ("ema_val_", ema)):
         for name in ("loss", "acc", "top3", "macro_f1"):
             row[prefix + name] = f"{stats[name]:.6f}" if stats else ""

@@ -24,11 +24,14 @@ def parameter_depths(model: nn.Module) -> dict[str, int]:
         return {name: 0 for name, _ in model.named_parameters()}
     block_of = {id(p): i + 1 for i, block in enumerate(blocks) for p in block.parameters()}
     top = len(blocks) + 1
-    return {name: block_of.get(id(p), 0 if "embeddings" in name else top) for name, p in model.named_parameters()}
+    return {
+        name: block_of.get(id(p), 0 if "embeddings" in name else top) for name, p in model.named_parameters()
+    }
 
 
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float, layer_decay: float = 1.0,
-                   head_lr: float | None = None) -> torch.optim.AdamW:
+def make_optimizer(
+    model: nn.Module, lr: float, weight_decay: float, layer_decay: float = 1.0, head_lr: float | None = None
+) -> torch.optim.AdamW:
     """AdamW over every parameter that --freeze leaves trainable.
 
     Block i of L gets ``lr * layer_decay ** (L + 1 - depth)``, so early blocks (generic features)
@@ -43,15 +46,20 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float, layer_decay
             continue
         group_lr = head_lr if id(param) in head and head_lr else lr * layer_decay ** (top - depths[name])
         decay = weight_decay if param.ndim > 1 else 0.0
-        groups.setdefault((group_lr, decay), {"params": [], "lr": group_lr, "weight_decay": decay})["params"].append(param)
+        groups.setdefault((group_lr, decay), {"params": [], "lr": group_lr, "weight_decay": decay})[
+            "params"
+        ].append(param)
     # One fused kernel per step where PyTorch has it (CUDA, CPU, MPS), else one kernel per tensor list.
     fused = all(p.device.type in ("cuda", "cpu", "mps") for group in groups.values() for p in group["params"])
-    return torch.optim.AdamW(list(groups.values()), lr=lr, fused=fused or None, foreach=None if fused else True)
+    return torch.optim.AdamW(
+        list(groups.values()), lr=lr, fused=fused or None, foreach=None if fused else True
+    )
 
 
 def staged_warmup_cosine(stage_steps: list[int], warmup: float):
     """LR multiplier for consecutive stages (e.g. head only, then all): each stage warms up
     linearly over its first ``warmup`` fraction, then decays along a cosine to zero."""
+
     def factor(step: int) -> float:
         for stage, steps in enumerate(stage_steps):
             if step < steps or stage == len(stage_steps) - 1:
@@ -62,6 +70,7 @@ def staged_warmup_cosine(stage_steps: list[int], warmup: float):
                 return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
             step -= steps
         return 0.0  # no stages at all
+
     return factor
 
 
@@ -75,8 +84,9 @@ def set_trainable(model: nn.Module, head_only: bool, trainable: set[int]) -> Non
 def mix_batches(num_classes: int, mixup: float, cutmix: float):
     """A batch transform (images, labels) -> (images, soft targets) for --mixup / --cutmix, or None.
     With both, each batch uses one of them at random."""
-    choices = ([v2.MixUp(alpha=mixup, num_classes=num_classes)] if mixup > 0 else []) + \
-              ([v2.CutMix(alpha=cutmix, num_classes=num_classes)] if cutmix > 0 else [])
+    choices = ([v2.MixUp(alpha=mixup, num_classes=num_classes)] if mixup > 0 else []) + (
+        [v2.CutMix(alpha=cutmix, num_classes=num_classes)] if cutmix > 0 else []
+    )
     if not choices:
         return None
     return choices[0] if len(choices) == 1 else v2.RandomChoice(choices)

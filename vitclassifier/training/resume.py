@@ -21,8 +21,18 @@ from vitclassifier.model.checkpoint import load_training_state
 
 # Options that may change when a run is resumed; any other option given on the command line must
 # match the interrupted run (options not given are taken from it).
-RESUME_FREE = {"device", "num_workers", "precision", "patience", "cache_mb", "compile", "output_dir", "resume",
-               "track", "tracking_uri"}
+RESUME_FREE = {
+    "device",
+    "num_workers",
+    "precision",
+    "patience",
+    "cache_mb",
+    "compile",
+    "output_dir",
+    "resume",
+    "track",
+    "tracking_uri",
+}
 
 
 def saved_options(config: TrainConfig) -> dict:
@@ -41,8 +51,11 @@ def data_fingerprint(samples: list[tuple[Path, int]], root: Path) -> str:
 def resume_conflicts(saved: dict, current: dict, given: set[str]) -> list[str]:
     """Options given on this command line that differ from the run being resumed (except those
     in RESUME_FREE, which may change between sessions), as "--name: was X, now Y" lines."""
-    return [f"--{name.replace('_', '-')}: was {saved[name]!r}, now {current[name]!r}"
-            for name in sorted(given) if name in saved and name not in RESUME_FREE and saved[name] != current[name]]
+    return [
+        f"--{name.replace('_', '-')}: was {saved[name]!r}, now {current[name]!r}"
+        for name in sorted(given)
+        if name in saved and name not in RESUME_FREE and saved[name] != current[name]
+    ]
 
 
 def prepare_resume(config: TrainConfig, given: set[str]) -> tuple[TrainConfig, dict | None]:
@@ -65,10 +78,15 @@ def prepare_resume(config: TrainConfig, given: set[str]) -> tuple[TrainConfig, d
     current = config.as_options()
     conflicts = resume_conflicts(saved, current, given)
     if conflicts:
-        raise UserError(f"cannot resume {resume_dir} with different options: {'; '.join(conflicts)}. "
-                        f"Drop them to continue as before, or train into a new --output-dir")
-    kept = {name: value for name, value in saved.items() if name in current and name not in given
-            and name != "output_dir"}
+        raise UserError(
+            f"cannot resume {resume_dir} with different options: {'; '.join(conflicts)}. "
+            f"Drop them to continue as before, or train into a new --output-dir"
+        )
+    kept = {
+        name: value
+        for name, value in saved.items()
+        if name in current and name not in given and name != "output_dir"
+    }
     state["dir"] = resume_dir
     return config.replace(**kept), state
 
@@ -94,13 +112,14 @@ class StopSignal:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if self.announce:
-            tqdm.write(f"\n{signal.Signals(signum).name}: stopping after this step and saving "
-                       f"(press Ctrl-C again to quit at once)", file=sys.stderr)
+            tqdm.write(
+                f"\n{signal.Signals(signum).name}: stopping after this step and saving "
+                f"(press Ctrl-C again to quit at once)",
+                file=sys.stderr,
+            )
 
 
 def ignore_stop_signals(worker_id: int) -> None:
     """DataLoader workers leave Ctrl-C and SIGTERM to the main process, which stops them itself."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-

@@ -89,9 +89,11 @@ class Trainer:
         saved = self.saved
         if saved is not None and (saved["labels"] != self.labels or saved["data"] != self.fingerprint):
             raise UserError(f"cannot resume {saved['dir']}: the data in {data.folder} changed since that run "
-                            f"(classes then: {saved['labels']}, now: {self.labels}; or training files added/removed)")
+                            f"(classes then: {saved['labels']}, now: {self.labels}; "
+                            f"or training files added/removed)")
         if self.world.is_main:
-            report = audit_dataset(self.labels, self.train_samples, self.val_samples, image_size=None, decode=False)
+            report = audit_dataset(self.labels, self.train_samples, self.val_samples, image_size=None,
+                                   decode=False)
             notes = format_report(report, brief=True)
             if notes:
                 print(notes)
@@ -103,11 +105,12 @@ class Trainer:
         options, recipe, device = self.config.model, self.config.recipe, self.device
         torch.manual_seed(recipe.seed)
         source = str(self.saved["dir"]) if self.saved else options.name
-        model, self.prep = create_model(source, self.labels, pretrained=self.saved is not None or options.pretrained,
-                                        dropout=options.dropout, image_size=options.image_size)
+        pretrained = self.saved is not None or options.pretrained
+        model, self.prep = create_model(source, self.labels, pretrained=pretrained, dropout=options.dropout,
+                                        image_size=options.image_size)
         set_backbone_dropout(model, options.backbone_dropout)
         freeze(model, options.freeze)
-        self.trainable = {id(p) for p in model.parameters() if p.requires_grad}  # what --freeze leaves trainable
+        self.trainable = {id(p) for p in model.parameters() if p.requires_grad}  # what --freeze leaves
         if options.grad_checkpointing:  # renamed in transformers 5.x; the old name still works before that
             (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
         model.to(device)
@@ -130,38 +133,44 @@ class Trainer:
     def build_loaders(self) -> None:
         """Datasets (decoded once into the cache), the feature shortcut, samplers and loaders."""
         data, prep = self.config.data, self.prep
-        self.loader_options = dict(batch_size=data.batch_size, num_workers=loader_workers(data.num_workers, self.device),
-                                   collate_fn=collate_skipping_bad, pin_memory=self.device.type == "cuda",
-                                   worker_init_fn=ignore_stop_signals)
-        train_set = ImageFolderDataset(self.train_samples, train_transform(prep, **data.augment), prep.resize_size)
+        self.loader_options = dict(batch_size=data.batch_size, collate_fn=collate_skipping_bad,
+                                   num_workers=loader_workers(data.num_workers, self.device),
+                                   pin_memory=self.device.type == "cuda", worker_init_fn=ignore_stop_signals)
+        train_set = ImageFolderDataset(self.train_samples, train_transform(prep, **data.augment),
+                                       prep.resize_size)
         self.val_set = ImageFolderDataset(self.val_samples, eval_transform(prep), prep.resize_size)
         if data.cache_mb:  # before the loaders fork their workers, which then share the cache
             self.say(fill_caches([train_set, self.val_set], data.cache_mb * 2**20))
         self.train_data, val_data, self.as_net = train_set, self.val_set, (lambda net: net)
         if can_cache_features(self.config):  # nothing changes between epochs: run the frozen backbone once
             start = time.time()
-            self.train_data, val_data = (extract_features(self.model, s, data.batch_size, self.device, self.dtype)
-                                         for s in (train_set, self.val_set))
+            self.train_data, val_data = (
+                extract_features(self.model, s, data.batch_size, self.device, self.dtype)
+                for s in (train_set, self.val_set))
             self.as_net = HeadOnly
-            train_set.cache.clear()  # no longer read: free its memory (the validation images serve the report)
-            self.say(f"Frozen backbone, no augmentation: computed its features once in {time.time() - start:.1f}s; "
-                     f"the epochs train the head on them")
+            train_set.cache.clear()  # no longer read: free it (the validation images serve the report)
+            self.say(f"Frozen backbone, no augmentation: computed its features once in "
+                     f"{time.time() - start:.1f}s; the epochs train the head on them")
         weights = None
         if data.balanced_sampler:
-            weights = class_weights(self.train_labels, len(self.labels))[torch.tensor(self.train_labels)].double()
+            per_class = class_weights(self.train_labels, len(self.labels))
+            weights = per_class[torch.tensor(self.train_labels)].double()
         recipe = self.config.recipe
         self.sampler = EpochSampler(len(self.train_data), data.batch_size * recipe.grad_accum, recipe.seed,
                                     self.world, weights)
         self.train_loader = DataLoader(self.train_data, sampler=self.sampler, **self.loader_options)
-        self.val_loader = DataLoader(val_data, sampler=ShardSampler(len(val_data), self.world), **self.loader_options)
+        self.val_loader = DataLoader(val_data, sampler=ShardSampler(len(val_data), self.world),
+                                     **self.loader_options)
 
     def build_optimizer(self) -> None:
-        """AdamW, the staged warm-up + cosine schedule (head-only stage first with --freeze-epochs), scaler."""
+        """AdamW, the staged warm-up + cosine schedule (the head alone first with --freeze-epochs), scaler."""
         recipe, run = self.config.recipe, self.shared
-        run.optimizer = make_optimizer(self.model, recipe.lr, recipe.weight_decay, recipe.layer_decay, recipe.head_lr)
+        run.optimizer = make_optimizer(self.model, recipe.lr, recipe.weight_decay, recipe.layer_decay,
+                                       recipe.head_lr)
         self.head_epochs = min(recipe.freeze_epochs, recipe.epochs)
         stages = [n * self.sampler.steps for n in (self.head_epochs, recipe.epochs - self.head_epochs) if n]
-        run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, staged_warmup_cosine(stages, recipe.warmup))
+        schedule = staged_warmup_cosine(stages, recipe.warmup)
+        run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, schedule)
         run.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
 
     def restore(self) -> None:
@@ -175,7 +184,8 @@ class Trainer:
                                 rows=read_metrics(self.output_dir / "metrics.csv", saved["epoch"] - 1))
         if self.world.is_main:  # the saved sums cover all processes; the others start this epoch at zero
             self.state.totals = saved["totals"]
-        self.say(f"Resuming {saved['dir']} at epoch {saved['epoch']}, step {saved['step']} of {self.sampler.steps}")
+        self.say(f"Resuming {saved['dir']} at epoch {saved['epoch']}, step {saved['step']} "
+                 f"of {self.sampler.steps}")
 
     def set_up(self) -> None:
         self.load_data()
@@ -190,10 +200,12 @@ class Trainer:
         config, world, model = self.config, self.world, self.model
         trained = sum(p.numel() for p in model.parameters() if id(p) in self.trainable)
         precision = str(self.dtype).replace("torch.", "") if self.dtype else "fp32"
-        processes = (f" | {world.size} processes, global batch "
-                     f"{world.size * config.data.batch_size * config.recipe.grad_accum}" if world.distributed else "")
-        self.say(f"{len(self.labels)} classes, {len(self.train_samples)} training and {len(self.val_samples)} "
-                 f"validation images | {config.model.name}{' (random init)' if config.model.no_pretrained else ''} "
+        global_batch = world.size * config.data.batch_size * config.recipe.grad_accum
+        processes = f" | {world.size} processes, global batch {global_batch}" if world.distributed else ""
+        random_init = " (random init)" if config.model.no_pretrained else ""
+        self.say(f"{len(self.labels)} classes, {len(self.train_samples)} training and "
+                 f"{len(self.val_samples)} "
+                 f"validation images | {config.model.name}{random_init} "
                  f"@ {self.prep.image_size}px, {trained:,} of {sum(p.numel() for p in model.parameters()):,} "
                  f"parameters trained | {self.device.type}, {precision}{processes}")
 
@@ -216,7 +228,7 @@ class Trainer:
         if state.step == 0:  # metrics.csv shows the LR an epoch starts with, also when it was resumed
             state.totals["lr"] = self.shared.scheduler.get_last_lr()[-1]
         self.sampler.set_epoch(state.epoch, start_batch=state.step)
-        self.train_data.epoch_seed = epoch_seed(seed, state.epoch)  # augmentation depends on (seed, epoch, image)
+        self.train_data.epoch_seed = epoch_seed(seed, state.epoch)  # augmentation: (seed, epoch, image) only
         state.step = train_epoch(self.shared, self.train_loader, state.epoch, state.step, state.totals, stop)
         return state.step >= self.sampler.steps
 
@@ -247,9 +259,10 @@ class Trainer:
                           "weights": "ema" if use_ema else "raw", "val_acc": chosen["acc"],
                           "val_loss": chosen["loss"], "val_macro_f1": chosen["macro_f1"]}
             if self.world.is_main:
-                save_model(self.shared.ema.model if use_ema else self.model, self.prep, self.output_dir / "best", info={
-                    **state.best, "labels": self.labels, "model": self.config.model.name, "train_images": train_count,
-                    "val_images": chosen["count"]})
+                weights = self.shared.ema.model if use_ema else self.model
+                save_model(weights, self.prep, self.output_dir / "best", info={
+                    **state.best, "labels": self.labels, "model": self.config.model.name,
+                    "train_images": train_count, "val_images": chosen["count"]})
         state.stale_epochs = 0 if improved else state.stale_epochs + 1
         return improved
 
@@ -276,7 +289,8 @@ class Trainer:
         improved = self.keep_best(val, ema, totals["count"])
         row = state.rows[-1]
         ema_note = f" | EMA acc {ema['acc']:.3f}" if ema else ""
-        self.say(f"epoch {state.epoch}/{recipe.epochs}: train loss {row['train_loss'][:6]} acc {row['train_acc'][:5]} | "
+        self.say(f"epoch {state.epoch}/{recipe.epochs}: train loss {row['train_loss'][:6]} "
+                 f"acc {row['train_acc'][:5]} | "
                  f"val loss {val['loss']:.4f} acc {val['acc']:.3f} top3 {val['top3']:.3f} "
                  f"macro-F1 {val['macro_f1']:.3f}{ema_note}"
                  f" | {time.time() - started:.0f}s{'  * best, saved' if improved else ''}")
@@ -320,11 +334,12 @@ class Trainer:
             self.say(f"Stopped after epoch {state.epoch - 1}; saved {self.output_dir / 'last'}. "
                      f"Continue with: python train.py --resume {self.output_dir}", file=sys.stderr)
         elif self.world.is_main and state.best["epoch"]:
-            single = replace(self.shared, world=World())  # the report evaluates the best model in this process alone
+            single = replace(self.shared, world=World())  # the report evaluates best/ in this process alone
             full_val = DataLoader(self.val_set, **self.loader_options)
             state.best.update(report_run(single, self.output_dir, self.labels, full_val, state.rows,
                                          self.config.recipe.calibrate))
-            self.tracker.log_files(sorted(self.output_dir.glob("*.png")) + sorted(self.output_dir.glob("*.csv")))
+            pictures, tables = sorted(self.output_dir.glob("*.png")), sorted(self.output_dir.glob("*.csv"))
+            self.tracker.log_files(pictures + tables)
             self.tracker.log_model(self.output_dir / "best")
 
     def run(self) -> dict:
@@ -343,8 +358,9 @@ class Trainer:
         self.list_bad_files()
         minutes = (time.time() - started) / 60
         self.say_done(minutes)
-        return {**self.state.best, "minutes": minutes, "bad_files": self.shared.bad_files, "stopped_by": stop.signum,
-                "train_count": self.last_totals["count"], "val_count": self.last_val["count"]}
+        return {**self.state.best, "minutes": minutes, "bad_files": self.shared.bad_files,
+                "stopped_by": stop.signum, "train_count": self.last_totals["count"],
+                "val_count": self.last_val["count"]}
 
     def list_bad_files(self) -> None:
         bad_files = self.shared.bad_files
@@ -356,8 +372,9 @@ class Trainer:
     def say_done(self, minutes: float) -> None:
         best, best_dir = self.state.best, self.output_dir / "best"
         if best["epoch"]:
-            self.say(f"Done in {minutes:.1f} min. Best epoch {best['epoch']} ({best['weights']} weights): val acc "
-                     f"{best['val_acc']:.3f}, macro-F1 {best['val_macro_f1']:.3f}, loss {best['val_loss']:.4f}. "
+            self.say(f"Done in {minutes:.1f} min. Best epoch {best['epoch']} ({best['weights']} weights): "
+                     f"val acc {best['val_acc']:.3f}, macro-F1 {best['val_macro_f1']:.3f}, "
+                     f"loss {best['val_loss']:.4f}. "
                      f"Model: {best_dir}  (try: python predict.py --model {best_dir} --image IMAGE)")
 
 
