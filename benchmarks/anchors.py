@@ -38,12 +38,14 @@ def train_with_trainer(args, labels, train, val, lr: float, work: Path) -> dict:
     from transformers import Trainer, TrainingArguments
     start = time.perf_counter()
     torch.manual_seed(args.seed)
-    model, prep = create_model(args.model, labels, pretrained=not args.no_pretrained, image_size=args.image_size)
+    model, prep = create_model(args.model, labels, pretrained=not args.no_pretrained,
+                               image_size=args.image_size)
     normalize = transforms.Normalize(prep.mean, prep.std)
     size = prep.image_size
     train_tf = transforms.Compose([transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(),
                                    transforms.ToTensor(), normalize])
-    val_tf = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor(), normalize])
+    val_tf = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor(),
+                                 normalize])
     training_args = TrainingArguments(
         output_dir=str(work / "trainer"), per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=args.batch_size, num_train_epochs=args.epochs, learning_rate=lr,
@@ -74,7 +76,8 @@ def train_with_trainer(args, labels, train, val, lr: float, work: Path) -> dict:
     trainer.train()
     train_seconds = time.perf_counter() - train_start - trainer.eval_seconds
     trainer.save_model(str(work / "trainer" / "final"))
-    return {"seconds": time.perf_counter() - start, "train_seconds": train_seconds, "val_acc": max(accuracies)}
+    return {"seconds": time.perf_counter() - start, "train_seconds": train_seconds,
+            "val_acc": max(accuracies)}
 
 
 def pipeline_classifier(checkpoint: Path, device: torch.device):

@@ -12,8 +12,9 @@ and predict.py can be checked on your own machine:
   * prediction at batch 32 and batch 1: fp32, bf16 autocast alone, predict.py's bf16 (the whole
     model in bf16, bf16-softmax attention), dynamic int8 (whole batches, and in chunks of 8 to keep
     activations in cache), OpenVINO in bf16 and with static int8, torch.compile (inductor freezing);
-  * the data side, per image: decoding a big JPEG with and without Pillow's draft mode, and each
-    augmentation step on the cached uint8 image;
+  * the data side, per image: decoding a big JPEG with and without Pillow's draft mode (one core,
+    as a loader worker), and the batched training augmentation (data/augment.py) on decoded images,
+    each augmentation alone and all of them, as the training loop runs it;
   * glibc's allocator left as it is or told to keep freed memory (devices.keep_freed_memory, which
     train.py and predict.py call): fresh processes, as users run them, alternating.
 Every figure is the median of several timed repeats after a warm-up.
@@ -74,13 +75,15 @@ def fresh_model(args, attention: str = "sdpa") -> torch.nn.Module:
     return model
 
 
-def training_step(args, dtype, attention: str, fused: bool, compiled: bool = False, as_train_py: bool = False):
+def training_step(args, dtype, attention: str, fused: bool, compiled: bool = False,
+                  as_train_py: bool = False):
     """A function doing one forward + backward + AdamW step at --batch-size; ``as_train_py``: with
     train.py's run_in_bf16 (bf16-softmax attention, bf16 activations between blocks)."""
     model = fresh_model(args, attention).train()
     if as_train_py:
         run_in_bf16(model, torch.device("cpu"), dtype, training=True)
-    optimizer = torch.optim.AdamW(model.parameters(), 1e-4, fused=fused or None, foreach=None if fused else True)
+    optimizer = torch.optim.AdamW(model.parameters(), 1e-4, fused=fused or None,
+                                  foreach=None if fused else True)
     net = torch.compile(model) if compiled else model
     images = torch.randn(args.batch_size, 3, args.image_size, args.image_size)
     labels = torch.randint(0, 3, (args.batch_size,))
@@ -95,11 +98,13 @@ def training_step(args, dtype, attention: str, fused: bool, compiled: bool = Fal
 
 
 def prediction_runs(args, variant: str):
-    """(batch-32 function, one-image function) of the model alone in inference mode, as predict.py prepares it."""
-    from predict import prepare_model
+    """(batch-32 function, one-image function) of the model alone in inference mode, as predict.py
+    prepares it."""
+    from vitclassifier.inference.loading import prepare_model
     batch = torch.randn(32, 3, args.image_size, args.image_size)
     if variant.startswith("OpenVINO"):
-        from vitclassifier.model.openvino import OpenVinoModel, convert, quantize_static
+        from vitclassifier.inference.runtimes import OpenVinoModel
+        from vitclassifier.model.openvino import convert, quantize_static
         converted = convert(fresh_model(args), args.image_size)
         if "int8" in variant:  # ranges measured on noise: fine for timing, not for predicting
             converted = quantize_static(converted, batch[:16])
@@ -107,7 +112,8 @@ def prediction_runs(args, variant: str):
     elif variant == "bf16 autocast alone":
         model, dtype = fresh_model(args).eval(), torch.bfloat16
     else:
-        model, dtype = prepare_model(fresh_model(args), torch.device("cpu"), "fp32" if variant == "fp32" else "bf16",
+        model, dtype = prepare_model(fresh_model(args), torch.device("cpu"),
+                                     "fp32" if variant == "fp32" else "bf16",
                                      quantize=variant.startswith("int8"), compile_model=variant == "compile")
     chunk = 8 if "chunks" in variant else 32
 
@@ -119,36 +125,47 @@ def prediction_runs(args, variant: str):
 
 
 def data_costs(args) -> dict[str, float]:
-    """Milliseconds per image of decoding and of each augmentation step (one thread, like a worker)."""
+    """Milliseconds per image of decoding (one thread, like a loader worker) and of the batched
+    training augmentation on a batch of 32 decoded images (every thread, like the training loop)."""
     from PIL import Image
     from torchvision.transforms import v2
-    from vitclassifier.data.transforms import Preprocessing, train_transform
+
+    from vitclassifier.data.augment import BatchAugment, train_decode
     from vitclassifier.data.images import load_image
+    from vitclassifier.data.transforms import Preprocessing
     torch.set_num_threads(1)
-    photo = Image.effect_mandelbrot((4000, 3000), (-2.0, -1.2, 1.0, 1.2), 60).convert("RGB")  # a 12 MP "photo"
+    # a 12 MP "photo"
+    photo = Image.effect_mandelbrot((4000, 3000), (-2.0, -1.2, 1.0, 1.2), 60).convert("RGB")
     buffer = io.BytesIO()
     photo.save(buffer, "JPEG", quality=90)
     path = Path(args.work) / "photo.jpg"
     path.write_bytes(buffer.getvalue())
     prep = Preprocessing(args.image_size)
-    transform = train_transform(prep)
-    cached = small = transform.decode(load_image(path, prep.resize_size))
+    decode = train_decode(prep)
+    cached = decode(load_image(path, prep.resize_size))
     costs = {"decode 12 MP JPEG, full size": median_seconds(lambda: load_image(path), 3),
-             "decode 12 MP JPEG, draft mode (what we do)": median_seconds(lambda: load_image(path, prep.resize_size), 3),
+             "decode 12 MP JPEG, draft mode (what we do)":
+                 median_seconds(lambda: load_image(path, prep.resize_size), 3),
              "decode + resize, once into the cache": median_seconds(
-                 lambda: transform.decode(load_image(path, prep.resize_size)), 3)}
-    for step in transform.finish.transforms:
-        costs[f"{type(step).__name__} on the cached uint8 image"] = median_seconds(lambda: step(small), 20)
-        small = step(small)
+                 lambda: decode(load_image(path, prep.resize_size)), 3)}
     crop = v2.CenterCrop(args.image_size)(cached)
-    costs["ColorJitter with a hue shift (dropped)"] = median_seconds(lambda: v2.ColorJitter(0.3, 0.3, 0.3, 0.05)(crop), 20)
+    costs["ColorJitter with a hue shift (dropped), one image"] = median_seconds(
+        lambda: v2.ColorJitter(0.3, 0.3, 0.3, 0.05)(crop), 20)
     torch.set_num_threads(args.threads)
+    batch = cached.expand(32, -1, -1, -1).contiguous()
+    names = ("crop", "flip", "rotate", "color_jitter")
+    for name in names:
+        alone = BatchAugment(prep, **{other: other == name for other in names})
+        costs[f"{name} alone, batch of 32"] = median_seconds(lambda: alone(batch), 10) / len(batch)
+    every = BatchAugment(prep)
+    costs["all four (train.py's default), batch of 32"] = median_seconds(lambda: every(batch), 10) / 32
     return {name: 1000 * seconds for name, seconds in costs.items()}
 
 
 def fresh_process_figures(args) -> dict[str, float]:
     """Images/s of train.py's step and of bf16 and int8 prediction batches, in this (new) process."""
-    figures = {"training step": (training_step(args, torch.bfloat16, "sdpa", True, as_train_py=True), args.batch_size)}
+    figures = {"training step": (training_step(args, torch.bfloat16, "sdpa", True, as_train_py=True),
+                                 args.batch_size)}
     for variant in ("bf16", "int8"):
         figures[f"{variant} prediction, batch 32"] = (prediction_runs(args, variant)[0], 32)
     return {name: size / median_seconds(run, args.repeats) for name, (run, size) in figures.items()}
@@ -160,7 +177,8 @@ def allocator_figures(args, rounds: int = 2) -> dict[str, dict[str, float]]:
     for _ in range(rounds):
         for keep, name in zip(("off", "on"), results):
             command = [sys.executable, __file__, "--model", args.model, "--image-size", str(args.image_size),
-                       "--batch-size", str(args.batch_size), "--repeats", str(args.repeats), "--allocator", keep]
+                       "--batch-size", str(args.batch_size), "--repeats", str(args.repeats),
+                       "--allocator", keep]
             results[name].append(json.loads(subprocess.run(command, capture_output=True, text=True,
                                                             check=True).stdout.splitlines()[-1]))
     return {name: {figure: statistics.median(run[figure] for run in runs) for figure in runs[0]}
@@ -168,8 +186,10 @@ def allocator_figures(args, rounds: int = 2) -> dict[str, dict[str, float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="vit-small", choices=list(PRESETS), help="preset architecture (random weights)")
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default="vit-small", choices=list(PRESETS),
+                   help="preset architecture (random weights)")
     p.add_argument("--image-size", type=int, default=224, help="input size in pixels")
     p.add_argument("--batch-size", type=int, default=16, help="training batch size")
     p.add_argument("--repeats", type=int, default=6, help="timed repeats per figure (the median is shown)")
@@ -206,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     variants = ["fp32", "bf16 autocast alone", "bf16", "int8", "int8, the batch in chunks of 8"]
     if importlib.util.find_spec("openvino") and importlib.util.find_spec("nncf"):
         variants += ["OpenVINO bf16 (--runtime openvino)", "OpenVINO static int8 (export openvino-int8)"]
-    runs = {variant: prediction_runs(args, variant) for variant in variants + ([] if args.quick else ["compile"])}
+    runs = {variant: prediction_runs(args, variant)
+            for variant in variants + ([] if args.quick else ["compile"])}
     batches = interleaved_medians({name: run[0] for name, run in runs.items()}, args.repeats, warmup=2)
     singles = interleaved_medians({name: run[1] for name, run in runs.items()}, 4 * args.repeats, warmup=2)
     for name in runs:
@@ -216,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, figures in allocator_figures(args).items():
         print(f"  {name}: " + ", ".join(f"{figure} {rate:.2f}" for figure, rate in figures.items()))
 
-    print("\nData, ms per image on one core")
+    print("\nData, ms per image: decoding on one core, batch augmentation on every core")
     for name, milliseconds in data_costs(args).items():
         print(f"  {name:<52}{milliseconds:7.2f}")
     return 0

@@ -30,6 +30,7 @@ VARIANTS = {  # name -> train.py options: plain fine-tuning, then plain plus one
     "+ mixup 0.2 / cutmix 1.0": PLAIN + ["--mixup", "0.2", "--cutmix", "1.0"],
 }
 
+
 def train(data: Path, out: Path, *options: str) -> dict:
     """One train.py run (skipped when ``out`` already holds it); its best/training_info.json and wall time."""
     start = time.time()
@@ -41,22 +42,23 @@ def train(data: Path, out: Path, *options: str) -> dict:
 
 
 def measure_tta(checkpoint: Path, data: Path) -> dict:
-    """Validation accuracy and milliseconds per image of predict.py's path, with and without --tta."""
+    """Validation accuracy and milliseconds per image of predict.py's path (fp32, on the CPU, with the
+    checkpoint's calibrated temperature), with and without --tta."""
     sys.path.insert(0, str(ROOT))
     import torch
-    from vitclassifier.model.checkpoint import load_checkpoint, read_info
+
     from vitclassifier.data.folders import load_splits
-    from predict import predict
-    model, prep, labels = load_checkpoint(checkpoint)
+    from vitclassifier.inference.loading import load_for_prediction
+    from vitclassifier.inference.predict import predict
+    loaded = load_for_prediction(checkpoint, torch.device("cpu"), precision="fp32")
     _, _, val = load_splits(data, 0.2, 42)
     truth = {str(path): label for path, label in val}
-    temperature = read_info(checkpoint).get("temperature", 1.0)
     figures = {}
     for tta in (False, True):
         start = time.perf_counter()
-        results, _ = predict(model, prep, labels, [p for p, _ in val], 1, 32, torch.device("cpu"), temperature, tta)
+        results, _ = predict(loaded, [p for p, _ in val], 1, 32, tta)
         seconds = time.perf_counter() - start
-        hits = sum(labels.index(r["label"]) == truth[r["path"]] for r in results)
+        hits = sum(loaded.labels.index(r["label"]) == truth[r["path"]] for r in results)
         figures[tta] = (hits / len(results), 1000 * seconds / len(results))
     return figures
 
@@ -79,42 +81,45 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("recipe-bench"), help="scratch folder")
     parser.add_argument("--epochs", type=int, default=5, help="fine-tuning epochs for every variant")
-    parser.add_argument("--pretrain-epochs", type=int, default=6, help="epochs of the from-scratch pre-training")
+    parser.add_argument("--pretrain-epochs", type=int, default=6,
+                        help="epochs of the from-scratch pre-training")
     args = parser.parse_args()
     work, size = args.work, "64"
     work.mkdir(parents=True, exist_ok=True)
     generate = [sys.executable, str(ROOT / "classifier.py"), "--generate-data", "--image-size", size]
     if not (work / "pretrained" / "best").is_dir():
-        subprocess.run([*generate, "--out", str(work / "source"), "--classes", "circle,triangle,star,cross,stripes",
-                        "--per-class", "600", "--samples-dir", str(work / "samples")], check=True)
-        info = train(work / "source", work / "pretrained", "--model", "vit-tiny", "--no-pretrained", "--image-size",
-                     size, "--epochs", str(args.pretrain_epochs), "--batch-size", "32", "--no-rotate",
-                     "--no-color-jitter")
+        subprocess.run([*generate, "--out", str(work / "source"),
+                        "--classes", "circle,triangle,star,cross,stripes", "--per-class", "600",
+                        "--samples-dir", str(work / "samples")], check=True)
+        info = train(work / "source", work / "pretrained", "--model", "vit-tiny", "--no-pretrained",
+                     "--image-size", size, "--epochs", str(args.pretrain_epochs), "--batch-size", "32",
+                     "--no-rotate", "--no-color-jitter")
         print(f"pre-trained vit-tiny on 5 shapes: val acc {info['val_acc']:.3f} ({info['seconds']:.0f} s)")
     subprocess.run([*generate, "--out", str(work / "new-shapes"), "--classes", "square,ring,hexagon",
                     "--per-class", "60", "--seed", "1", "--samples-dir", str(work / "samples")], check=True)
     targets = {"digits (10 classes, ~144 train/class)": (make_digits(work / "digits", 64), ["--no-flip"]),
                "new shapes (3 classes, 48 train/class)": (work / "new-shapes", [])}
-    common = ["--model", str(work / "pretrained" / "best"), "--epochs", str(args.epochs), "--batch-size", "16",
-              "--lr", "1e-4", "--patience", "0", "--no-calibrate"]
+    common = ["--model", str(work / "pretrained" / "best"), "--epochs", str(args.epochs),
+              "--batch-size", "16", "--lr", "1e-4", "--patience", "0", "--no-calibrate"]
     results = {}
     for target, (data, extra) in targets.items():
         for name, options in VARIANTS.items():
             out = work / "runs" / f"{data.name}-{len(results)}"
             results[(target, name)] = train(data, out, *common, *extra, *options)
             info = results[(target, name)]
-            print(f"{target:40} {name:50} val acc {info['val_acc']:.3f}  ({info['weights']}, {info['seconds']:.0f} s)",
-                  flush=True)
+            print(f"{target:40} {name:50} val acc {info['val_acc']:.3f}  "
+                  f"({info['weights']}, {info['seconds']:.0f} s)", flush=True)
     print("\nTest-time augmentation on the plain fine-tuned checkpoints (predict.py's path, batch 32, CPU):")
     for target, (data, _) in targets.items():
         index = list(targets).index(target) * len(VARIANTS)
         figures = measure_tta(work / "runs" / f"{data.name}-{index}" / "best", data)
-        print(f"  {target}: accuracy {figures[False][0] * 100:.1f}% -> {figures[True][0] * 100:.1f}% with --tta, "
-              f"{figures[False][1]:.1f} -> {figures[True][1]:.1f} ms per image")
+        print(f"  {target}: accuracy {figures[False][0] * 100:.1f}% -> {figures[True][0] * 100:.1f}% "
+              f"with --tta, {figures[False][1]:.1f} -> {figures[True][1]:.1f} ms per image")
     print(f"\n| variant ({args.epochs} epochs) | " + " | ".join(targets) + " |")
     print("|---|" + "---|" * len(targets))
     for name in VARIANTS:
-        print(f"| {name} | " + " | ".join(f"{results[(t, name)]['val_acc'] * 100:.1f}%" for t in targets) + " |")
+        scores = " | ".join(f"{results[(t, name)]['val_acc'] * 100:.1f}%" for t in targets)
+        print(f"| {name} | {scores} |")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The data set audit (audit.py) and its command line, ``classifier.py --check-data``."""
+"""The data set audit (data/audit.py) and its command line, ``classifier.py --check-data``."""
 from __future__ import annotations
 
 import json
@@ -6,10 +6,11 @@ import random
 import shutil
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
-from vitclassifier.data import audit
 import classifier
+from vitclassifier.data import audit
 from vitclassifier.data.audit import audit_dataset, format_report
 from vitclassifier.data.folders import load_splits
 
@@ -117,6 +118,7 @@ def test_imbalance_ratio_and_recommendation(tmp_path):
     assert run_audit(tmp_path, decode=False)["recommendations"] == []
 
 
+@pytest.mark.slow
 def test_a_class_of_corrupt_files_is_fatal_and_exits_1(tmp_path, capsys):
     make_images(tmp_path / "ant", 4)
     make_images(tmp_path / "bee", 4)
@@ -132,6 +134,7 @@ def test_a_class_of_corrupt_files_is_fatal_and_exits_1(tmp_path, capsys):
     assert "Training is impossible" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_user_errors_exit_2_with_one_line(tmp_path, capsys):
     assert classifier.main(["--check-data", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -142,6 +145,7 @@ def test_user_errors_exit_2_with_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("error: --val-split")
 
 
+@pytest.mark.slow
 def test_json_to_stdout_parses_and_has_the_counts(tmp_path, capsys):
     make_images(tmp_path / "ant", 5)
     make_images(tmp_path / "bee", 3)
@@ -157,6 +161,7 @@ def test_json_to_stdout_parses_and_has_the_counts(tmp_path, capsys):
     assert "Data: 2 classes" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_the_command_line_split_is_train_py_default_split(tmp_path, capsys):
     """Whether two copies straddle train and val depends on the split: it must be train.py's."""
     import train
@@ -164,7 +169,8 @@ def test_the_command_line_split_is_train_py_default_split(tmp_path, capsys):
     make_images(tmp_path / "bee", 12)
     shutil.copyfile(tmp_path / "ant" / "img_003.png", tmp_path / "ant" / "copy.png")
     defaults = train.build_parser()
-    _, train_samples, _ = load_splits(tmp_path, defaults.get_default("val_split"), defaults.get_default("seed"))
+    _, train_samples, _ = load_splits(tmp_path, defaults.get_default("val_split"),
+                                      defaults.get_default("seed"))
     in_train = {str(path) for path, _ in train_samples}
     classifier.main(["--check-data", str(tmp_path), "--json", "-"])
     [group] = json.loads(capsys.readouterr().out)["duplicates"]["groups"]
@@ -192,6 +198,7 @@ def test_only_files_sharing_a_size_are_hashed(tmp_path, monkeypatch):
     (tmp_path / "bee" / "odd.png").write_bytes((tmp_path / "bee" / "img_000.png").read_bytes() + b"1234")
     hashed = []
     group_by_digest = audit._group_by_digest
-    monkeypatch.setattr(audit, "_group_by_digest", lambda paths, limit: hashed.extend(paths) or group_by_digest(paths, limit))
+    monkeypatch.setattr(audit, "_group_by_digest",
+                        lambda paths, limit: hashed.extend(paths) or group_by_digest(paths, limit))
     assert audit.find_duplicates(classifier.list_images(tmp_path)) == []
     assert hashed and tmp_path / "bee" / "odd.png" not in hashed

@@ -1,4 +1,6 @@
-"""Synthetic data, folder scanning, the stratified split and the shared preprocessing."""
+"""The data layer: synthetic data (data/synthetic.py and classifier.py --generate-data), folder scanning
+and the stratified split (data/folders.py), and the shared preprocessing (data/transforms.py). The
+training augmentation, batched on the device (data/augment.py), is tested in test_augment.py."""
 from __future__ import annotations
 
 import argparse
@@ -10,10 +12,10 @@ import torch
 from PIL import Image
 
 import classifier
-from vitclassifier.data.transforms import Preprocessing, eval_transform, train_transform
-from vitclassifier.errors import UserError
 from vitclassifier.data.folders import list_images, load_splits
 from vitclassifier.data.synthetic import generate_data, parse_classes
+from vitclassifier.data.transforms import Preprocessing, eval_transform
+from vitclassifier.errors import UserError
 
 
 def test_generation_is_byte_identical_for_a_seed_and_differs_across_seeds(tmp_path):
@@ -22,14 +24,18 @@ def test_generation_is_byte_identical_for_a_seed_and_differs_across_seeds(tmp_pa
                       samples_dir=tmp_path / f"{name}-samples")
     same = filecmp.dircmp(tmp_path / "a" / "star", tmp_path / "b" / "star")
     assert sorted(same.same_files) == [f"star_{i:04d}.jpg" for i in range(4)] and not same.diff_files
-    assert (tmp_path / "a" / "star" / "star_0000.jpg").read_bytes() != (tmp_path / "c" / "star" / "star_0000.jpg").read_bytes()
+    first = "star/star_0000.jpg"
+    assert (tmp_path / "a" / first).read_bytes() != (tmp_path / "c" / first).read_bytes()
     assert (tmp_path / "a-samples" / "sample.jpg").is_file()
-    assert sorted(p.name for p in (tmp_path / "a-samples" / "samples").iterdir()) == ["circle.jpg", "star.jpg"]
+    samples = sorted(p.name for p in (tmp_path / "a-samples" / "samples").iterdir())
+    assert samples == ["circle.jpg", "star.jpg"]
 
 
 def test_classes_differ_by_shape_not_colour(tmp_path):
-    generate_data(tmp_path / "d", ["circle", "square"], per_class=20, image_size=32, seed=0, samples_dir=tmp_path)
-    mean_colour = {c: np.mean([np.asarray(Image.open(p)).reshape(-1, 3).mean(0) for p in (tmp_path / "d" / c).iterdir()], 0)
+    generate_data(tmp_path / "d", ["circle", "square"], per_class=20, image_size=32, seed=0,
+                  samples_dir=tmp_path)
+    mean_colour = {c: np.mean([np.asarray(Image.open(p)).reshape(-1, 3).mean(0)
+                               for p in (tmp_path / "d" / c).iterdir()], 0)
                    for c in ("circle", "square")}
     spread = [np.asarray(Image.open(p)).reshape(-1, 3).mean(0) for p in (tmp_path / "d" / "circle").iterdir()]
     assert np.std(spread, axis=0).min() > 15  # colours vary a lot within a class ...
@@ -69,7 +75,7 @@ def test_scan_finds_images_recursively_case_insensitively_and_skips_hidden(tmp_p
 def test_stratified_split_keeps_class_balance_and_is_seeded(tmp_path):
     make_folder(tmp_path, {"cat": 50, "dog": 10, "emu": 20})
     labels, train, val = load_splits(tmp_path, 0.2, seed=7)
-    val_counts = {labels[i]: sum(1 for _, l in val if l == i) for i in range(3)}
+    val_counts = {labels[i]: sum(1 for _, label in val if label == i) for i in range(3)}
     assert val_counts == {"cat": 10, "dog": 2, "emu": 4}
     assert not {p for p, _ in train} & {p for p, _ in val}
     assert load_splits(tmp_path, 0.2, seed=7)[2] == val
@@ -108,18 +114,7 @@ def test_eval_transform_matches_the_saved_image_processor(tmp_path):
     assert torch.allclose(ours, theirs, atol=1e-5)
 
 
-def test_train_transform_gives_model_sized_tensors_and_can_be_switched_off():
-    prep = Preprocessing(32, 1.0, (0.5,) * 3, (0.5,) * 3)
-    image = Image.new("RGB", (50, 40), (200, 10, 10))
-    assert train_transform(prep)(image).shape == (3, 32, 32)
-    plain = train_transform(prep, crop=False, flip=False, rotate=False, color_jitter=False)
-    assert torch.equal(plain(image), plain(image))  # nothing random left ...
-    assert torch.equal(plain(image), eval_transform(prep)(image))  # ... and no drift from evaluation
-    random_steps = {"RandomRotation", "RandomResizedCrop", "RandomHorizontalFlip", "ColorJitter"}
-    assert random_steps <= {type(t).__name__ for t in train_transform(prep).finish.transforms}
-    assert not random_steps & {type(t).__name__ for t in plain.decode.transforms + plain.finish.transforms}
-
-
+@pytest.mark.slow
 def test_generate_data_command_line(tmp_path, capsys):
     code = classifier.main(["--generate-data", "--out", str(tmp_path / "d"), "--classes", "2",
                             "--per-class", "3", "--image-size", "24", "--samples-dir", str(tmp_path)])
@@ -129,9 +124,11 @@ def test_generate_data_command_line(tmp_path, capsys):
 
 
 def test_regenerating_replaces_our_old_files_and_keeps_the_users(tmp_path):
-    generate_data(tmp_path / "d", ["circle", "square"], per_class=3, image_size=24, seed=0, samples_dir=tmp_path)
+    generate_data(tmp_path / "d", ["circle", "square"], per_class=3, image_size=24, seed=0,
+                  samples_dir=tmp_path)
     (tmp_path / "d" / "square" / "my_photo.jpg").write_bytes(b"user data")
-    generate_data(tmp_path / "d", ["circle", "star"], per_class=2, image_size=24, seed=0, samples_dir=tmp_path)
+    generate_data(tmp_path / "d", ["circle", "star"], per_class=2, image_size=24, seed=0,
+                  samples_dir=tmp_path)
     files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.jpg"))
     assert files == ["d/circle/circle_0000.jpg", "d/circle/circle_0001.jpg", "d/square/my_photo.jpg",
                      "d/star/star_0000.jpg", "d/star/star_0001.jpg", "sample.jpg",

@@ -10,12 +10,15 @@ import sys
 import time
 
 import pytest
+from helpers import ROOT, assert_same_metrics, read_rows, run_args
 
 from vitclassifier.data.folders import load_splits
-from conftest import ROOT
-from test_resume import assert_same_metrics, read_rows, run_args
+from vitclassifier.training.output import LOCK, MARKER  # how a run claims and locks its output folder
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="torchrun's gloo on Windows is not supported")
+pytestmark = [
+    pytest.mark.skipif(sys.platform == "win32", reason="torchrun's gloo on Windows is not supported"),
+    pytest.mark.slow,  # torchrun: two training processes per run
+]
 
 
 def torchrun(out, data, model, *extra) -> list[str]:
@@ -47,9 +50,9 @@ def ddp_run(tmp_path_factory, tiny_vit, pattern_data):
 
 def test_two_processes_write_one_checkpoint_and_validate_on_the_whole_set(ddp_run, pattern_data):
     out, stdout = ddp_run
-    assert sorted(p.name for p in out.iterdir()) == [  # one of each, written once: no second copy, no .tmp
-        "best", "confusion_matrix.csv", "confusion_matrix.png", "curves.png", "last", "metrics.csv",
-        "mistakes.png", "per_class.csv"]
+    assert sorted(p.name for p in out.iterdir()) == sorted([  # one of each, written once: no copy, no .tmp
+        MARKER, LOCK, "best", "confusion_matrix.csv", "confusion_matrix.png", "curves.png", "last",
+        "metrics.csv", "mistakes.png", "per_class.csv"])
     assert stdout.count("epoch 1/2:") == 1  # only the main process prints
     assert "2 processes, global batch 8" in stdout
     _, train_samples, val_samples = load_splits(pattern_data, 0.2, 1)
@@ -72,8 +75,9 @@ def test_two_processes_learn_like_one_with_the_same_global_batch(ddp_run, tmp_pa
 
 def test_stop_and_resume_under_torchrun_repeat_the_run(ddp_run, tmp_path, tiny_vit, pattern_data):
     out = tmp_path / "run"
-    process = subprocess.Popen(torchrun(out, pattern_data, tiny_vit), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    process = subprocess.Popen(torchrun(out, pattern_data, tiny_vit), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         deadline = time.time() + 200
         while not (out / "metrics.csv").exists() and process.poll() is None and time.time() < deadline:
@@ -85,7 +89,7 @@ def test_stop_and_resume_under_torchrun_repeat_the_run(ddp_run, tmp_path, tiny_v
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
     assert "Stopped in epoch 2" in stdout + stderr, stderr[-3000:]
-    resumed = run_to_the_end([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                              str(ROOT / "train.py"), "--resume", str(out)])
+    resumed = run_to_the_end([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                              "--nproc_per_node=2", str(ROOT / "train.py"), "--resume", str(out)])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_metrics(out, ddp_run[0])

@@ -6,13 +6,12 @@ from collections import Counter
 
 import pytest
 import torch
+from helpers import TRAIN_OPTIONS, make_pattern_folder, read_rows
 
 import train
-from conftest import TRAIN_OPTIONS, make_pattern_folder
+from vitclassifier.reporting.metrics import macro_f1, per_class_scores
 from vitclassifier.training.distributed import EpochSampler, ShardSampler, World
-from vitclassifier.training.metrics import macro_f1, per_class_scores
 from vitclassifier.training.recipe import class_weights
-from test_resume import read_rows
 
 
 def test_class_weights_give_every_class_the_same_total_weight():
@@ -58,13 +57,15 @@ def test_sampler_shards_cover_the_epoch_once_and_resume_skips_whole_batches():
     assert sorted(validation[0] + validation[1]) == list(range(7))
 
 
+@pytest.mark.slow
 def test_imbalanced_training_with_weights_sampler_and_macro_f1_selection(tmp_path, tiny_vit):
     data = make_pattern_folder(tmp_path / "data", per_class=60)
     for extra in sorted((data / "plain").iterdir())[12:]:  # plain: 12 images, the others 60
         extra.unlink()
     out = tmp_path / "run"
-    assert train.main(["--data", str(data), "--model", str(tiny_vit), "--output-dir", str(out), *TRAIN_OPTIONS,
-                       "--epochs", "3", "--class-weights", "auto", "--balanced-sampler", "--select-by", "macro-f1"]) == 0
+    assert train.main(["--data", str(data), "--model", str(tiny_vit), "--output-dir", str(out),
+                       *TRAIN_OPTIONS, "--epochs", "3", "--class-weights", "auto", "--balanced-sampler",
+                       "--select-by", "macro-f1"]) == 0
     rows = read_rows(out / "metrics.csv")
     info = json.loads((out / "best" / "training_info.json").read_text())
     best_row = max(rows, key=lambda r: (float(r["val_macro_f1"]), -float(r["val_loss"])))

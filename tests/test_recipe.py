@@ -1,17 +1,27 @@
-"""The fine-tuning recipe: every knob changes what it should, and only that."""
+"""The fine-tuning recipe (training/recipe.py, through train.py): every knob changes what it should, and
+only that."""
 from __future__ import annotations
 
 import json
 
 import pytest
 import torch
+from helpers import TRAIN_OPTIONS, make_pattern_folder, read_rows
 from safetensors.torch import load_file
 
 import train
-from conftest import TRAIN_OPTIONS, make_pattern_folder
+from vitclassifier.data.folders import load_splits
+from vitclassifier.data.transforms import eval_transform
+from vitclassifier.model.checkpoint import load_checkpoint
 from vitclassifier.model.vit import create_model
-from vitclassifier.training.recipe import EMA, make_optimizer, mix_batches, parameter_depths, staged_warmup_cosine
-from test_resume import read_rows
+from vitclassifier.training import setup as training_setup
+from vitclassifier.training.recipe import (
+    EMA,
+    make_optimizer,
+    mix_batches,
+    parameter_depths,
+    staged_warmup_cosine,
+)
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +31,8 @@ def small_data(tmp_path_factory):
 
 def run(tmp_path, data, model, *extra, name="run"):
     out = tmp_path / name
-    assert train.main(["--data", str(data), "--model", str(model), "--output-dir", str(out), *TRAIN_OPTIONS, *extra]) == 0
+    assert train.main(["--data", str(data), "--model", str(model), "--output-dir", str(out),
+                       *TRAIN_OPTIONS, *extra]) == 0
     return out
 
 
@@ -29,6 +40,7 @@ def backbone(weights: dict) -> dict:
     return {k: v for k, v in weights.items() if not k.startswith("classifier")}
 
 
+@pytest.mark.slow
 def test_freeze_epochs_train_the_head_alone_then_everything(tmp_path, small_data, tiny_vit):
     source = backbone(load_file(tiny_vit / "model.safetensors"))
     head_only = load_file(run(tmp_path, small_data, tiny_vit, "--epochs", "1", "--freeze-epochs", "1",
@@ -58,25 +70,31 @@ def test_layer_decay_orders_learning_rates_by_depth_and_the_head_has_its_own(tin
 
 def test_each_stage_has_its_own_warmup_and_cosine():
     factor = staged_warmup_cosine([10, 30], warmup=0.2)
-    assert [round(factor(s), 3) for s in (0, 1, 9)] == [0.5, 1.0, round(0.5 * (1 + torch.cos(torch.tensor(7 / 8 * torch.pi))).item(), 3)]
+    cosine = round(0.5 * (1 + torch.cos(torch.tensor(7 / 8 * torch.pi))).item(), 3)
+    assert [round(factor(s), 3) for s in (0, 1, 9)] == [0.5, 1.0, cosine]
     assert factor(10) == pytest.approx(1 / 6)  # stage 2 warms up again over 6 steps
     assert factor(15) == pytest.approx(1.0) and factor(39) < 0.01
 
 
+@pytest.mark.slow
 def test_grad_accumulation_matches_the_big_batch(tmp_path, small_data, tiny_vit):
     options = ["--epochs", "1", "--dropout", "0", "--label-smoothing", "0"]
-    accumulated = read_rows(run(tmp_path, small_data, tiny_vit, *options, "--batch-size", "4", "--grad-accum", "4",
-                                name="accum") / "metrics.csv")
-    big = read_rows(run(tmp_path, small_data, tiny_vit, *options, "--batch-size", "16", name="big") / "metrics.csv")
+    accumulated = read_rows(run(tmp_path, small_data, tiny_vit, *options, "--batch-size", "4",
+                                "--grad-accum", "4", name="accum") / "metrics.csv")
+    big = read_rows(run(tmp_path, small_data, tiny_vit, *options, "--batch-size", "16",
+                        name="big") / "metrics.csv")
     for name in ("train_loss", "train_acc", "val_loss", "val_acc"):
         assert float(accumulated[0][name]) == pytest.approx(float(big[0][name]), abs=1e-4), name
 
 
-def test_gradient_checkpointing_is_on_and_gives_the_same_training(tmp_path, small_data, tiny_vit, monkeypatch):
+@pytest.mark.slow
+def test_gradient_checkpointing_is_on_and_gives_the_same_training(tmp_path, small_data, tiny_vit,
+                                                                  monkeypatch):
     options = ["--epochs", "1", "--dropout", "0"]
     plain = read_rows(run(tmp_path, small_data, tiny_vit, *options, name="plain") / "metrics.csv")
     built = []
-    monkeypatch.setattr(train, "create_model", lambda *a, **k: built.append(create_model(*a, **k)) or built[-1])
+    monkeypatch.setattr(training_setup, "create_model",
+                        lambda *a, **k: built.append(create_model(*a, **k)) or built[-1])
     checkpointed = read_rows(run(tmp_path, small_data, tiny_vit, *options, "--grad-checkpointing",
                                  name="ckpt") / "metrics.csv")
     assert getattr(built[0][0], "is_activation_checkpointing", None) or built[0][0].is_gradient_checkpointing
@@ -93,11 +111,15 @@ def test_mixup_and_cutmix_give_soft_targets_that_sum_to_one():
     assert mix_batches(3, 0.0, 0.0) is None
 
 
-def test_mixup_training_counts_accuracy_on_the_true_labels_and_backbone_dropout_is_set(tmp_path, small_data, tiny_vit):
-    out = run(tmp_path, small_data, tiny_vit, "--epochs", "2", "--mixup", "0.4", "--cutmix", "1.0", "--backbone-dropout", "0.2")
+@pytest.mark.slow
+def test_mixup_training_counts_accuracy_on_the_true_labels_and_backbone_dropout_is_set(tmp_path, small_data,
+                                                                                       tiny_vit):
+    out = run(tmp_path, small_data, tiny_vit, "--epochs", "2", "--mixup", "0.4", "--cutmix", "1.0",
+              "--backbone-dropout", "0.2")
     assert json.loads((out / "best" / "config.json").read_text())["hidden_dropout_prob"] == 0.2
     rows = read_rows(out / "metrics.csv")
-    for row in rows:  # 96 training images: hits on hard labels make a whole number, soft-target credit would not
+    # 96 training images: hits on hard labels make a whole number, soft-target credit would not
+    for row in rows:
         hits = float(row["train_acc"]) * 96
         assert hits == pytest.approx(round(hits), abs=1e-3) and 0 <= hits <= 96
         assert float(row["val_acc"]) * 24 == pytest.approx(round(float(row["val_acc"]) * 24), abs=1e-3)
@@ -115,16 +137,15 @@ def test_ema_follows_the_weights_slowly():
     assert not torch.equal(ema.model.weight, model.weight)
 
 
+@pytest.mark.slow
 def test_ema_is_validated_and_the_better_weights_are_saved(tmp_path, small_data, tiny_vit):
-    from vitclassifier.model.checkpoint import load_checkpoint
-    from vitclassifier.data.transforms import eval_transform
-    from vitclassifier.data.folders import load_splits
     out = run(tmp_path, small_data, tiny_vit, "--epochs", "3", "--ema", "0.9")
     rows = read_rows(out / "metrics.csv")
     assert all(row["ema_val_acc"] for row in rows)
     info = json.loads((out / "best" / "training_info.json").read_text())
     row = rows[info["epoch"] - 1]
-    raw, ema = (float(row["val_acc"]), -float(row["val_loss"])), (float(row["ema_val_acc"]), -float(row["ema_val_loss"]))
+    raw = (float(row["val_acc"]), -float(row["val_loss"]))
+    ema = (float(row["ema_val_acc"]), -float(row["ema_val_loss"]))
     assert info["weights"] == ("ema" if ema > raw else "raw")
     # The saved model is the chosen one: scoring it again gives the recorded validation accuracy.
     model, prep, labels = load_checkpoint(out / "best")

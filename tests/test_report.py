@@ -1,4 +1,5 @@
-"""What a run shows: pictures and tables, calibration, and scoring a checkpoint on another folder."""
+"""What a run shows (reporting/report.py, plots.py): pictures and tables, calibration, and scoring a
+checkpoint on another folder (train.py --evaluate)."""
 from __future__ import annotations
 
 import csv
@@ -9,12 +10,14 @@ import torch
 from PIL import Image
 
 import train
-from vitclassifier.training.metrics import expected_calibration_error, fit_temperature
-from vitclassifier.reporting.report import write_confusion
+from vitclassifier.reporting.metrics import expected_calibration_error, fit_temperature
+from vitclassifier.reporting.plots import write_confusion
+from vitclassifier.reporting.report import normalised_confusion
 
 PICTURES = ("curves.png", "confusion_matrix.png", "mistakes.png")
 
 
+@pytest.mark.slow
 def test_every_run_writes_valid_pictures_and_tables(trained_run):
     for name in PICTURES:
         with Image.open(trained_run / name) as picture:
@@ -30,11 +33,12 @@ def test_every_run_writes_valid_pictures_and_tables(trained_run):
     assert all(sum(row) == pytest.approx(1.0, abs=1e-3) for row in matrix)  # normalised per true class
 
 
+@pytest.mark.slow
 def test_confusion_matrix_stays_readable_with_many_classes(tmp_path):
     labels = [f"class_{i:02d}" for i in range(25)]
     confusion = torch.eye(25, dtype=torch.int64) * 8 + torch.randint(0, 2, (25, 25))
-    write_confusion(confusion, labels, tmp_path / "big.png", tmp_path / "big.csv")
-    write_confusion(confusion[:3, :3], labels[:3], tmp_path / "small.png", tmp_path / "small.csv")
+    write_confusion(normalised_confusion(confusion), labels, tmp_path / "big.png")
+    write_confusion(normalised_confusion(confusion[:3, :3]), labels[:3], tmp_path / "small.png")
     with Image.open(tmp_path / "big.png") as big, Image.open(tmp_path / "small.png") as small:
         assert big.size[0] > 1.8 * small.size[0]  # the figure grows with the classes, so names stay legible
 
@@ -53,11 +57,13 @@ def test_temperature_fixes_overconfidence_and_never_changes_the_top_class():
     assert torch.equal((logits / temperature).argmax(1), logits.argmax(1))
 
 
+@pytest.mark.slow
 def test_training_records_the_calibration_in_the_checkpoint(trained_run):
     info = json.loads((trained_run / "best" / "training_info.json").read_text())
     assert info["temperature"] > 0 and info["ece_after"] <= info["ece_before"]
 
 
+@pytest.mark.slow
 def test_evaluate_scores_a_checkpoint_on_a_folder(trained_run, pattern_data, tmp_path, capsys):
     out = tmp_path / "scores"
     assert train.main(["--evaluate", "--model", str(trained_run / "best"), "--data", str(pattern_data),
@@ -70,10 +76,12 @@ def test_evaluate_scores_a_checkpoint_on_a_folder(trained_run, pattern_data, tmp
         assert sum(int(r["support"]) for r in csv.DictReader(handle)) == 1200
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_a_folder_with_other_classes(trained_run, tmp_path, capsys):
     for name in ("horizontal", "plain", "diagonal"):
         (tmp_path / "other" / name).mkdir(parents=True)
         Image.new("RGB", (32, 32)).save(tmp_path / "other" / name / "a.png")
-    assert train.main(["--evaluate", "--model", str(trained_run / "best"), "--data", str(tmp_path / "other")]) == 2
+    assert train.main(["--evaluate", "--model", str(trained_run / "best"),
+                       "--data", str(tmp_path / "other")]) == 2
     err = capsys.readouterr().err
     assert "not in the checkpoint: diagonal" in err and "missing from the folder: vertical" in err

@@ -1,27 +1,25 @@
-"""The speed levers keep results: the decode cache, cached backbone features, bf16 on CPUs, int8 and
-OpenVINO prediction (in memory, and export.py's int8 model), torch.compile, the allocator setting
-and the worker defaults. (Timings live in benchmarks/speed.py and benchmarks/levers.py.)"""
+"""The speed levers keep results: the decode cache, cached backbone features, bf16, int8 and OpenVINO
+prediction (in memory, and export.py's int8 model) and torch.compile. (bf16 on CPUs, the allocator
+setting and the worker defaults: test_devices.py. Timings live in benchmarks/speed.py and
+benchmarks/levers.py.)"""
 from __future__ import annotations
 
-import csv
 import json
-import platform
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import TRAIN_OPTIONS, read_rows
 from PIL import Image
 
-import devices
 import predict
 import train
-from vitclassifier.model.checkpoint import load_checkpoint
+from vitclassifier.data.augment import train_decode
 from vitclassifier.data.dataset import ImageFolderDataset, fill_caches
-from vitclassifier.data.transforms import Preprocessing, eval_transform, train_transform
+from vitclassifier.data.transforms import Preprocessing, eval_transform
 from vitclassifier.errors import UserError
-from conftest import TRAIN_OPTIONS
+from vitclassifier.inference.loading import prepare_model
+from vitclassifier.model.checkpoint import load_checkpoint
 from vitclassifier.training.features import can_cache_features
 
 
@@ -38,7 +36,7 @@ def photos(tmp_path):
     return [(path, 0) for path in paths + [broken]]
 
 
-@pytest.mark.parametrize("make_transform", [lambda prep: train_transform(prep), eval_transform])
+@pytest.mark.parametrize("make_transform", [train_decode, eval_transform])  # what training, validation cache
 def test_cached_samples_equal_freshly_decoded_ones(photos, make_transform):
     prep = Preprocessing(image_size=32, crop_pct=0.875)
     fresh = ImageFolderDataset(photos, make_transform(prep), prep.resize_size)
@@ -67,11 +65,7 @@ def test_cache_stays_within_its_budget(photos):
     assert message.startswith("Decoded 1 images") and "4 more are decoded every epoch" in message
 
 
-def read_rows(path):
-    with open(path) as handle:
-        return list(csv.DictReader(handle))
-
-
+@pytest.mark.slow
 def test_head_on_cached_features_trains_like_the_full_forward_pass(pattern_data, tiny_vit, tmp_path, capsys):
     """--freeze backbone without augmentation: the cached-features path gives the metrics of the
     path that runs the backbone every epoch (--cache-mb 0 turns every cache off)."""
@@ -81,7 +75,8 @@ def test_head_on_cached_features_trains_like_the_full_forward_pass(pattern_data,
     assert "computed its features once" in capsys.readouterr().out
     assert train.main(options + ["--output-dir", str(tmp_path / "full"), "--cache-mb", "0"]) == 0
     assert "computed its features once" not in capsys.readouterr().out
-    cached, full = read_rows(tmp_path / "cached" / "metrics.csv"), read_rows(tmp_path / "full" / "metrics.csv")
+    cached = read_rows(tmp_path / "cached" / "metrics.csv")
+    full = read_rows(tmp_path / "full" / "metrics.csv")
     tolerance = 1e-2 if torch.cuda.is_available() else 1e-5  # GPUs: TF32 matmuls round by batch make-up
     for a, b in zip(cached, full, strict=True):
         for column in ("train_loss", "train_acc", "val_loss", "val_acc"):
@@ -92,47 +87,54 @@ def test_head_on_cached_features_trains_like_the_full_forward_pass(pattern_data,
 
 
 def test_features_are_cached_only_when_every_epoch_would_see_the_same():
-    args = train.parse_args(["--freeze", "backbone", "--no-crop", "--no-flip", "--no-rotate", "--no-color-jitter"])[0]
-    assert can_cache_features(args)
+    _, config, _ = train.parse_args(["--freeze", "backbone", "--no-crop", "--no-flip", "--no-rotate",
+                                     "--no-color-jitter"])
+    assert can_cache_features(config)
     for change in ({"freeze": "none"}, {"freeze": "2"}, {"no_flip": False}, {"mixup": 0.2},
                    {"backbone_dropout": 0.1}, {"cache_mb": 0}):
-        assert not can_cache_features(type(args)(**{**vars(args), **change})), change
+        assert not can_cache_features(config.replace(**change)), change
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("options", [["--precision", "bf16"], ["--quantize"], ["--runtime", "openvino"],
                                      "openvino-int8 export"])
 def test_fast_prediction_agrees_with_fp32(trained_run, pattern_data, tmp_path, request, options):
     if "--runtime" in options:
         pytest.importorskip("openvino", reason="needs the extras: pip install -r requirements-extras.txt")
-    if options == "openvino-int8 export":  # export.py's int8 model: this later --model wins over the checkpoint
+    if options == "openvino-int8 export":  # export.py's int8 model: this later --model wins
         options = ["--model", str(request.getfixturevalue("openvino_int8_export")[0])]
     images = [str(pattern_data / name) for name in ("horizontal", "plain", "vertical")]
     reports = {}
     for name, extra in (("fp32", ["--precision", "fp32"]), ("fast", options)):
         extra = extra + ["--device", "cpu"]  # --quantize is for CPUs; the same device for both
         reports[name] = tmp_path / f"{name}.json"
-        assert predict.main(["--model", str(trained_run / "best"), "--image", *images, "--json", str(reports[name]),
-                             *extra]) == 0
+        assert predict.main(["--model", str(trained_run / "best"), "--image", *images,
+                             "--json", str(reports[name]), *extra]) == 0
     fp32, fast = (json.loads(reports[name].read_text())["results"] for name in ("fp32", "fast"))
     assert [r["path"] for r in fp32] == [r["path"] for r in fast] and len(fp32) == 1200
     agreement = sum(a["label"] == b["label"] for a, b in zip(fp32, fast)) / len(fp32)
     assert agreement >= 0.99
-    gaps = [abs(a["predictions"][0]["confidence"] - b["predictions"][0]["confidence"]) for a, b in zip(fp32, fast)]
+    gaps = [abs(a["predictions"][0]["confidence"] - b["predictions"][0]["confidence"])
+            for a, b in zip(fp32, fast)]
     # int8 with calibrated ranges moved one of these confidences by 0.105 (the median by 0.0003)
     assert sorted(gaps)[int(0.99 * len(gaps))] < 0.05 and max(gaps) < 0.15
 
 
+@pytest.mark.slow
 def test_quantize_refuses_a_gpu_and_makes_linear_layers_int8(trained_run):
     model = load_checkpoint(trained_run / "best")[0]
     with pytest.raises(UserError, match="--quantize"):
-        predict.prepare_model(model, torch.device("cuda"), quantize=True)
-    quantized, dtype = predict.prepare_model(model, torch.device("cpu"), quantize=True)
+        prepare_model(model, torch.device("cuda"), quantize=True)
+    quantized, dtype = prepare_model(model, torch.device("cpu"), quantize=True)
     int8_layers = [m for m in quantized.modules() if isinstance(m, torch.ao.nn.quantized.dynamic.Linear)]
-    assert dtype is None and len(int8_layers) == 13  # 2 blocks x (query, key, value, output, 2 MLP) + the head
+    assert dtype is None and len(int8_layers) == 13  # 2 blocks x (q, k, v, output, 2 MLP) + the head
 
 
-def test_openvino_runtime_says_what_is_missing_or_conflicting(trained_run, pattern_data, monkeypatch, capsys):
-    options = ["--model", str(trained_run / "best"), "--image", str(pattern_data / "plain"), "--runtime", "openvino"]
+@pytest.mark.slow
+def test_openvino_runtime_says_what_is_missing_or_conflicting(trained_run, pattern_data, monkeypatch,
+                                                              capsys):
+    options = ["--model", str(trained_run / "best"), "--image", str(pattern_data / "plain"),
+               "--runtime", "openvino"]
     for conflict in (["--quantize"], ["--compile"], ["--device", "cuda"]):
         with pytest.raises(SystemExit) as stopped:
             predict.main(options + conflict)
@@ -142,85 +144,17 @@ def test_openvino_runtime_says_what_is_missing_or_conflicting(trained_run, patte
     assert "--runtime openvino needs the openvino package: pip install openvino" in capsys.readouterr().err
 
 
-ALLOCATOR_PROBE = """
-import ctypes, json, torch, devices
-class MallInfo(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
-libc = ctypes.CDLL("libc.so.6")
-libc.mallinfo2.restype = MallInfo
-def mapped_by_64_mib():
-    before = libc.mallinfo2().hblkhd  # bytes in blocks mapped from the OS one by one
-    block = torch.empty(64 * 2**20, dtype=torch.uint8)
-    mapped, heap = libc.mallinfo2().hblkhd - before, libc.mallinfo2().arena
-    del block
-    return mapped, libc.mallinfo2().arena == heap  # after the free: the heap kept its memory?
-default = mapped_by_64_mib()
-print(json.dumps({"default": default, "changed": devices.keep_freed_memory(), "kept": mapped_by_64_mib()}))
-"""
-
-
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="keep_freed_memory tunes glibc's allocator")
-def test_keep_freed_memory_serves_big_tensors_from_the_heap_and_keeps_them():
-    probe = subprocess.run([sys.executable, "-c", ALLOCATOR_PROBE], capture_output=True, text=True, check=True,
-                           cwd=Path(devices.__file__).parent)  # a fresh process: the setting stays out of this one
-    figures = json.loads(probe.stdout)
-    assert figures["default"][0] >= 64 * 2**20  # glibc's default: mapped from the OS, given back on free
-    assert figures["changed"] and figures["kept"] == [0, True]
-
-
-def test_worker_default_leaves_small_cpus_to_the_model(monkeypatch):
-    cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    assert devices.loader_workers(3, cpu) == 3
-    for cores, on_cpu, on_gpu in ((2, 0, 1), (4, 0, 2), (16, 2, 8), (64, 2, 8)):
-        monkeypatch.setattr(devices.os, "cpu_count", lambda: cores)
-        assert (devices.loader_workers(None, cpu), devices.loader_workers(None, gpu)) == (on_cpu, on_gpu)
-
-
-def test_train_compile_option_trains_like_eager_and_saves_a_plain_checkpoint(pattern_data, tiny_vit, tmp_path):
-    options = ["--data", str(pattern_data), "--model", str(tiny_vit), *TRAIN_OPTIONS, "--epochs", "1", "--no-calibrate"]
+@pytest.mark.slow
+def test_train_compile_option_trains_like_eager_and_saves_a_plain_checkpoint(pattern_data, tiny_vit,
+                                                                             tmp_path):
+    options = ["--data", str(pattern_data), "--model", str(tiny_vit), *TRAIN_OPTIONS, "--epochs", "1",
+               "--no-calibrate"]
     assert train.main(options + ["--compile", "--output-dir", str(tmp_path / "compiled")]) == 0
     assert train.main(options + ["--output-dir", str(tmp_path / "eager")]) == 0
-    model = load_checkpoint(tmp_path / "compiled" / "best")[0]  # the plain model was saved: no "_orig_mod." keys
+    model = load_checkpoint(tmp_path / "compiled" / "best")[0]  # the plain model: no "_orig_mod." keys
     assert not any(key.startswith("_orig_mod") for key in model.state_dict())
     compiled, eager = (read_rows(tmp_path / name / "metrics.csv")[0] for name in ("compiled", "eager"))
-    tolerance = 1e-2 if torch.cuda.is_available() else 2e-3  # compiled kernels round differently (TF32 on GPUs)
+    # compiled kernels round differently (TF32 on GPUs)
+    tolerance = 1e-2 if torch.cuda.is_available() else 2e-3
     for column in ("train_loss", "val_loss"):
         assert float(compiled[column]) == pytest.approx(float(eager[column]), abs=tolerance), column
-
-
-def test_bf16_on_cpus_runs_attention_and_activations_in_bf16_with_the_same_answers(tiny_vit):
-    import copy
-    from vitclassifier.model.vit import create_model
-    cpu, bf16 = torch.device("cpu"), torch.bfloat16
-    torch.manual_seed(0)
-    reference = create_model(str(tiny_vit), ["a", "b", "c"])[0].eval()  # fp32, PyTorch's SDPA attention
-    images = torch.randn(16, 3, 32, 32)
-    with torch.no_grad():
-        expected = reference(pixel_values=images).logits
-    for device, dtype in ((torch.device("cuda"), bf16), (cpu, None)):  # GPUs and fp32 are left alone
-        untouched = copy.deepcopy(reference)
-        devices.run_in_bf16(untouched, device, dtype, training=True)
-        assert untouched.config._attn_implementation == "sdpa" and not untouched.vit.embeddings._forward_hooks
-
-    same_maths = copy.deepcopy(reference)  # the attention function alone, in fp32: transformers' eager maths
-    same_maths.set_attn_implementation("bf16_softmax")
-    with torch.no_grad():
-        assert torch.allclose(same_maths(pixel_values=images).logits, expected, atol=1e-5)
-
-    trained, served = copy.deepcopy(reference).train(), copy.deepcopy(reference)
-    devices.run_in_bf16(trained, cpu, bf16, training=True)
-    devices.run_in_bf16(served, cpu, bf16, training=False)
-    assert trained.config._attn_implementation == served.config._attn_implementation == "bf16_softmax"
-    assert {p.dtype for p in trained.parameters()} == {torch.float32}  # AdamW updates fp32 weights
-    assert {p.dtype for p in served.parameters()} == {bf16}
-    with devices.autocast(cpu, bf16):
-        output = trained(pixel_values=images, output_hidden_states=True)
-        loss = output.logits.float().logsumexp(dim=1).mean()
-    assert {hidden.dtype for hidden in output.hidden_states} == {bf16}
-    loss.backward()
-    assert all(p.grad.dtype == torch.float32 and p.grad.isfinite().all() for p in trained.parameters())
-    with torch.no_grad(), devices.autocast(cpu, bf16):
-        for model in (trained.eval(), served):
-            logits = model(pixel_values=images).logits.float()
-            assert (logits - expected).abs().max() < 0.05 * expected.abs().max()
-            assert (logits.argmax(1) == expected.argmax(1)).float().mean() >= 0.9

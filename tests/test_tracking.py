@@ -1,4 +1,4 @@
-"""tracking.py: runs logged to MLflow and TensorBoard are read back through their own APIs."""
+"""reporting/tracking.py: runs logged to MLflow and TensorBoard are read back through their own APIs."""
 from __future__ import annotations
 
 import subprocess
@@ -6,10 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import ROOT, TRAIN_OPTIONS
 from PIL import Image
 
 from vitclassifier.errors import UserError
-from conftest import ROOT, TRAIN_OPTIONS
 from vitclassifier.reporting.tracking import make_tracker
 
 NEEDS_EXTRAS = "needs the extras: pip install -r requirements-extras.txt"
@@ -39,6 +39,7 @@ def log_a_run(tracker, files: list[Path], best: Path) -> None:
     tracker.log_model(best)
 
 
+@pytest.mark.slow
 def test_mlflow_run_reads_back_through_mlflow(tmp_path, outputs):
     mlflow_tracking = pytest.importorskip("mlflow.tracking", reason=NEEDS_EXTRAS)
     with make_tracker("mlflow", None, tmp_path / "out", run_name="tiny") as tracker:
@@ -57,6 +58,7 @@ def test_mlflow_run_reads_back_through_mlflow(tmp_path, outputs):
     assert run.info.artifact_uri.startswith((tmp_path / "out" / "mlruns").as_uri())  # all under --output-dir
 
 
+@pytest.mark.slow
 def test_mlflow_tracking_uri_and_run_states(tmp_path, monkeypatch):
     mlflow_tracking = pytest.importorskip("mlflow.tracking", reason=NEEDS_EXTRAS)
     monkeypatch.chdir(tmp_path)  # MLflow puts a given store's artifacts under the working directory
@@ -74,6 +76,7 @@ def test_mlflow_tracking_uri_and_run_states(tmp_path, monkeypatch):
     assert not (tmp_path / "out" / "mlruns").exists()
 
 
+@pytest.mark.slow
 def test_an_unreachable_mlflow_server_is_a_clear_error(tmp_path, monkeypatch):
     pytest.importorskip("mlflow", reason=NEEDS_EXTRAS)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail at once instead of retrying for minutes
@@ -93,11 +96,13 @@ def test_tensorboard_events_read_back(tmp_path, outputs):
     assert set(events.Tags()["scalars"]) == {"val_acc", "val_loss", "train_loss"}
     image = events.Images("curves")[0]
     assert (image.width, image.height) == (64, 48)
-    assert {"params/text_summary", "metrics/text_summary", "best_model/text_summary"} <= set(events.Tags()["tensors"])
+    texts = {"params/text_summary", "metrics/text_summary", "best_model/text_summary"}
+    assert texts <= set(events.Tags()["tensors"])
 
 
+@pytest.mark.slow
 def test_no_tracking_imports_nothing_and_logs_nothing(tmp_path):
-    code = ("import sys; from pathlib import Path; import tracking\n"
+    code = ("import sys; from pathlib import Path; from vitclassifier.reporting import tracking\n"
             f"t = tracking.make_tracker(None, None, Path({str(tmp_path)!r}))\n"
             "t.log_params({'lr': 1}); t.log_epoch(1, {'val_acc': 0.5}); t.log_model(Path('.')); t.close()\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mlflow', 'tensorboard')"
@@ -125,13 +130,15 @@ def test_wrong_combinations_are_user_errors(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # INTEGRATION: train.py --track mlflow end to end (train.py's wiring of tracking.py)
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_train_logs_to_mlflow(tmp_path, tiny_vit, pattern_data, monkeypatch):
     mlflow_tracking = pytest.importorskip("mlflow.tracking", reason=NEEDS_EXTRAS)
     import train
     monkeypatch.chdir(tmp_path)  # MLflow puts a given store's artifacts in ./mlruns
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert train.main(["--data", str(pattern_data), "--model", str(tiny_vit), "--output-dir", str(tmp_path / "out"),
-                       *TRAIN_OPTIONS, "--epochs", "1", "--track", "mlflow", "--tracking-uri", uri]) == 0
+    assert train.main(["--data", str(pattern_data), "--model", str(tiny_vit),
+                       "--output-dir", str(tmp_path / "out"), *TRAIN_OPTIONS, "--epochs", "1",
+                       "--track", "mlflow", "--tracking-uri", uri]) == 0
     client = mlflow_tracking.MlflowClient(uri)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"

@@ -1,22 +1,19 @@
-"""Training: it learns, the head is replaced, checkpoints reload exactly, resume repeats the run."""
+"""Training (training/trainer.py through train.py): it learns, the head is replaced, checkpoints
+reload exactly, and the same seed gives the same run byte for byte."""
 from __future__ import annotations
 
-import csv
 import json
 
 import pytest
 import torch
+from helpers import CLASSES, assert_same_metrics, read_rows, run_args
 from PIL import Image
 
 import train
-from vitclassifier.model.checkpoint import load_checkpoint
 from vitclassifier.data.transforms import eval_transform
-from conftest import CLASSES, TRAIN_OPTIONS
+from vitclassifier.model.checkpoint import load_checkpoint
 
-
-def read_rows(path):
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
+pytestmark = pytest.mark.slow  # every test here trains, or reads the session's trained run
 
 
 def test_two_epochs_learn_well_above_chance(trained_run):
@@ -48,34 +45,9 @@ def test_best_checkpoint_reloads_with_identical_logits(trained_run, pattern_data
     assert last.classifier.weight.shape == first.classifier.weight.shape
 
 
-def test_resume_continues_to_the_same_metrics(tmp_path, tiny_vit, pattern_data, trained_run, monkeypatch):
-    """Ctrl-C right after epoch 1 of the 2-epoch run, then --resume: same numbers as straight through."""
-    out = tmp_path / "run"
-    argv = ["--data", str(pattern_data), "--model", str(tiny_vit), "--output-dir", str(out), *TRAIN_OPTIONS]
-    write_metrics = train.write_metrics
-
-    def write_then_interrupt(path, rows):
-        write_metrics(path, rows)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(train, "write_metrics", write_then_interrupt)
-    assert train.main(argv) == 130
-    assert len(read_rows(out / "metrics.csv")) == 1
-    monkeypatch.setattr(train, "write_metrics", write_metrics)
-    assert train.main(argv + ["--resume"]) == 0
-    resumed, straight = read_rows(out / "metrics.csv"), read_rows(trained_run / "metrics.csv")
-    assert len(resumed) == 2
-    for a, b in zip(resumed, straight):
-        for field in ("train_loss", "train_acc", "val_loss", "val_acc", "val_top3", "lr"):
-            assert float(a[field]) == pytest.approx(float(b[field]), abs=1e-6), field
-
-
-def test_resume_refuses_other_classes(tmp_path, trained_run, pattern_data, capsys):
-    other = tmp_path / "other"
-    for name in ("a", "b"):
-        (other / name).mkdir(parents=True)
-        for i in range(3):
-            Image.new("RGB", (32, 32), (i * 40, 0, 0)).save(other / name / f"{i}.png")
-    code = train.main(["--data", str(other), "--output-dir", str(trained_run), "--resume"])
-    assert code == 2
-    assert "cannot resume" in capsys.readouterr().err
+def test_same_seed_same_metrics_and_same_checkpoint_bytes(tmp_path, tiny_vit, pattern_data, trained_run):
+    again = tmp_path / "again"
+    assert train.main(run_args(again, pattern_data, tiny_vit)) == 0
+    assert_same_metrics(again, trained_run)
+    for name in ("model.safetensors", "config.json", "preprocessor_config.json", "training_info.json"):
+        assert (again / "best" / name).read_bytes() == (trained_run / "best" / name).read_bytes(), name

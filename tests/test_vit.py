@@ -1,4 +1,4 @@
-"""The model wrapper: presets, our head, freezing, input size, and the offline error."""
+"""The model wrapper (model/vit.py): presets, our head, freezing, input size, and the offline error."""
 from __future__ import annotations
 
 import os
@@ -7,10 +7,10 @@ import sys
 
 import pytest
 import torch
+from helpers import ROOT
 
 from vitclassifier.errors import UserError
 from vitclassifier.model.vit import DropoutLinear, create_model, encoder_blocks, freeze, resolve_source
-from conftest import ROOT
 
 LABELS = ["a", "b", "c"]
 
@@ -63,7 +63,8 @@ def test_image_size_interpolates_position_embeddings(tiny_vit):
 
 def test_no_pretrained_builds_the_preset_offline():
     model, prep = create_model("vit-tiny", LABELS, pretrained=False, image_size=64)
-    assert (model.config.hidden_size, model.config.num_hidden_layers, model.config.num_attention_heads) == (192, 12, 3)
+    config = model.config
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (192, 12, 3)
     assert prep.image_size == 64 and prep.mean == (0.485, 0.456, 0.406)
     with pytest.raises(UserError, match="needs a preset"):
         create_model("someone/model", LABELS, pretrained=False)
@@ -74,6 +75,7 @@ def test_not_a_checkpoint_directory_is_refused(tmp_path):
         resolve_source(str(tmp_path))
 
 
+@pytest.mark.slow
 def test_unavailable_weights_give_one_clear_message(tmp_path, pattern_data):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "empty-cache")}
     result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--data", str(pattern_data),
@@ -95,5 +97,5 @@ def test_a_preset_typo_gets_a_suggestion_and_a_broken_directory_a_clear_error(tm
     broken.mkdir()
     for name in ("config.json", "preprocessor_config.json"):
         (broken / name).write_bytes((tiny_vit / name).read_bytes())
-    with pytest.raises(UserError, match="could not load"):
+    with pytest.raises(UserError, match="cannot load model .*broken: it has no model.safetensors"):
         create_model(str(broken), LABELS)

@@ -82,10 +82,10 @@ AttentionInterface.register("bf16_softmax", bf16_softmax_attention)
 
 
 def run_in_bf16(model: nn.Module, device: torch.device, dtype: torch.dtype | None, training: bool) -> None:
-    """On a CPU under bf16 autocast, make more of the model run in bf16 (benchmarks/levers.py: a
-    training step about 20% faster, prediction about 15%):
+    """On a CPU under bf16 autocast, make more of the model run in bf16, so that training steps and
+    prediction get faster (benchmarks/levers.py measures it; the figures are in docs/performance.md):
       * attention as plain bf16 matmuls (bf16_softmax_attention): PyTorch's fused SDPA kernel for
-        CPUs reaches a quarter of the bf16 matmul speed, and took a quarter of a training step;
+        CPUs runs far below the bf16 matmul speed, and took a large share of a training step;
       * the activations between blocks in bf16 rather than fp32, halving the memory traffic of
         LayerNorm, GELU, the residual adds and their backward. Training keeps fp32 weights (small
         AdamW updates vanish in bf16) and casts only the embeddings' output; prediction casts the
@@ -113,9 +113,9 @@ def configure_backends(device: torch.device) -> None:
 def keep_freed_memory() -> bool:
     """Make glibc serve big tensors from its heap and keep freed memory for reuse. By default it maps
     fresh pages from the OS for every block over 32 MB and unmaps them on free, so each forward pass
-    page-faults its activations in anew: in fresh processes here that cost a quarter of the time of
-    an int8 prediction batch and 8-19% of a training step (benchmarks/levers.py). The price: up to
-    1 GiB of freed memory stays with the process.
+    page-faults its activations in anew, a sizeable share of the time of an int8 prediction batch
+    and of a training step in a fresh process (benchmarks/levers.py; figures in docs/performance.md).
+    The price: up to 1 GiB of freed memory stays with the process.
     Returns False, changing nothing, where the C library is not glibc (macOS, Windows, musl)."""
     if platform.libc_ver()[0] != "glibc":
         return False
@@ -130,8 +130,8 @@ def keep_freed_memory() -> bool:
 
 def loader_workers(requested: int | None, device: torch.device) -> int:
     """DataLoader worker processes: ``requested``, or by default none on a CPU with up to 4 cores
-    (the model needs every core; with 1 worker, training ran 7% slower on 2 cores), 2 on bigger
-    CPUs, and up to 8 feeding a GPU."""
+    (the model needs every core: a worker takes one from it and training slows down, see
+    docs/performance.md), 2 on bigger CPUs, and up to 8 feeding a GPU."""
     if requested is not None:
         return requested
     cores = os.cpu_count() or 2

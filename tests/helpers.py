@@ -1,0 +1,73 @@
+"""What several test modules share: paths, the tiny training options, the pattern images, a tiny ViT
+saved like a Hub checkpoint, and readers of what a run writes. Plain functions and constants; the
+fixtures built from them are in conftest.py. Test modules import from here, never from each other."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository: the commands and the vitclassifier package
+
+CLASSES = ["horizontal", "plain", "vertical"]
+TRAIN_OPTIONS = ["--epochs", "2", "--batch-size", "8", "--lr", "1e-3", "--num-workers", "0",
+                 "--warmup", "0.05", "--no-rotate", "--no-color-jitter", "--no-crop", "--seed", "1",
+                 "--precision", "fp32"]
+# the metrics.csv columns two runs that should be the same run must agree on
+COMPARED = ("train_loss", "train_acc", "val_loss", "val_acc", "val_top3", "val_macro_f1", "lr")
+
+
+def make_pattern_folder(root: Path, per_class: int, size: int = 40) -> Path:
+    """Three classes a tiny ViT can learn in two short epochs: horizontal bars, vertical bars,
+    plain. Colours and bar widths are random in every class, so colour alone tells nothing."""
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for name in CLASSES:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            a, b = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+            period = int(rng.integers(4, 10))
+            bars = (np.arange(size) // (period // 2)) % 2 == 0
+            mask = np.zeros((size, size), bool) if name == "plain" else np.tile(bars[:, None], (1, size))
+            mask = mask.T if name == "vertical" else mask
+            pixels = np.where(mask[..., None], a, b) + rng.normal(0, 8, (size, size, 3))
+            image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+            image.save(root / name / f"{name}_{i:03d}.png")
+    return root
+
+
+def save_tiny_vit(directory: Path, num_labels: int = 1000, image_size: int = 32) -> Path:
+    """A tiny ViT with an ImageNet-sized head, saved the way a Hub checkpoint is."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+    torch.manual_seed(0)
+    config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                       image_size=image_size, patch_size=8, num_labels=num_labels,
+                       id2label={i: f"imagenet_class_{i}" for i in range(num_labels)},
+                       label2id={f"imagenet_class_{i}": i for i in range(num_labels)})
+    ViTForImageClassification(config).save_pretrained(directory)
+    ViTImageProcessor(size={"height": image_size, "width": image_size},
+                      image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(directory)
+    return directory
+
+
+def run_args(out: Path, data: Path, model: Path) -> list[str]:
+    """train.py's command line for the tiny 2-epoch run of ``model`` on ``data`` into ``out``."""
+    return ["--data", str(data), "--model", str(model), "--output-dir", str(out), *TRAIN_OPTIONS]
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of a CSV file a run wrote (metrics.csv, per_class.csv), as dicts of text."""
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def assert_same_metrics(a_dir: Path, b_dir: Path) -> None:
+    """The two runs' metrics.csv agree epoch by epoch on every COMPARED column (to 1e-6)."""
+    a_rows, b_rows = read_rows(a_dir / "metrics.csv"), read_rows(b_dir / "metrics.csv")
+    assert [r["epoch"] for r in a_rows] == [r["epoch"] for r in b_rows]
+    for a, b in zip(a_rows, b_rows):
+        for name in COMPARED:
+            assert float(a[name]) == pytest.approx(float(b[name]), abs=1e-6), (a["epoch"], name)
