@@ -54,37 +54,18 @@ class TwoStage:
         return self.finish(self.decode(image))
 
 
-def _resize(prep: Preprocessing) -> v2.Resize:
-    return v2.Resize(prep.resize_size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+def decode_steps(prep: Preprocessing) -> list:
+    """PIL image -> uint8 tensor whose short side is ``prep.resize_size`` (bicubic, antialiased)."""
+    resize = v2.Resize(prep.resize_size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+    return [v2.PILToTensor(), resize]
 
 
-def _to_normalised_float(prep: Preprocessing) -> list:
+def normalise_steps(prep: Preprocessing) -> list:
+    """uint8 -> float in [0, 1] -> normalised by the model's mean and std (one image or a batch)."""
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(prep.mean, prep.std)]
 
 
 def eval_transform(prep: Preprocessing) -> TwoStage:
     """THE evaluation preprocessing: validation and predict.py both use exactly this."""
-    return TwoStage(v2.Compose([v2.PILToTensor(), _resize(prep), v2.CenterCrop(prep.image_size)]),
-                    v2.Compose(_to_normalised_float(prep)))
-
-
-def train_transform(prep: Preprocessing, crop: bool = True, flip: bool = True, rotate: bool = True,
-                    color_jitter: bool = True) -> TwoStage:
-    """Training augmentation; each part can be switched off. With all off it equals eval_transform.
-
-    Every image is first resized so its short side is ``prep.resize_size`` (cacheable); the random
-    steps then work on that small uint8 image, which is much cheaper than on a full-size photo."""
-    steps = []
-    if rotate:
-        steps.append(v2.RandomRotation(15, interpolation=v2.InterpolationMode.BILINEAR))
-    if crop:
-        steps.append(v2.RandomResizedCrop(prep.image_size, scale=(0.6, 1.0), antialias=True))
-    else:
-        steps.append(v2.CenterCrop(prep.image_size))
-    if flip:
-        steps.append(v2.RandomHorizontalFlip())
-    if color_jitter:  # no hue shift: it cost 3 ms an image, 5x the rest of the jitter
-        steps.append(v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3))
-    return TwoStage(
-        v2.Compose([v2.PILToTensor(), _resize(prep)]), v2.Compose(steps + _to_normalised_float(prep))
-    )
+    return TwoStage(v2.Compose([*decode_steps(prep), v2.CenterCrop(prep.image_size)]),
+                    v2.Compose(normalise_steps(prep)))

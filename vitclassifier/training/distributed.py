@@ -19,7 +19,7 @@ from torch.utils.data import Sampler
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of epoch ``epoch`` of a run seeded with ``seed``: its shuffling, augmentation and
     dropout all derive from it, so a resumed run repeats them."""
-    return seed * 1000 + epoch
+    return (seed * 1000 + epoch) % 2**63  # any --seed: torch takes seeds below 2**64
 
 
 @dataclass

@@ -30,7 +30,6 @@ class FeatureDataset(Dataset):
 
     def __init__(self, samples: list, features: dict[str, torch.Tensor | str]):
         self.samples, self.features = samples, features
-        self.epoch_seed = None  # nothing random left to seed
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -18,13 +18,8 @@ from tqdm import tqdm
 from vitclassifier.config import RecipeOptions
 from vitclassifier.devices import autocast
 from vitclassifier.errors import UserError
-from vitclassifier.training.distributed import (
-    World,
-    epoch_seed,
-    sum_across,
-    sum_tensor_across,
-)
-from vitclassifier.training.metrics import macro_f1
+from vitclassifier.reporting.metrics import macro_f1
+from vitclassifier.training.distributed import World, epoch_seed, sum_across, sum_tensor_across
 from vitclassifier.training.recipe import EMA
 
 
@@ -81,7 +76,7 @@ def check_classes_readable(bad_files: dict, samples: list[tuple[Path, int]], lab
 def step_seed(recipe: RecipeOptions, epoch: int, step: int, micro: int, rank: int) -> int:
     """Dropout, mixing and device augmentation of a micro-batch depend only on (seed, epoch, step,
     micro-batch, process): a resumed run repeats them."""
-    return (((epoch_seed(recipe.seed, epoch)) * 100_003 + step) * 64 + micro) * 101 + rank
+    return ((((epoch_seed(recipe.seed, epoch)) * 100_003 + step) * 64 + micro) * 101 + rank) % 2**63
 
 
 def forward_backward(run: Run, images: torch.Tensor,

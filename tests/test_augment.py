@@ -1,0 +1,122 @@
+"""Batched augmentation on the training device: same semantics as the per-image torchvision steps it
+replaced, exact when switched off, and a pure function of the seed."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
+from PIL import Image
+
+from vitclassifier.data.augment import (
+    CROP_RATIO,
+    CROP_SCALE,
+    BatchAugment,
+    crop_boxes,
+    jitter,
+    sampling_grid,
+    train_decode,
+)
+from vitclassifier.data.transforms import Preprocessing, eval_transform
+
+PREP = Preprocessing(image_size=32, crop_pct=0.8)  # decoded squares of 40 px, model input 32 px
+
+
+def photo(width: int = 60, height: int = 45, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def decoded_batch(count: int = 6, crop: bool = True, rotate: bool = True) -> torch.Tensor:
+    decode = train_decode(PREP, crop=crop, rotate=rotate)
+    return torch.stack([decode(photo(seed=i)) for i in range(count)])
+
+
+def test_every_augmentation_off_is_exactly_eval_transform():
+    off = dict(crop=False, flip=False, rotate=False, color_jitter=False)
+    images = [photo(seed=i) for i in range(4)]
+    batch = torch.stack([train_decode(PREP, crop=False, rotate=False)(image) for image in images])
+    augmented = BatchAugment(PREP, **off)(batch)
+    expected = torch.stack([eval_transform(PREP)(image) for image in images])
+    assert torch.equal(augmented, expected)
+
+
+def test_loaders_decode_same_size_uint8_squares_so_batches_stack():
+    batch = decoded_batch()
+    assert batch.dtype == torch.uint8 and batch.shape == (6, 3, PREP.resize_size, PREP.resize_size)
+    assert decoded_batch(crop=False, rotate=False).shape[-1] == PREP.image_size
+
+
+def test_output_is_normalised_float_at_the_model_size_and_a_function_of_the_seed():
+    batch, augment = decoded_batch(), BatchAugment(PREP)
+    torch.manual_seed(5)
+    first = augment(batch)
+    torch.manual_seed(5)
+    again = augment(batch)
+    torch.manual_seed(6)
+    other = augment(batch)
+    assert first.shape == (6, 3, 32, 32) and first.dtype == torch.float32
+    assert torch.equal(first, again) and not torch.equal(first, other)
+
+
+def test_flip_alone_mirrors_about_half_the_images_exactly():
+    batch = decoded_batch(64, crop=False, rotate=False)
+    augment = BatchAugment(PREP, crop=False, flip=True, rotate=False, color_jitter=False)
+    plain = BatchAugment(PREP, crop=False, flip=False, rotate=False, color_jitter=False)(batch)
+    torch.manual_seed(0)
+    out = augment(batch)
+    mirrored = torch.tensor([torch.equal(o, p.flip(-1)) for o, p in zip(out, plain)])
+    unchanged = torch.tensor([torch.equal(o, p) for o, p in zip(out, plain)])
+    assert bool((mirrored | unchanged).all())
+    assert 16 <= int(mirrored.sum()) <= 48
+
+
+def test_sampling_grid_is_affine_grid():
+    theta = torch.randn(5, 2, 3)
+    expected = F.affine_grid(theta, [5, 3, 24, 24], align_corners=False)
+    assert torch.allclose(sampling_grid(theta, 24), expected, atol=1e-6)
+
+
+def test_crop_boxes_keep_torchvisions_area_and_ratio_and_stay_inside():
+    torch.manual_seed(0)
+    width, height, x, y = crop_boxes(4000).unbind(1)
+    area, ratio = width * height, width / height
+    assert float(area.max()) <= CROP_SCALE[1] + 1e-6 and float(area.min()) >= 0.3  # shrunk to fit only
+    assert float((area >= CROP_SCALE[0] - 1e-6).float().mean()) > 0.8
+    assert CROP_RATIO[0] - 1e-5 <= float(ratio.min()) and float(ratio.max()) <= CROP_RATIO[1] + 1e-5
+    assert float((x - width / 2).min()) >= -1e-6 and float((x + width / 2).max()) <= 1 + 1e-6
+    assert float((y - height / 2).min()) >= -1e-6 and float((y + height / 2).max()) <= 1 + 1e-6
+
+
+def test_rotation_alone_turns_about_the_centre():
+    """A small square around the centre stays put under any rotation; a corner patch moves."""
+    side = PREP.resize_size
+    image = torch.zeros(1, 3, side, side, dtype=torch.uint8)
+    image[..., side // 2 - 2:side // 2 + 2, side // 2 - 2:side // 2 + 2] = 255
+    augment = BatchAugment(PREP, crop=False, flip=False, rotate=True, color_jitter=False)
+    plain = BatchAugment(PREP, crop=False, flip=False, rotate=False, color_jitter=False)
+    torch.manual_seed(1)
+    rotated = augment(image)
+    centred = plain(image[..., 4:-4, 4:-4])  # the centre crop of image_size, unrotated
+    centre = slice(PREP.image_size // 2 - 1, PREP.image_size // 2 + 1)
+    assert torch.allclose(rotated[..., centre, centre], centred[..., centre, centre], atol=0.05)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_colour_jitter_is_torchvisions_brightness_contrast_and_saturation(seed):
+    """On colours well inside [0, 1] (where torchvision's clamps after each step do nothing) the one
+    composed map equals torchvision's three steps, in the order drawn for each image."""
+    pixels = torch.rand(4, 3, 16, 16) * 0.4 + 0.3
+    torch.manual_seed(seed)
+    out = jitter(pixels)
+    torch.manual_seed(seed)
+    factors = torch.empty(3, 4).uniform_(0.7, 1.3)
+    first = torch.randint(0, 3, (4,))
+    steps = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation]
+    for i in range(4):
+        expected = pixels[i]
+        for position in range(3):
+            operation = int((first[i] + position) % 3)
+            expected = steps[operation](expected, float(factors[operation, i]))
+        assert torch.allclose(out[i], expected, atol=1e-5)
