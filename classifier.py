@@ -19,12 +19,13 @@ from pathlib import Path
 
 from vitclassifier.cli import new_parser
 from vitclassifier.data.audit import audit_dataset, format_report
+from vitclassifier.data.augment import BatchAugment, train_decode
 from vitclassifier.data.dataset import ImageFolderDataset, collate_skipping_bad, fill_caches
 from vitclassifier.data.folders import list_images, load_splits, scan_class_folders
 from vitclassifier.data.synthetic import DEFAULT_CLASSES, SHAPES, at_least, generate_data, parse_classes
-from vitclassifier.data.transforms import Preprocessing, eval_transform, train_transform
+from vitclassifier.data.transforms import Preprocessing, eval_transform
 from vitclassifier.errors import UserError, report_user_error
-from vitclassifier.files import atomic_write_text
+from vitclassifier.files import atomic_write_bytes, check_output_file
 from vitclassifier.model.vit import PRESETS, create_model, freeze
 
 __all__ = [
@@ -41,7 +42,7 @@ __all__ = [
     "list_images",
     "load_splits",
     "scan_class_folders",
-    "train_transform",
+    "train_decode", "BatchAugment",
 ]
 
 
@@ -51,6 +52,8 @@ def check_data(args: argparse.Namespace) -> int:
     try:
         if not 0 < args.val_split < 1:
             raise UserError(f"--val-split must be between 0 and 1, got {args.val_split}")
+        if args.json and args.json != "-":  # before the audit, which can take a while
+            check_output_file(Path(args.json), "--json")
         labels, train, val = load_splits(root, args.val_split, args.split_seed)
         # load_splits took the split from root/train and root/val exactly when all training files lie there
         split = (
@@ -64,7 +67,7 @@ def check_data(args: argparse.Namespace) -> int:
             **audit_dataset(labels, train, val, args.image_size or 224),
         }
         if args.json and args.json != "-":
-            atomic_write_text(Path(args.json), json.dumps(report, indent=2) + "\n")
+            atomic_write_bytes(Path(args.json), (json.dumps(report, indent=2) + "\n").encode())
     except UserError as error:
         return report_user_error(error)
     except OSError as error:
@@ -76,13 +79,26 @@ def check_data(args: argparse.Namespace) -> int:
     return 1 if report["fatal"] else 0
 
 
+def generate_command(args: argparse.Namespace) -> int:
+    """``--generate-data``: the synthetic data set; 2 if an output is unusable or not ours to replace."""
+    try:
+        generate_data(args.out, args.classes, args.per_class, args.image_size or 64, args.seed,
+                      args.samples_dir)
+    except UserError as error:
+        return report_user_error(error)
+    except OSError as error:  # the disk filled up or went away after the checks
+        return report_user_error(UserError(f"{error.filename or args.out}: {error.strerror or error}"))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = new_parser("Data tools for the ViT image classifier.")
     command = parser.add_mutually_exclusive_group()
     command.add_argument(
         "--generate-data",
         action="store_true",
-        help="write a synthetic shapes data set (one sub-folder per class) and sample images",
+        help="write a synthetic shapes data set (one sub-folder per class) and sample images; files it "
+        "did not write itself are never replaced",
     )
     command.add_argument(
         "--check-data",
@@ -133,8 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.generate_data:
         parser.print_help()
         return 0
-    generate_data(args.out, args.classes, args.per_class, args.image_size or 64, args.seed, args.samples_dir)
-    return 0
+    return generate_command(args)
 
 
 if __name__ == "__main__":

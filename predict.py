@@ -15,6 +15,7 @@ from pathlib import Path
 from vitclassifier.cli import add_device_option, add_precision_option, new_parser
 from vitclassifier.devices import keep_freed_memory
 from vitclassifier.errors import UserError, report_user_error
+from vitclassifier.files import check_output_file, refuse_inside, write_problem
 from vitclassifier.inference.loading import (
     CPU_ONLY_SUFFIXES,
     is_export,
@@ -23,6 +24,8 @@ from vitclassifier.inference.loading import (
 )
 from vitclassifier.inference.predict import expand_inputs, predict, predictions_json, print_table, write_json
 from vitclassifier.reporting.plots import MAX_PICTURES, write_predictions
+
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg", ".webp", ".tif", ".tiff")  # --visualize
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "on CPUs without an export step (export.py --format openvino-int8 is faster "
                         "still); check agreement with benchmarks/speed.py")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the model first (20-30 s): pays for folders of thousands of images")
+                   help="torch.compile the model first (a slow start, see docs/performance.md): pays for "
+                        "folders of thousands of images")
     p.add_argument("--runtime", default="pytorch", choices=["pytorch", "openvino"],
                    help="openvino (CPU, needs `pip install openvino`): convert the model in memory (a few "
                         "seconds) and run it with OpenVINO, bf16 where the CPU has it; batches about as "
@@ -89,7 +93,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """Before the model is loaded: --json and --visualize can be written (their folders exist, they
+    are not folders, the disk takes them) and are not a file of the model."""
+    outputs = [("--json", Path(args.json))] if args.json and args.json != "-" else []
+    if args.visualize:
+        if args.visualize.suffix.lower() not in PICTURE_SUFFIXES:
+            raise UserError(f"--visualize {args.visualize} needs a picture extension "
+                            f"({', '.join(PICTURE_SUFFIXES)}), e.g. {args.visualize}.png")
+        outputs.append(("--visualize", args.visualize))
+    model = args.model
+    model_files = [model] if model.is_dir() else [
+        model, model.with_name(model.name + ".json"), model.with_name(model.name + ".data"),
+        model.with_suffix(".bin")]
+    for option, path in outputs:
+        for protected in model_files:
+            refuse_inside(path, protected, option, "the model")
+        check_output_file(path, option)
+
+
 def run(args: argparse.Namespace) -> int:
+    check_outputs(args)
     device = prediction_device(args.model, args.device, args.runtime)
     loaded = load_for_prediction(
         args.model, device, args.precision, args.quantize, args.compile, args.runtime
@@ -105,7 +129,10 @@ def run(args: argparse.Namespace) -> int:
     for path, reason in failures:
         print(f"error: {path}: {reason}", file=sys.stderr)
     if args.json:
-        write_json(args.json, predictions_json(args.model, results, failures))
+        try:
+            write_json(args.json, predictions_json(args.model, results, failures))
+        except OSError as error:  # the disk filled up, or went away, since check_outputs
+            raise write_problem(Path(args.json), error) from None
     if args.visualize and results:
         write_predictions(results, args.visualize)
         print(f"Saved the picture to {args.visualize}", file=sys.stderr)

@@ -22,8 +22,8 @@ from vitclassifier.cli import add_device_option, add_precision_option, new_parse
 from vitclassifier.config import SELECT_BY_CHOICES, TrainConfig
 from vitclassifier.devices import keep_freed_memory
 from vitclassifier.errors import UserError, report_user_error
+from vitclassifier.evaluation import evaluate_checkpoint
 from vitclassifier.model.vit import PRESETS
-from vitclassifier.reporting.report import evaluate_checkpoint
 from vitclassifier.training.trainer import train
 
 
@@ -121,6 +121,9 @@ def add_runtime_options(p: argparse.ArgumentParser) -> None:
                         "(docs/performance.md)")
     p.add_argument("--output-dir", type=Path, default=Path("checkpoints"),
                    help="where checkpoints and pictures go (--evaluate: default CHECKPOINT-evaluation)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --output-dir (only this tool's files there are removed; "
+                        "without it such a folder is refused)")
     p.add_argument("--track", choices=["mlflow", "tensorboard"], default=None,
                    help="log parameters, metrics, pictures and the best model to MLflow, or metrics to "
                         "TensorBoard")

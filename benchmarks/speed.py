@@ -36,22 +36,25 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402  (after the path, like the imports of our modules below)
+from anchors import pipeline_classifier, train_with_trainer  # noqa: E402  (benchmarks/)
 
-import export  # noqa: E402
+import export  # noqa: E402  (the export.py command, run as a user would)
 from vitclassifier.data.dataset import ImageFolderDataset  # noqa: E402
 from vitclassifier.data.folders import load_splits  # noqa: E402
-from vitclassifier.devices import autocast_dtype, keep_freed_memory, pick_device  # noqa: E402
-from vitclassifier.model.vit import PRESETS, create_model  # noqa: E402
-from predict import load_for_prediction, predict  # noqa: E402
 from vitclassifier.data.synthetic import generate_data  # noqa: E402
-
-from anchors import pipeline_classifier, train_with_trainer  # noqa: E402  (benchmarks/)
+from vitclassifier.devices import autocast_dtype, keep_freed_memory, pick_device  # noqa: E402
+from vitclassifier.inference.exporting import FORMATS  # noqa: E402
+from vitclassifier.inference.loading import load_for_prediction  # noqa: E402
+from vitclassifier.inference.predict import predict  # noqa: E402
+from vitclassifier.model.vit import PRESETS, create_model  # noqa: E402
+from vitclassifier.training import trainer  # noqa: E402
 
 PEAK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 ROUNDS = 3  # batch throughput: the median of this many passes over the images (this machine is noisy)
 
 
-def peak_matmul_flops(dtype: torch.dtype, device: torch.device, size: int = 2048, seconds: float = 2.0) -> float:
+def peak_matmul_flops(dtype: torch.dtype, device: torch.device, size: int = 2048,
+                      seconds: float = 2.0) -> float:
     """The best FLOP/s of a square matmul: what the hardware can do at most."""
     a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
     best, deadline = float("inf"), time.perf_counter() + seconds
@@ -81,7 +84,7 @@ def train_with_ours(args, out: Path, extra: list[str]) -> dict:
             "--device", args.device, "--seed", str(args.seed), "--patience", "0", *extra]
     argv += ["--no-pretrained"] if args.no_pretrained else []
     argv += ["--image-size", str(args.image_size)] if args.image_size else []
-    options, given = train_script.parse_args(argv)
+    _, config, given = train_script.parse_args(argv)
     phases = {"train_seconds": 0.0}
 
     def timed_phase(function):
@@ -94,14 +97,15 @@ def train_with_ours(args, out: Path, extra: list[str]) -> dict:
         return wrapper
 
     # The training phase: the epochs' training loops plus decoding into the cache (validation's too)
-    originals = train_script.train_epoch, ImageFolderDataset.fill_cache
-    train_script.train_epoch, ImageFolderDataset.fill_cache = (timed_phase(f) for f in originals)
+    originals = trainer.train_epoch, ImageFolderDataset.fill_cache
+    trainer.train_epoch, ImageFolderDataset.fill_cache = (timed_phase(f) for f in originals)
     start = time.perf_counter()
     try:
-        summary = train_script.train(options, given)
+        summary = train_script.train(config, given)
     finally:
-        train_script.train_epoch, ImageFolderDataset.fill_cache = originals
-    return {"seconds": time.perf_counter() - start, **phases, "val_acc": summary["val_acc"], "lr": options.lr}
+        trainer.train_epoch, ImageFolderDataset.fill_cache = originals
+    return {"seconds": time.perf_counter() - start, **phases, "val_acc": summary["val_acc"],
+            "lr": config.recipe.lr}
 
 
 def timed(function, *arguments, **options) -> tuple[float, object]:
@@ -116,16 +120,15 @@ def our_classifier(checkpoint: Path, device: torch.device, precision: str, quant
     predict, decoding and preprocessing included): files in, top-1 labels out; and the seconds the
     set-up took."""
     path = exported(checkpoint, export_format) if export_format else checkpoint
-    setup, (model, prep, labels, _, dtype) = timed(load_for_prediction, path, device, precision, quantize,
-                                                   compile_model, runtime)
+    setup, loaded = timed(load_for_prediction, path, device, precision, quantize, compile_model, runtime)
 
     def run(files: list[Path], batch_size: int) -> list[str]:
-        return [result["label"] for result in predict(model, prep, labels, files, 1, batch_size, device, dtype=dtype)[0]]
+        return [result["label"] for result in predict(loaded, files, 1, batch_size)[0]]
     return run, setup
 
 
 def exported(checkpoint: Path, export_format: str) -> Path:
-    return checkpoint.with_name(checkpoint.name + export.FORMATS[export_format])
+    return checkpoint.with_name(checkpoint.name + FORMATS[export_format])
 
 
 def export_for_prediction(checkpoint: Path, export_format: str, train: list) -> float:
@@ -138,13 +141,15 @@ def export_for_prediction(checkpoint: Path, export_format: str, train: list) -> 
         if not link.exists():
             link.symlink_to(path.resolve())
     seconds, code = timed(export.main, ["--model", str(checkpoint), "--format", export_format,
-                                        "--calibration-images", str(calibration), "--bench-rounds", "0"])
+                                        "--calibration-images", str(calibration), "--bench-rounds", "0",
+                                        "--overwrite"])
     if code != 0:
         raise SystemExit(f"export.py --format {export_format} failed")
     return seconds
 
 
-OURS = {"ours fp32": dict(precision="fp32"), "ours (default)": dict(precision="auto"),  # how predict.py is asked
+# how predict.py is asked for each of our prediction paths
+OURS = {"ours fp32": dict(precision="fp32"), "ours (default)": dict(precision="auto"),
         "ours --quantize": dict(precision="auto", quantize=True),
         "ours --compile": dict(precision="auto", compile_model=True),
         "ours --runtime openvino": dict(precision="auto", runtime="openvino"),
@@ -153,7 +158,9 @@ OURS = {"ours fp32": dict(precision="fp32"), "ours (default)": dict(precision="a
 
 def make_classifier(name: str, checkpoint: Path, device: torch.device):
     """The classifier called ``name`` in the tables: the pipeline, or one of OURS."""
-    return pipeline_classifier(checkpoint, device) if name == "pipeline" else our_classifier(checkpoint, device, **OURS[name])
+    if name == "pipeline":
+        return pipeline_classifier(checkpoint, device)
+    return our_classifier(checkpoint, device, **OURS[name])
 
 
 def time_in_fresh_processes(names: list[str], checkpoint: Path, device: torch.device, paths: list[Path],
@@ -161,11 +168,13 @@ def time_in_fresh_processes(names: list[str], checkpoint: Path, device: torch.de
     """time_inference with each path in a new process of its own, as users run them: ours call
     keep_freed_memory first as predict.py does, the pipeline keeps glibc's defaults. Round by round,
     one process per path and round; the medians over the rounds."""
-    (work / "files.json").write_text(json.dumps({"paths": [str(p) for p in paths], "singles": [str(p) for p in singles]}))
+    (work / "files.json").write_text(json.dumps({"paths": [str(p) for p in paths],
+                                                 "singles": [str(p) for p in singles]}))
     runs = {name: [] for name in names}
     for _ in range(ROUNDS):
         for name in names:
-            command = [sys.executable, __file__, "--child", name, "--work", str(work), "--device", device.type]
+            command = [sys.executable, __file__, "--child", name, "--work", str(work),
+                       "--device", device.type]
             output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
             runs[name].append(json.loads(output.splitlines()[-1]))
     return {name: {"single_ms": statistics.median(r["single_ms"] for r in results),
@@ -188,7 +197,8 @@ def child(args: argparse.Namespace) -> int:
 def time_inference(classifiers: dict, paths: list[Path], singles: list[Path], rounds: int = ROUNDS) -> dict:
     """Single-image latencies and batch-32 throughput of every classifier, timed in turns (image by
     image, round by round) so that the shared machine's slow spells hit all of them alike."""
-    results = {name: {"setup_s": setup, "latencies": [], "rounds": []} for name, (_, setup) in classifiers.items()}
+    results = {name: {"setup_s": setup, "latencies": [], "rounds": []}
+               for name, (_, setup) in classifiers.items()}
     for name, (run, _) in classifiers.items():  # warm-up, and compilation for --compile
         results[name]["setup_s"] += timed(run, paths[:32], 32)[0] + timed(run, singles[:1], 1)[0]
     for path in singles:
@@ -203,32 +213,81 @@ def time_inference(classifiers: dict, paths: list[Path], singles: list[Path], ro
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="vit-small", help=f"preset ({', '.join(PRESETS)}) or a local checkpoint directory")
-    p.add_argument("--image-size", type=int, default=None, help="model input size (default: the model's own, 224)")
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default="vit-small",
+                   help=f"preset ({', '.join(PRESETS)}) or a local checkpoint directory")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="model input size (default: the model's own, 224)")
     p.add_argument("--data", type=Path, default=None, help="class folders to use (default: generated shapes)")
-    p.add_argument("--train-images", type=int, default=192, help="generated training images (20%% more go to validation)")
+    p.add_argument("--train-images", type=int, default=192,
+                   help="generated training images (20%% more go to validation)")
     p.add_argument("--photo-size", type=int, default=320, help="side of the generated JPEGs, in pixels")
     p.add_argument("--epochs", type=int, default=2, help="epochs of both training runs")
     p.add_argument("--batch-size", type=int, default=16, help="training batch size of both")
-    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers of both (0: the Trainer's default, and ours on small CPUs)")
+    p.add_argument("--num-workers", type=int, default=0,
+                   help="DataLoader workers of both (0: the Trainer's default, and ours on small CPUs)")
     p.add_argument("--inference-images", type=int, default=96, help="images of the batch-32 inference test")
     p.add_argument("--single-images", type=int, default=20, help="images timed one at a time (median)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where everything runs")
-    p.add_argument("--ours", default="", help="extra train.py options for our run, e.g. '--cache-mb 0' (a lever)")
-    p.add_argument("--skip", nargs="*", default=[], choices=["trainer", "fp32", "inference", "pipeline", "compile", "openvino"],
-                   help="leave parts out: the Trainer run, our fp32 run, all prediction, the pipeline, our --compile "
-                        "or --runtime openvino prediction")
+    p.add_argument("--ours", default="",
+                   help="extra train.py options for our run, e.g. '--cache-mb 0' (a lever)")
+    p.add_argument("--skip", nargs="*", default=[],
+                   choices=["trainer", "fp32", "inference", "pipeline", "compile", "openvino"],
+                   help="leave parts out: the Trainer run, our fp32 run, all prediction, the pipeline, our "
+                        "--compile or --runtime openvino prediction")
     p.add_argument("--fresh-processes", action="store_true",
                    help="time each prediction path in new processes of its own, as users run them (ours with "
                         "predict.py's allocator setting, the pipeline with glibc's defaults); no --compile")
     p.add_argument("--child", help=argparse.SUPPRESS)  # one path of --fresh-processes
-    p.add_argument("--seed", type=int, default=42, help="seed of the split, weights and augmentation of both")
-    p.add_argument("--work", type=Path, default=None, help="where data and checkpoints go (default: a temp dir)")
+    p.add_argument("--seed", type=int, default=42,
+                   help="seed of the split, weights and augmentation of both")
+    p.add_argument("--work", type=Path, default=None,
+                   help="where data and checkpoints go (default: a temp dir)")
     p.add_argument("--json", type=Path, default=None, help="also write the figures as JSON")
     args = p.parse_args(argv)
     args.no_pretrained = args.model in PRESETS  # presets can't be downloaded here: same random init for both
     return args
+
+
+def prediction_paths(args: argparse.Namespace, device: torch.device, checkpoint: Path, train: list,
+                     figures: dict) -> list[str]:
+    """The names of the prediction paths to time (OURS and the pipeline); exports the int8 OpenVINO
+    model first when that row is in (its seconds go to figures["export_s"])."""
+    names = ["ours fp32", "ours (default)"] + (["ours --quantize"] if device.type == "cpu" else [])
+    if "compile" not in args.skip and not args.fresh_processes:
+        names.append("ours --compile")
+    if device.type == "cpu" and "openvino" not in args.skip:
+        if importlib.util.find_spec("openvino"):
+            names.append("ours --runtime openvino")
+            if importlib.util.find_spec("nncf"):
+                figures["export_s"] = export_for_prediction(checkpoint, "openvino-int8", train)
+                names.append("ours openvino-int8 export")
+        else:
+            print("note: no openvino package, so no --runtime openvino row "
+                  "(pip install -r requirements-extras.txt)")
+    if "pipeline" not in args.skip:
+        names.append("pipeline")
+    return names
+
+
+def prediction_figures(args: argparse.Namespace, device: torch.device, work: Path, train: list, val: list,
+                       figures: dict) -> dict:
+    """Every prediction path timed on the checkpoint of our default run, with its top-1 agreement
+    with our fp32 predictions."""
+    checkpoint = work / "ours" / "best"
+    files = [path for path, _ in val + train][:args.inference_images]
+    singles = files[:args.single_images]
+    names = prediction_paths(args, device, checkpoint, train, figures)
+    if args.fresh_processes:
+        inference = time_in_fresh_processes(names, checkpoint, device, files, singles, work)
+    else:
+        classifiers = {name: make_classifier(name, checkpoint, device) for name in names}
+        inference = time_inference(classifiers, files, singles)
+    reference_top1 = inference["ours fp32"]["top1"]
+    for result in inference.values():
+        result["agreement"] = sum(a == b for a, b in zip(result.pop("top1"), reference_top1)) / len(files)
+    return inference
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,20 +301,23 @@ def main(argv: list[str] | None = None) -> int:
         args.data = work / "data"
         if not args.data.is_dir():
             per_class = max(2, round(args.train_images / 0.8 / 3))
-            generate_data(args.data, ["circle", "stripes", "cross"], per_class, args.photo_size, args.seed, work)
+            generate_data(args.data, ["circle", "stripes", "cross"], per_class, args.photo_size, args.seed,
+                          work)
     labels, train, val = load_splits(args.data, 0.2, args.seed)
     print(f"{args.model} @ {args.image_size or 224}px on {device.type} ({torch.get_num_threads()} threads): "
-          f"{len(train)} training and {len(val)} validation images, {args.epochs} epochs, batch {args.batch_size}, "
-          f"{args.num_workers} worker(s)")
+          f"{len(train)} training and {len(val)} validation images, {args.epochs} epochs, "
+          f"batch {args.batch_size}, {args.num_workers} worker(s)")
     figures = {f"peak_{name}": peak_matmul_flops(dtype, device) for name, dtype in PEAK_DTYPES.items()}
-    probe, prep = create_model(args.model, labels, pretrained=not args.no_pretrained, image_size=args.image_size)
+    probe, prep = create_model(args.model, labels, pretrained=not args.no_pretrained,
+                               image_size=args.image_size)
     figures["forward_flops"] = forward_flops(probe, prep.image_size)
     del probe
 
     figures["ours"] = train_with_ours(args, work / "ours", args.ours.split())
     fast_dtype = autocast_dtype(device, "auto")
     if "fp32" not in args.skip:
-        figures["ours_fp32"] = train_with_ours(args, work / "ours-fp32", args.ours.split() + ["--precision", "fp32"])
+        figures["ours_fp32"] = train_with_ours(args, work / "ours-fp32",
+                                               args.ours.split() + ["--precision", "fp32"])
     if "trainer" not in args.skip:
         figures["trainer"] = train_with_trainer(args, labels, train, val, figures["ours"]["lr"], work)
 
@@ -263,31 +325,9 @@ def main(argv: list[str] | None = None) -> int:
         figures["inference"] = {}
         print_tables(figures, args, len(train), fast_dtype)
         return 0
-    checkpoint = work / "ours" / "best"
-    files = [path for path, _ in val + train][:args.inference_images]
-    singles = files[:args.single_images]
-    names = ["ours fp32", "ours (default)"] + (["ours --quantize"] if device.type == "cpu" else [])
-    if "compile" not in args.skip and not args.fresh_processes:
-        names.append("ours --compile")
-    if device.type == "cpu" and "openvino" not in args.skip:
-        if importlib.util.find_spec("openvino"):
-            names.append("ours --runtime openvino")
-            if importlib.util.find_spec("nncf"):
-                figures["export_s"] = export_for_prediction(checkpoint, "openvino-int8", train)
-                names.append("ours openvino-int8 export")
-        else:
-            print("note: no openvino package, so no --runtime openvino row (pip install -r requirements-extras.txt)")
-    if "pipeline" not in args.skip:
-        names.append("pipeline")
-    if args.fresh_processes:
-        inference = time_in_fresh_processes(names, checkpoint, device, files, singles, work)
-    else:
-        inference = time_inference({name: make_classifier(name, checkpoint, device) for name in names}, files, singles)
-    reference_top1 = inference["ours fp32"]["top1"]
-    for result in inference.values():
-        result["agreement"] = sum(a == b for a, b in zip(result.pop("top1"), reference_top1)) / len(files)
-    figures["inference"] = inference
-    for name, dtype in PEAK_DTYPES.items():  # measured again at the end: the best of both, as the machine varies
+    figures["inference"] = prediction_figures(args, device, work, train, val, figures)
+    # measured again at the end: the best of both, as the machine varies
+    for name, dtype in PEAK_DTYPES.items():
         figures[f"peak_{name}"] = max(figures[f"peak_{name}"], peak_matmul_flops(dtype, device))
     print_tables(figures, args, len(train), fast_dtype)
     if args.json:
@@ -295,30 +335,35 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def print_tables(figures: dict, args: argparse.Namespace, n_train: int, fast_dtype: torch.dtype | None) -> None:
+def print_tables(figures: dict, args: argparse.Namespace, n_train: int,
+                 fast_dtype: torch.dtype | None) -> None:
     """The training table, the inference table and the hardware figures, with ratios to the anchors."""
     peaks = {"fp32": figures["peak_fp32"], "bf16": figures["peak_bf16"]}
     fast = "bf16" if fast_dtype == torch.bfloat16 else "fp32"
     flops = figures["forward_flops"]
 
     def of_peak(flop_per_s: float, precision: str) -> str:
-        return f"{flop_per_s / 1e9:7.1f} GFLOP/s = {100 * flop_per_s / peaks[precision]:4.1f}% of {precision} peak"
+        share = 100 * flop_per_s / peaks[precision]
+        return f"{flop_per_s / 1e9:7.1f} GFLOP/s = {share:4.1f}% of {precision} peak"
 
-    print(f"\nPeak matmul here: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s; "
-          f"the model: {flops / 1e9:.2f} GFLOP per image forward (x3 for a training step)")
+    print(f"\nPeak matmul here: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, "
+          f"bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s; the model: {flops / 1e9:.2f} GFLOP per image forward "
+          f"(x3 for a training step)")
     anchor = figures.get("trainer")
     print(f"\nTraining, {args.epochs} epochs x {n_train} images; images/s of the training phase (the epochs' "
           f"training loops and decoding) and end to end (also model set-up, validation each epoch, saving)")
-    print(f"{'run':<26}{'train img/s':>12}{'vs Trainer':>11}{'end to end':>11}{'vs Trainer':>11}{'val acc':>9}"
-          f"   achieved (training phase)")
-    runs = [("train.py (default)", figures["ours"], fast), ("train.py --precision fp32", figures.get("ours_fp32"), "fp32"),
+    print(f"{'run':<26}{'train img/s':>12}{'vs Trainer':>11}{'end to end':>11}{'vs Trainer':>11}"
+          f"{'val acc':>9}   achieved (training phase)")
+    runs = [("train.py (default)", figures["ours"], fast),
+            ("train.py --precision fp32", figures.get("ours_fp32"), "fp32"),
             ("transformers.Trainer", anchor, "fp32")]
     for name, result, precision in runs:
         if result:
             rate, overall = (args.epochs * n_train / result[key] for key in ("train_seconds", "seconds"))
-            ratios = [f"{anchor[key] / result[key]:.2f}x" if anchor else "-" for key in ("train_seconds", "seconds")]
-            print(f"{name:<26}{rate:12.2f}{ratios[0]:>11}{overall:11.2f}{ratios[1]:>11}{result['val_acc']:9.3f}   "
-                  f"{of_peak(3 * flops * rate, precision)}")
+            ratios = [f"{anchor[key] / result[key]:.2f}x" if anchor else "-"
+                      for key in ("train_seconds", "seconds")]
+            print(f"{name:<26}{rate:12.2f}{ratios[0]:>11}{overall:11.2f}{ratios[1]:>11}"
+                  f"{result['val_acc']:9.3f}   {of_peak(3 * flops * rate, precision)}")
     inference = figures["inference"]
     if not inference:
         return

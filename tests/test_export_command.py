@@ -1,5 +1,5 @@
-"""export.py: ONNX, TorchScript and int8 artefacts agree with PyTorch, carry their labels and
-preprocessing, and predict.py runs the ONNX one through onnxruntime with the same results."""
+"""export.py (inference/exporting.py): ONNX, TorchScript and int8 artefacts agree with PyTorch, carry
+their labels and preprocessing, and predict.py runs the ONNX one through onnxruntime with the same results."""
 from __future__ import annotations
 
 import contextlib
@@ -11,17 +11,23 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from helpers import CLASSES
 from PIL import Image
 
 import export
 import predict
-from vitclassifier.model.checkpoint import load_checkpoint
-from vitclassifier.data.transforms import eval_transform
-from conftest import CLASSES
 from vitclassifier.data.images import load_image
+from vitclassifier.data.transforms import eval_transform
+from vitclassifier.inference.exporting import FORMATS
+from vitclassifier.inference.loading import load_export
+from vitclassifier.model.checkpoint import load_checkpoint
+from vitclassifier.model.exporters import read_meta
+from vitclassifier.model.runnable import LogitsOnly
 
-onnx = pytest.importorskip("onnx", reason="export tests need the extras: pip install -r requirements-extras.txt")
-ort = pytest.importorskip("onnxruntime", reason="export tests need the extras: pip install -r requirements-extras.txt")
+pytestmark = pytest.mark.slow  # every test here exports the trained checkpoint, or runs the export
+EXTRAS = "export tests need the extras: pip install -r requirements-extras.txt"
+onnx = pytest.importorskip("onnx", reason=EXTRAS)
+ort = pytest.importorskip("onnxruntime", reason=EXTRAS)
 
 
 def checked(out: str) -> tuple[float, int, int]:
@@ -63,7 +69,7 @@ def test_onnx_export_matches_pytorch_with_a_dynamic_batch(onnx_export, trained_r
     batch_axis = model.graph.input[0].type.tensor_type.shape.dim[0]
     assert batch_axis.dim_param and not batch_axis.dim_value  # symbolic, not a fixed size
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    net = export.LogitsOnly(load_checkpoint(trained_run / "best")[0]).eval()
+    net = LogitsOnly(load_checkpoint(trained_run / "best")[0]).eval()
     for size in (1, 5):
         pixels = torch.randn(size, 3, 32, 32)
         with torch.inference_mode():
@@ -78,8 +84,8 @@ def test_onnx_carries_labels_preprocessing_and_opset(onnx_export, trained_run):
     embedded = {p.key: json.loads(p.value) for p in onnx.load(str(path)).metadata_props}
     assert embedded == sidecar
     assert sidecar["labels"] == labels == CLASSES
-    assert (sidecar["image_size"], sidecar["crop_pct"], sidecar["resize_size"]) == (prep.image_size, prep.crop_pct,
-                                                                                    prep.resize_size)
+    assert (sidecar["image_size"], sidecar["crop_pct"], sidecar["resize_size"]) == (
+        prep.image_size, prep.crop_pct, prep.resize_size)
     assert sidecar["mean"] == list(prep.mean) and sidecar["std"] == list(prep.std)
     info = json.loads((trained_run / "best" / "training_info.json").read_text())
     assert sidecar["temperature"] == info.get("temperature", 1.0)  # calibrated by train.py, else 1
@@ -97,8 +103,8 @@ def test_predict_with_the_onnx_model_gives_the_checkpoints_results(onnx_export, 
     assert [r["path"] for r in ours] == [r["path"] for r in theirs] and len(ours) == 9
     for a, b in zip(ours, theirs):
         assert [p["label"] for p in a["predictions"]] == [p["label"] for p in b["predictions"]]
-        assert np.allclose([p["confidence"] for p in a["predictions"]], [p["confidence"] for p in b["predictions"]],
-                           atol=1e-5)
+        assert np.allclose([p["confidence"] for p in a["predictions"]],
+                           [p["confidence"] for p in b["predictions"]], atol=1e-5)
 
 
 def predict_without_our_code(model_path, image_path) -> tuple[str, float, np.ndarray]:
@@ -119,7 +125,8 @@ def predict_without_our_code(model_path, image_path) -> tuple[str, float, np.nda
 
 
 def test_the_onnx_model_works_without_our_code(onnx_export, images):
-    model, prep, labels = export.load_onnx(onnx_export[0])
+    model = load_export(onnx_export[0], bf16=False)
+    prep, labels = read_meta(model.meta, onnx_export[0])
     for path in sorted(images.iterdir()):
         label, confidence, logits = predict_without_our_code(onnx_export[0], path)
         ours = model(pixel_values=eval_transform(prep)(load_image(path))[None]).logits[0].numpy()
@@ -138,7 +145,7 @@ def test_torchscript_and_int8_are_reloaded_and_compared(fmt, trained_run, tmp_pa
     out = capsys.readouterr().out
     difference, agree, total = checked(out)
     assert "16 synthetic images" in out and total == 16 and "images/s" in out
-    path = tmp_path / f"best{export.FORMATS[fmt]}"  # the default --out: beside the checkpoint
+    path = tmp_path / f"best{FORMATS[fmt]}"  # the default --out: beside the checkpoint
     files = {"classifier.json": ""}
     loaded = torch.jit.load(str(path), _extra_files=files)
     meta = json.loads(files["classifier.json"])
@@ -158,7 +165,8 @@ def test_user_mistakes_are_one_line_errors(trained_run, tmp_path, capsys):
                         str(tmp_path / "m.pt"), "--check-images", str(tmp_path / "nothing-here")]) == 2
     assert "--check-images" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
-        export.main(["--model", str(trained_run / "best"), "--format", "onnx", "--out", str(tmp_path / "m.bin")])
+        export.main(["--model", str(trained_run / "best"), "--format", "onnx",
+                     "--out", str(tmp_path / "m.bin")])
     assert exit_info.value.code == 2 and "must end in .onnx" in capsys.readouterr().err
     assert predict.main(["--model", str(tmp_path / "missing.onnx"), "--image", str(tmp_path)]) == 2
     assert "not found" in capsys.readouterr().err

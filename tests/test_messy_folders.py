@@ -16,13 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import TRAIN_OPTIONS
 from PIL import Image
 
 import predict
 import train
 from vitclassifier.data.folders import load_splits
-from conftest import TRAIN_OPTIONS
-from vitclassifier.data.images import TRANSPARENCY_BACKGROUND as GREY, load_image
+from vitclassifier.data.images import TRANSPARENCY_BACKGROUND as GREY
+from vitclassifier.data.images import load_image
 
 SIZE = 32  # side of the small images
 ORIENTATION = 0x0112  # EXIF tag; 6 means "rotate 90 degrees clockwise to display"
@@ -108,7 +109,8 @@ def write_odd_images(folder: Path) -> list[Path]:
               "LA.png": halves("LA", (200, 255), (200, 0)),
               "P.png": noise(4).convert("P"),
               "RGBA.png": halves("RGBA", (255, 0, 0, 255), (255, 0, 0, 0)),
-              "16-bit.png": Image.fromarray(np.linspace(0, 65535, SIZE * SIZE).reshape(SIZE, SIZE).astype(np.uint16)),
+              "16-bit.png": Image.fromarray(np.linspace(0, 65535, SIZE * SIZE).reshape(SIZE, SIZE)
+                                            .astype(np.uint16)),
               "int32.tif": halves("I", 100, 200),
               "float.tif": halves("F", 0.25, 1.0),
               "1-bit.png": halves("1", 1, 0)}
@@ -134,7 +136,8 @@ def make_messy_dataset(base: Path) -> MessyData:
     """alpha/ holds the odd modes, beta/ the odd names and layout; both hold bad files."""
     root = base / "data"
     alpha, beta = root / "alpha", root / "beta"
-    for folder in (alpha, beta / "nested" / "deeper", beta / ".ipynb_checkpoints", root / "empty", base / "elsewhere"):
+    for folder in (alpha, beta / "nested" / "deeper", beta / ".ipynb_checkpoints", root / "empty",
+                   base / "elsewhere"):
         folder.mkdir(parents=True)
     good = write_odd_images(alpha)
     for folder in (alpha, beta):
@@ -181,10 +184,10 @@ class Run:
 @pytest.fixture(scope="module")
 def messy_run(messy, tiny_vit, tmp_path_factory) -> Run:
     """One epoch of train.main on the messy data; keeps train.train's summary and what was printed.
-    The batch is larger than the training set, so no sample is dropped to even out batches."""
+    Batches of one image, so no sample is dropped to even out batches."""
     output_dir = tmp_path_factory.mktemp("messy-run")
     argv = ["--data", str(messy.root), "--model", str(tiny_vit), "--output-dir", str(output_dir),
-            *TRAIN_OPTIONS, "--epochs", "1", "--batch-size", "64"]
+            *TRAIN_OPTIONS, "--epochs", "1", "--batch-size", "1"]
     summaries, real_train = [], train.train
 
     def recording_train(*args, **kwargs):
@@ -241,6 +244,7 @@ def test_scan_lists_the_class_images_and_nothing_else(messy):
     assert sorted(listed) == sorted(str(p) for p in messy.good + messy.bad)  # once each, loop or not
 
 
+@pytest.mark.slow
 def test_training_completes_and_says_what_it_skipped(messy, messy_run):
     assert messy_run.code == 0
     assert (messy_run.output_dir / "best" / "config.json").is_file()
@@ -251,12 +255,14 @@ def test_training_completes_and_says_what_it_skipped(messy, messy_run):
     assert "2 classes" in messy_run.out
 
 
+@pytest.mark.slow
 def test_training_uses_every_good_image(messy, messy_run):
     assert set(messy_run.summary["bad_files"]) == {str(p) for p in messy.bad}
     assert {"train_count", "val_count"} <= messy_run.summary.keys(), "waiting on train.py (issue 3)"
     assert messy_run.summary["train_count"] + messy_run.summary["val_count"] == len(messy.good)
 
 
+@pytest.mark.slow
 def test_predicting_the_messy_folder_names_each_bad_file(messy, messy_run, tmp_path, capsys):
     report = tmp_path / "predictions.json"
     code = predict.main(["--model", str(messy_run.output_dir / "best"), "--image", str(messy.root),
@@ -270,6 +276,7 @@ def test_predicting_the_messy_folder_names_each_bad_file(messy, messy_run, tmp_p
         assert f"error: {path}:" in err
 
 
+@pytest.mark.slow
 def test_a_class_with_only_unreadable_images_stops_training(tmp_path, tiny_vit, capsys):
     root = tmp_path / "data"
     (root / "fine").mkdir(parents=True)
@@ -279,7 +286,7 @@ def test_a_class_with_only_unreadable_images_stops_training(tmp_path, tiny_vit, 
     for name in ("zero bytes.jpg", "truncated.jpg", "text.png"):
         (root / "all-broken" / name).write_bytes(bad_file_contents()[name])
     code = train.main(["--data", str(root), "--model", str(tiny_vit), "--output-dir", str(tmp_path / "out"),
-                       *TRAIN_OPTIONS, "--epochs", "1"])
+                       *TRAIN_OPTIONS, "--epochs", "1", "--batch-size", "2"])  # 4 training images
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert code == 2
     assert any("all-broken" in line and "unreadable" in line for line in errors), errors

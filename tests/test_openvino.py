@@ -1,6 +1,7 @@
-"""OpenVINO exports (export.py --format openvino | openvino-int8): what the IR carries, int8 where
-calibrated, predict.py running the .xml like a checkpoint, and one-line errors for the mistakes.
-(Agreement of int8 predictions with fp32 on 1200 images is in test_speed.py.)"""
+"""OpenVINO exports (export.py --format openvino | openvino-int8; model/openvino.py and
+inference/runtimes.py): what the IR carries, int8 where calibrated, predict.py, the web page and
+train.py --evaluate running the .xml like a checkpoint, and one-line errors for the mistakes.
+(Agreement of int8 predictions with fp32 on 1200 images is in test_speed_levers.py.)"""
 from __future__ import annotations
 
 import json
@@ -8,13 +9,17 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import CLASSES
 
 import export
 import predict
-from conftest import CLASSES
+from vitclassifier.inference.loading import load_export
+from vitclassifier.inference.webapp import make_classify
+from vitclassifier.model.exporters import read_meta
 
 openvino = pytest.importorskip("openvino", reason="needs the extras: pip install -r requirements-extras.txt")
 pytest.importorskip("nncf", reason="needs the extras: pip install -r requirements-extras.txt")
+pytestmark = pytest.mark.slow  # every test here exports the trained checkpoint, or runs the export
 
 
 def op_types(path) -> list[str]:
@@ -27,11 +32,13 @@ def test_int8_export_is_calibrated_checked_and_carries_what_predict_needs(openvi
     agree, total = (int(n) for n in report.split("top-1 agreement ")[1].split()[0].split("/"))
     assert total == 16 and agree >= 15 and "OpenVINO int8" in report
     assert "FakeQuantize" in op_types(path)  # int8 matmuls, not a float model
-    model, prep, labels = export.load_exported(path, bf16=False)
+    model = load_export(path, bf16=False)
+    prep, labels = read_meta(model.meta, path)
     sidecar = json.loads(path.with_name(path.name + ".json").read_text())
     assert model.meta == sidecar and labels == CLASSES and sidecar["format"] == "openvino-int8"
     assert prep.image_size == 32 and "64 images" in sidecar["calibrated_on"]
-    assert sorted(p.name for p in path.parent.iterdir()) == ["model.bin", "model.xml", "model.xml.json"]  # no temp files
+    files = sorted(p.name for p in path.parent.iterdir())
+    assert files == ["model.bin", "model.xml", "model.xml.json"]  # no temp files
 
 
 def test_fp32_export_predicts_what_the_checkpoint_predicts(trained_run, pattern_data, tmp_path, capsys):
@@ -48,15 +55,16 @@ def test_fp32_export_predicts_what_the_checkpoint_predicts(trained_run, pattern_
     assert [r["path"] for r in results[0]] == [r["path"] for r in results[1]] and len(results[0]) == 400
     for a, b in zip(*results):
         assert [p["label"] for p in a["predictions"]] == [p["label"] for p in b["predictions"]]
-        assert np.allclose([p["confidence"] for p in a["predictions"]], [p["confidence"] for p in b["predictions"]],
-                           atol=1e-4)
+        assert np.allclose([p["confidence"] for p in a["predictions"]],
+                           [p["confidence"] for p in b["predictions"]], atol=1e-4)
 
 
 def test_mistakes_with_openvino_models_are_one_line_errors(openvino_int8_export, trained_run, pattern_data,
                                                            tmp_path, monkeypatch, capsys):
     xml = str(openvino_int8_export[0])
     images = ["--image", str(pattern_data / "plain" / "plain_000.png")]
-    for conflict, says in ((["--quantize"], "runs as it was exported"), (["--runtime", "openvino"], "--runtime"),
+    for conflict, says in ((["--quantize"], "runs as it was exported"),
+                           (["--runtime", "openvino"], "--runtime"),
                            (["--device", "cuda"], "runs on the CPU")):
         with pytest.raises(SystemExit) as stopped:
             predict.main(["--model", xml, *images, *conflict])
@@ -69,7 +77,8 @@ def test_mistakes_with_openvino_models_are_one_line_errors(openvino_int8_export,
     assert stopped.value.code == 2 and "must end in .xml" in capsys.readouterr().err
     assert export.main([*checkpoint, "--format", "openvino-int8", "--out", str(tmp_path / "m.xml"),
                         "--calibration-images", str(tmp_path / "nothing-here")]) == 2
-    assert "is not a folder: give images like those" in capsys.readouterr().err and not (tmp_path / "m.xml").exists()
+    assert "is not a folder: give images like those" in capsys.readouterr().err
+    assert not (tmp_path / "m.xml").exists()
     monkeypatch.setitem(sys.modules, "nncf", None)  # as if it were not installed: importing it fails
     assert export.main([*checkpoint, "--format", "openvino-int8", "--out", str(tmp_path / "m.xml"),
                         "--calibration-images", str(pattern_data)]) == 2
@@ -77,13 +86,13 @@ def test_mistakes_with_openvino_models_are_one_line_errors(openvino_int8_export,
 
 
 def test_the_web_page_serves_an_openvino_model_as_predict_does(openvino_int8_export, pattern_data, capsys):
-    import app
     xml = openvino_int8_export[0]
     paths = [pattern_data / name / f"{name}_007.png" for name in CLASSES]
-    labels, classify = app.make_classify(xml, "auto", 32)
+    labels, classify = make_classify(xml, "auto", 32)
     results, errors = classify([str(p) for p in paths], 2)
     assert labels == CLASSES and errors == "" and [r["name"] for r in results] == [p.name for p in paths]
-    assert predict.main(["--model", str(xml), "--image", *map(str, paths), "--top-k", "2", "--json", "-"]) == 0
+    assert predict.main(["--model", str(xml), "--image", *map(str, paths), "--top-k", "2",
+                         "--json", "-"]) == 0
     for ours, theirs in zip(results, json.loads(capsys.readouterr().out)["results"]):
         assert ours["predictions"] == theirs["predictions"]
 
@@ -93,8 +102,9 @@ def test_train_evaluate_scores_an_export_like_its_checkpoint(openvino_int8_expor
     import train
     scores = {}
     for name, model in (("checkpoint", trained_run / "best"), ("int8", openvino_int8_export[0])):
-        assert train.main(["--evaluate", "--model", str(model), "--data", str(pattern_data), "--output-dir",
-                           str(tmp_path / name), "--precision", "fp32" if name == "checkpoint" else "auto"]) == 0
+        assert train.main(["--evaluate", "--model", str(model), "--data", str(pattern_data),
+                           "--output-dir", str(tmp_path / name),
+                           "--precision", "fp32" if name == "checkpoint" else "auto"]) == 0
         printed = capsys.readouterr().out
         assert "1200 images" in printed and (tmp_path / name / "confusion_matrix.png").is_file()
         scores[name] = float(printed.split(" acc ")[1].split()[0])

@@ -1,14 +1,18 @@
-"""predict.py: inputs of every kind, top-k, JSON, pictures, bad files, and agreement with transformers."""
+"""predict.py: inputs of every kind, top-k, JSON, pictures, bad files, calibrated confidences,
+--min-confidence and --tta, agreement with transformers, and bad options refused up front."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
+from helpers import CLASSES
 from PIL import Image
 
 import predict
-from conftest import CLASSES
+from vitclassifier.inference.predict import tta_views
+from vitclassifier.model.checkpoint import update_info
 
 
 @pytest.fixture(scope="module")
@@ -21,28 +25,39 @@ def images(pattern_data, tmp_path_factory):
     return folder
 
 
+def test_bad_prediction_options_are_refused_up_front(capsys):
+    for argv in (["--image", "x.jpg", "--top-k", "0"], ["--image", "x.jpg", "--batch-size", "0"]):
+        with pytest.raises(SystemExit):
+            predict.parse_args(argv)
+    assert "--top-k must be at least 1" in capsys.readouterr().err
+
+
 def run(capsys, *argv):
     code = predict.main(list(argv))
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
 
+@pytest.mark.slow
 def test_single_image_prints_top_k_with_confidences(trained_run, images, capsys):
-    code, out, _ = run(capsys, "--model", str(trained_run / "best"), "--image", str(images / "horizontal0.jpg"),
-                       "--top-k", "2")
+    code, out, _ = run(capsys, "--model", str(trained_run / "best"),
+                       "--image", str(images / "horizontal0.jpg"), "--top-k", "2")
     lines = out.strip().splitlines()
     assert code == 0 and lines[0].endswith("horizontal0.jpg")
     assert len(lines) == 3 and lines[1].lstrip().startswith("1.") and lines[2].lstrip().startswith("2.")
     assert all("%" in line for line in lines[1:])
 
 
+@pytest.mark.slow
 def test_several_files_a_folder_and_a_glob_with_json(trained_run, images, tmp_path, capsys):
     report = tmp_path / "out.json"
     code, _, _ = run(capsys, "--model", str(trained_run / "best"), "--image", str(images / "horizontal0.jpg"),
                      str(images / "vertical1.jpg"), "--json", str(report), "--batch-size", "1")
     data = json.loads(report.read_text())
-    assert code == 0 and [r["path"] for r in data["results"]] == [str(images / "horizontal0.jpg"), str(images / "vertical1.jpg")]
-    code, _, _ = run(capsys, "--model", str(trained_run / "best"), "--image", str(images), "--json", str(report))
+    assert code == 0 and [r["path"] for r in data["results"]] == [str(images / "horizontal0.jpg"),
+                                                                  str(images / "vertical1.jpg")]
+    code, _, _ = run(capsys, "--model", str(trained_run / "best"), "--image", str(images),
+                     "--json", str(report))
     assert code == 0 and len(json.loads(report.read_text())["results"]) == 6
     code, out, _ = run(capsys, "--model", str(trained_run / "best"), "--image", str(images / "plain*.jpg"),
                        "--json", "-")
@@ -54,12 +69,14 @@ def test_several_files_a_folder_and_a_glob_with_json(trained_run, images, tmp_pa
         assert 0.99 <= sum(confidences) <= 1.01  # 3 classes, top-3: all of the probability
 
 
+@pytest.mark.slow
 def test_top_k_above_the_class_count_is_capped(trained_run, images, capsys):
-    code, out, err = run(capsys, "--model", str(trained_run / "best"), "--image", str(images / "vertical0.jpg"),
-                         "--top-k", "10")
+    code, out, err = run(capsys, "--model", str(trained_run / "best"),
+                         "--image", str(images / "vertical0.jpg"), "--top-k", "10")
     assert code == 0 and "capped" in err and len(out.strip().splitlines()) == 4
 
 
+@pytest.mark.slow
 def test_bad_files_are_reported_and_the_good_ones_still_predicted(trained_run, images, tmp_path, capsys):
     (tmp_path / "empty.jpg").write_bytes(b"")
     (tmp_path / "text.png").write_text("this is not a picture")
@@ -69,24 +86,29 @@ def test_bad_files_are_reported_and_the_good_ones_still_predicted(trained_run, i
     data = json.loads(out)
     assert code == 1
     assert [r["path"] for r in data["results"]] == [str(good)]
-    assert {e["path"] for e in data["errors"]} == {str(tmp_path / n) for n in ("empty.jpg", "text.png", "missing.jpg")}
+    assert {e["path"] for e in data["errors"]} == {str(tmp_path / n)
+                                                   for n in ("empty.jpg", "text.png", "missing.jpg")}
     for name in ("empty.jpg", "text.png", "missing.jpg"):
         assert name in err
 
 
+@pytest.mark.slow
 def test_visualize_writes_a_picture(trained_run, images, tmp_path, capsys):
     picture = tmp_path / "grid.png"
-    code, _, _ = run(capsys, "--model", str(trained_run / "best"), "--image", str(images), "--visualize", str(picture))
+    code, _, _ = run(capsys, "--model", str(trained_run / "best"), "--image", str(images),
+                     "--visualize", str(picture))
     assert code == 0
     with Image.open(picture) as image:
         assert image.format == "PNG" and image.width >= 600 and image.height >= 6 * 150
 
 
+@pytest.mark.slow
 def test_missing_checkpoint_is_a_clear_error(tmp_path, images, capsys):
     code, _, err = run(capsys, "--model", str(tmp_path / "nothing"), "--image", str(images))
     assert code == 2 and "not a trained checkpoint" in err
 
 
+@pytest.mark.slow
 def test_transformers_pipeline_loads_the_checkpoint_and_agrees(trained_run, pattern_data, capsys):
     from transformers import pipeline
     paths = [str(p) for name in CLASSES for p in sorted((pattern_data / name).iterdir())[:5]]
@@ -103,9 +125,9 @@ def predictions_of(capsys, *argv) -> dict:
     return {r["path"]: r for r in json.loads(out)["results"]}
 
 
-def test_the_calibrated_temperature_changes_confidences_but_not_the_top_label(trained_run, images, tmp_path, capsys):
-    import shutil
-    from vitclassifier.model.checkpoint import update_info
+@pytest.mark.slow
+def test_the_calibrated_temperature_changes_confidences_but_not_the_top_label(trained_run, images, tmp_path,
+                                                                                capsys):
     hot = tmp_path / "hot"
     shutil.copytree(trained_run / "best", hot)
     update_info(hot, temperature=1.0)
@@ -117,26 +139,32 @@ def test_the_calibrated_temperature_changes_confidences_but_not_the_top_label(tr
         assert flat[path]["predictions"][0]["confidence"] < result["predictions"][0]["confidence"]
 
 
+@pytest.mark.slow
 def test_min_confidence_answers_unknown_with_the_best_guess(trained_run, images, capsys):
     sure = predictions_of(capsys, "--model", str(trained_run / "best"), "--image", str(images))
     top = {path: r["predictions"][0]["confidence"] for path, r in sure.items()}
     values = sorted(set(top.values()))
-    threshold = (values[len(values) // 2 - 1] + values[len(values) // 2]) / 2  # between two: no image sits on it
+    # between two: no image sits on it
+    threshold = (values[len(values) // 2 - 1] + values[len(values) // 2]) / 2
     unsure = predictions_of(capsys, "--model", str(trained_run / "best"), "--image", str(images),
                             "--min-confidence", str(threshold))
     for path, result in unsure.items():
         expected = "unknown" if top[path] < threshold else sure[path]["label"]
         assert result["label"] == expected and result["predictions"] == sure[path]["predictions"]
     assert "unknown" in {r["label"] for r in unsure.values()}
-    code, out, _ = run(capsys, "--model", str(trained_run / "best"), "--image", str(images), "--min-confidence", "1")
+    code, out, _ = run(capsys, "--model", str(trained_run / "best"), "--image", str(images),
+                       "--min-confidence", "1")
     assert code == 0 and out.count("unknown") == 6
 
 
+@pytest.mark.slow
 def test_tta_averages_views_and_keeps_the_output_format(trained_run, images, capsys):
     single = predictions_of(capsys, "--model", str(trained_run / "best"), "--image", str(images))
     averaged = predictions_of(capsys, "--model", str(trained_run / "best"), "--image", str(images), "--tta")
     assert averaged.keys() == single.keys()
-    assert any(averaged[p]["predictions"][0]["confidence"] != single[p]["predictions"][0]["confidence"] for p in single)
-    assert all(abs(sum(x["confidence"] for x in r["predictions"]) - 1) < 1e-4 for r in averaged.values())  # 3 classes
-    views = predict.tta_views(torch.rand(2, 3, 32, 32))
+    assert any(averaged[p]["predictions"][0]["confidence"] != single[p]["predictions"][0]["confidence"]
+               for p in single)
+    # 3 classes: the top 3 hold all of the probability
+    assert all(abs(sum(x["confidence"] for x in r["predictions"]) - 1) < 1e-4 for r in averaged.values())
+    views = tta_views(torch.rand(2, 3, 32, 32))
     assert len(views) == 4 and all(v.shape == (2, 3, 32, 32) for v in views)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +16,9 @@ from vitclassifier.errors import UserError
 
 AUGMENTATIONS = ("crop", "flip", "rotate", "color_jitter")
 SELECT_BY_CHOICES = ("accuracy", "macro-f1", "loss")
-DEFAULT_LR = {True: 5e-5, False: 3e-4}  # pretrained weights move gently; random ones need more
+DEFAULT_LR = {True: 5e-5, False: 3e-4}
+MIX_ALPHA = (0.01, 100.0)  # mixup/cutmix alphas outside this break the Beta draw or mean "off" anyway
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 4096  # pretrained weights move gently; random ones need more
 
 
 @dataclass
@@ -34,7 +37,7 @@ class DataOptions:
 
     @property
     def augment(self) -> dict[str, bool]:
-        """Which random augmentations are on, by name (train_transform's keywords)."""
+        """Which random augmentations are on, by name (BatchAugment's keywords)."""
         return {name: not getattr(self, f"no_{name}") for name in AUGMENTATIONS}
 
 
@@ -84,6 +87,7 @@ class RuntimeOptions:
     precision: str = "auto"
     compile: bool = False
     output_dir: Path = Path("checkpoints")
+    overwrite: bool = False  # replace a run already in output_dir (only this tool's files)
     track: str | None = None
     tracking_uri: str | None = None
     resume: str | None = None  # None: start afresh; "": DIR is --output-dir; "auto"; or DIR
@@ -108,7 +112,7 @@ class TrainConfig:
             known = {option_name(f): f.name for f in dataclasses.fields(kind)}
             values = {known[key]: value for key, value in options.items() if key in known}
             for f in dataclasses.fields(kind):  # saved options hold paths as text
-                if isinstance(f.default, Path) and values.get(f.name) is not None:
+                if isinstance(f.default, Path) and isinstance(values.get(f.name), str):
                     values[f.name] = Path(values[f.name])
             sections[section] = kind(**values)
         config = cls(**sections)
@@ -138,7 +142,14 @@ class TrainConfig:
 
     def problems(self) -> list[str]:
         """What is wrong with these options, one sentence each naming the option."""
+        wrong_types = self.type_problems()
+        if wrong_types:  # the checks below compare numbers: only once every value has its type
+            return wrong_types
         d, m, r = self.data, self.model, self.recipe
+        numbers = (d.val_split, r.lr or 1, r.head_lr or 1, r.layer_decay, r.weight_decay, r.warmup,
+                   r.grad_clip, m.dropout, m.backbone_dropout, r.label_smoothing, r.mixup, r.cutmix, r.ema)
+        if not all(math.isfinite(x) for x in numbers):
+            return ["numeric options must be finite numbers, not nan or inf"]
         checks = [
             (r.epochs >= 1, "--epochs must be at least 1"),
             (d.batch_size >= 1, "--batch-size must be at least 1"),
@@ -151,41 +162,55 @@ class TrainConfig:
             (0 <= r.warmup < 1, "--warmup is a fraction of the steps, from 0 to below 1"),
             (all(0 <= p < 1 for p in (m.dropout, m.backbone_dropout, r.label_smoothing)),
              "--dropout, --backbone-dropout and --label-smoothing: from 0 to below 1"),
-            (r.mixup >= 0 and r.cutmix >= 0, "--mixup and --cutmix must not be negative"),
+            (all(a == 0 or MIX_ALPHA[0] <= a <= MIX_ALPHA[1] for a in (r.mixup, r.cutmix)),
+             f"--mixup and --cutmix: 0 (off) or an alpha from {MIX_ALPHA[0]:g} to {MIX_ALPHA[1]:g}"),
             (0 <= r.ema < 1, "--ema is a decay from 0 (off) to below 1, e.g. 0.999"),
             (r.grad_clip >= 0, "--grad-clip must not be negative"),
             (min(r.patience, d.num_workers or 0, r.freeze_epochs, d.cache_mb) >= 0,
              "--patience, --num-workers, --freeze-epochs and --cache-mb must be >= 0"),
-            (m.image_size is None or m.image_size >= 16, "--image-size must be at least 16"),
+            ((d.num_workers or 0) <= max_workers(),
+             f"--num-workers: at most {max_workers()} on this machine"),
+            (m.image_size is None or MIN_IMAGE_SIZE <= m.image_size <= MAX_IMAGE_SIZE,
+             f"--image-size must be from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE}"),
             (m.freeze in ("none", "backbone") or str(m.freeze).isdigit(),
              f"--freeze {m.freeze!r}: use none, backbone or a number of encoder blocks"),
             (r.select_by in SELECT_BY_CHOICES, f"--select-by: choose from {', '.join(SELECT_BY_CHOICES)}"),
             (r.class_weights in ("none", "auto"), "--class-weights: choose none or auto"),
         ]
-        numbers = (
-            d.val_split,
-            r.lr or 1,
-            r.head_lr or 1,
-            r.layer_decay,
-            r.weight_decay,
-            r.warmup,
-            r.grad_clip,
-            m.dropout,
-            m.backbone_dropout,
-            r.label_smoothing,
-            r.mixup,
-            r.cutmix,
-            r.ema,
-        )
-        checks.append(
-            (all(math.isfinite(x) for x in numbers), "numeric options must be finite numbers, not nan/inf")
-        )
         return [message for ok, message in checks if not ok]
+
+    def type_problems(self) -> list[str]:
+        """Options whose value is not of the option's type (e.g. restored from a damaged save)."""
+        wrong = []
+        for section in SECTIONS:
+            options = getattr(self, section)
+            for f in dataclasses.fields(options):
+                value = getattr(options, f.name)
+                if not matches_type(value, str(f.type)):
+                    wrong.append(f"--{option_name(f).replace('_', '-')} must be {f.type}, not {value!r}")
+        return wrong
 
     def validate(self) -> None:
         problems = self.problems()
         if problems:
             raise UserError("; ".join(problems))
+
+
+def matches_type(value: object, annotation: str) -> bool:
+    """Whether ``value`` fits a field annotation such as "int", "float | None" or "Path"."""
+    kinds = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "Path": (Path,)}
+    for name in annotation.split(" | "):
+        if name == "None" and value is None:
+            return True
+        not_a_bool = name == "bool" or not isinstance(value, bool)  # True is an int to Python, not to us
+        if name in kinds and isinstance(value, kinds[name]) and not_a_bool:
+            return True
+    return False
+
+
+def max_workers() -> int:
+    """More DataLoader workers than this only cost memory: they would wait for the cores."""
+    return max(8, 4 * (os.cpu_count() or 1))
 
 
 def option_name(f: dataclasses.Field) -> str:

@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from collections import defaultdict
 from pathlib import Path
 
 from PIL import Image
 from tqdm import tqdm
 
-from vitclassifier.data.images import DECODE_ERRORS, load_image
+from vitclassifier.cli import printable
+from vitclassifier.data.folders import utf8_safe
+from vitclassifier.data.images import DECODE_ERRORS, load_image, open_regular
 
 IMBALANCE_THRESHOLD = 3.0  # largest / smallest class from which class weighting is worth it
 HEAD_BYTES = 64 * 1024  # same-size files are compared on this much first, before a full read
+CHUNK_BYTES = 1 << 20  # files are hashed this much at a time: memory stays flat for any file size
 EXAMPLES = 3  # example paths of small images shown per class
 LISTED = 20  # longest list the text report prints; the JSON report has every entry
 
@@ -27,13 +31,25 @@ LISTED = 20  # longest list the text report prints; the JSON report has every en
 # ---------------------------------------------------------------------------
 # Exact duplicates
 # ---------------------------------------------------------------------------
+def _digest(path: Path, limit: int | None) -> bytes:
+    """Hash of the first ``limit`` bytes of a regular file (None: all of it), read in chunks."""
+    digest, left = hashlib.blake2b(), limit
+    with open_regular(path) as file:  # a pipe or a device raises instead of blocking or never ending
+        while left is None or left > 0:
+            chunk = file.read(CHUNK_BYTES if left is None else min(CHUNK_BYTES, left))
+            if not chunk:
+                break
+            digest.update(chunk)
+            left = None if left is None else left - len(chunk)
+    return digest.digest()
+
+
 def _group_by_digest(paths: list[Path], limit: int | None) -> list[list[Path]]:
     """Split ``paths`` by a hash of their first ``limit`` bytes (None: all); keep groups of 2+."""
     by_digest = defaultdict(list)
     for path in paths:
         try:
-            with open(path, "rb") as file:
-                by_digest[hashlib.blake2b(file.read(limit)).digest()].append(path)
+            by_digest[_digest(path, limit)].append(path)
         except OSError:
             continue  # unreadable: decoding reports it; it cannot be anyone's duplicate
     return [group for group in by_digest.values() if len(group) > 1]
@@ -43,13 +59,16 @@ def find_duplicates(paths: list[Path]) -> list[list[Path]]:
     """Groups of byte-identical files, in the order of ``paths``.
 
     Only files whose size another file shares are read at all, and only those whose first
-    64 KiB also agree are read in full, so 100k photos cost little more than 100k stats."""
+    64 KiB also agree are read in full (1 MiB at a time), so 100k photos cost little more than 100k
+    stats. Only regular files take part: two links to /dev/zero are not duplicates, nor are pipes."""
     by_size = defaultdict(list)
     for path in paths:
         try:
-            by_size[os.stat(path).st_size].append(path)
+            status = os.stat(path)
         except OSError:
             continue
+        if stat.S_ISREG(status.st_mode):
+            by_size[status.st_size].append(path)
     groups = [group for group in by_size.values() if len(group) > 1]
     for limit in (HEAD_BYTES, None):
         groups = [same for group in groups for same in _group_by_digest(group, limit)]
@@ -61,7 +80,8 @@ def _duplicates(samples: list[tuple[Path, str, str]]) -> dict:
     where = {path: (name, split) for path, name, split in samples}
     groups = []
     for paths in find_duplicates([path for path, _, _ in samples]):
-        files = [{"path": str(path), "class": where[path][0], "split": where[path][1]} for path in paths]
+        files = [{"path": utf8_safe(path), "class": where[path][0], "split": where[path][1]}
+                 for path in paths]
         groups.append({"files": files,
                        "cross_split": len({f["split"] for f in files}) > 1,
                        "cross_class": len({f["class"] for f in files}) > 1})
@@ -83,18 +103,18 @@ def _decode_all(samples: list[tuple[Path, str, str]], classes: dict, image_size:
         counts.update(unreadable=0, small=0)
     for path, name, split in tqdm(samples, desc="decoding", unit="img", disable=None):
         try:
+            load_image(path, image_size)  # first: it opens regular files only, the header open below any
             with Image.open(path) as header:
-                width, height = header.size  # the stored size: load_image may decode JPEGs scaled down
-            load_image(path, image_size)
+                width, height = header.size  # the stored size: load_image may decode big ones scaled down
         except DECODE_ERRORS as error:
             classes[name]["unreadable"] += 1
-            unreadable.append({"path": str(path), "class": name, "split": split,
-                               "reason": f"{type(error).__name__}: {error}"})
+            unreadable.append({"path": utf8_safe(path), "class": name, "split": split,
+                               "reason": utf8_safe(f"{type(error).__name__}: {error}")})
             continue
         if image_size and min(width, height) < image_size:
             classes[name]["small"] += 1
             if len(small_examples[name]) < EXAMPLES:
-                small_examples[name].append({"path": str(path), "width": width, "height": height})
+                small_examples[name].append({"path": utf8_safe(path), "width": width, "height": height})
     return unreadable, dict(small_examples)
 
 
@@ -135,7 +155,7 @@ def _verdict(report: dict) -> tuple[list[str], list[str]]:
 
 def audit_dataset(labels: list[str], train: list[tuple[Path, int]], val: list[tuple[Path, int]],
                   image_size: int | None = 224, decode: bool = True) -> dict:
-    """Audit a split as classifier.load_splits returns it.
+    """Audit a split as data.folders.load_splits returns it.
 
     Always: per-class counts, the imbalance ratio, exact duplicates (by size, then hash).
     With ``decode``: also every file decoded, for unreadable files and images whose shorter side
@@ -272,5 +292,6 @@ def _full(report: dict) -> list[str]:
 
 
 def format_report(report: dict, brief: bool = False) -> str:
-    """The report as text: the full tables, or (``brief``) a few lines for the start of training."""
-    return "\n".join(_brief(report) if brief else _full(report))
+    """The report as text: the full tables, or (``brief``) a few lines for the start of training.
+    Control characters in class and file names are escaped (cli.printable): one entry, one line."""
+    return "\n".join(printable(line) for line in (_brief(report) if brief else _full(report)))

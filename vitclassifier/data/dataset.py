@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from vitclassifier.data.images import DECODE_ERRORS, load_image
+from vitclassifier.data.images import DECODE_ERRORS, load_image, pixel_budget
 from vitclassifier.data.transforms import TwoStage
 
 FILL_CHUNK = 256  # images decoded ahead while filling the cache
@@ -20,15 +20,14 @@ class ImageFolderDataset(Dataset):
     """(path, label) samples decoded on demand. A file that fails to decode yields
     ``(None, label, path, reason)`` instead of raising, so one bad image never stops a run.
 
-    ``transform`` is a TwoStage: its deterministic ``decode`` stage (decode, resize) can be kept
-    in a bounded uint8 cache by ``fill_cache``, so later epochs skip JPEG decoding; its ``finish``
-    stage (random augmentation, normalisation) runs on every access.
-    With ``epoch_seed`` set, the random augmentation of sample i is seeded from (epoch_seed, i)
-    alone, so it is the same whatever the worker count, process count or resume point."""
+    ``transform`` is a TwoStage: its ``decode`` stage (decode, resize, crop) can be kept in a
+    bounded uint8 cache by ``fill_cache``, so later epochs skip JPEG decoding; its ``finish`` stage
+    (evaluation's float conversion and normalisation; nothing for training, whose batches are
+    augmented on the device) runs on every access. Nothing here is random."""
 
     def __init__(self, samples: list[tuple[Path, int]], transform: TwoStage, decode_size: int | None = None):
         self.samples, self.transform, self.decode_size = samples, transform, decode_size
-        self.epoch_seed: int | None = None
+        pixel_budget()  # a bad $VIT_MAX_PIXELS is a UserError here, in the main process, not in a worker
         self.cache: dict[int, torch.Tensor | str] = {}  # index -> decoded uint8 pixels, or why it failed
 
     def __len__(self) -> int:
@@ -48,8 +47,6 @@ class ImageFolderDataset(Dataset):
         pixels = self.decode(index)
         if isinstance(pixels, str):
             return None, label, str(path), pixels
-        if self.epoch_seed is not None:
-            torch.manual_seed(self.epoch_seed * 1_000_003 + index)
         return self.transform.finish(pixels), label, str(path), None
 
     def fill_cache(self, max_bytes: int, num_threads: int = 1) -> tuple[int, int]:
@@ -57,17 +54,21 @@ class ImageFolderDataset(Dataset):
         the rest is decoded on every access. Call it before the training loaders start their
         workers: they are forked from this process and share the cache. Returns (images cached,
         bytes used). Threads, not processes: Pillow and torch let go of the GIL while they decode
-        and resize, and nothing has to be copied back (3x faster than worker processes here)."""
+        and resize, and nothing has to be copied back (faster than worker processes: see
+        docs/performance.md)."""
         used = 0
         with ThreadPoolExecutor(num_threads) as pool:
-            for start in range(0, len(self), FILL_CHUNK):  # in chunks: stop decoding once the budget is spent
-                indices = range(start, min(start + FILL_CHUNK, len(self)))
-                for index, pixels in zip(indices, pool.map(self.decode, indices)):
-                    size = pixels.numel() if isinstance(pixels, torch.Tensor) else 0
-                    if used + size > max_bytes:
-                        return len(self.cache), used
-                    self.cache[index] = pixels
-                    used += size
+            try:
+                for start in range(0, len(self), FILL_CHUNK):  # in chunks: stop once the budget is spent
+                    indices = range(start, min(start + FILL_CHUNK, len(self)))
+                    for index, pixels in zip(indices, pool.map(self.decode, indices)):
+                        size = pixels.numel() if isinstance(pixels, torch.Tensor) else 0
+                        if used + size > max_bytes:
+                            return len(self.cache), used
+                        self.cache[index] = pixels
+                        used += size
+            finally:  # a spent budget or Ctrl-C: the decodes not started yet are dropped, not waited for
+                pool.shutdown(cancel_futures=True)
         return len(self.cache), used
 
 

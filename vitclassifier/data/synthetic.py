@@ -15,8 +15,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from vitclassifier.errors import UserError
+from vitclassifier.files import check_output_folder, write_via_temp
+
 SHAPES = ("circle", "square", "triangle", "star", "cross", "stripes", "ring", "hexagon")
 DEFAULT_CLASSES = "circle,triangle,star,cross,stripes"
+# The largest side drawn: models take 32-384 px; each image is drawn at twice its side (4 bytes a
+# pixel), so --image-size 100000 would ask for 160 GB.
+MAX_GENERATED_SIZE = 1024
+MARK = b"vitclassifier --generate-data"  # the JPEG comment of every file we write: only those we replace
 
 
 def _polygon(cx: float, cy: float, radius: float, corners: int, angle: float, inner: float = 1.0):
@@ -109,35 +116,80 @@ def at_least(minimum: int):
     return parse
 
 
+def written_by_us(path: Path) -> bool:
+    """Is ``path`` an image an earlier --generate-data wrote (its JPEG comment is MARK)?"""
+    if not path.is_file():  # a named pipe would block the open for ever
+        return False
+    try:
+        with Image.open(path) as image:
+            return image.info.get("comment") == MARK
+    except (OSError, ValueError):  # a folder, an unreadable file, not an image
+        return False
+
+
+def save_ours(image: Image.Image, path: Path) -> None:
+    """A generated JPEG, marked as ours, through a temporary file (not fsynced: it can be redrawn)."""
+    write_via_temp(path, lambda tmp: image.save(tmp, format="JPEG", quality=92, comment=MARK), durable=False)
+
+
+def check_generate_outputs(out: Path, classes: list[str], per_class: int, samples_dir: Path) -> None:
+    """Before drawing anything: both folders can be written, and no file we would write is one we
+    did not write before (the user's own sample.jpg, a real data set in --out): those are refused."""
+    check_output_folder(out, "--out")
+    check_output_folder(samples_dir, "--samples-dir")
+    folders = [(out / name, "--out") for name in classes] + [(samples_dir / "samples", "--samples-dir")]
+    for folder, option in folders:
+        if folder.exists() and not folder.is_dir():
+            raise UserError(f"{folder} is a file, so {option} {folder.parent} cannot get that folder; "
+                            f"move the file, or give another {option}")
+    targets = [(out / name / f"{name}_{i:04d}.jpg", "--out") for name in classes for i in range(per_class)]
+    targets += [(samples_dir / "samples" / f"{name}.jpg", "--samples-dir") for name in classes]
+    targets.append((samples_dir / "sample.jpg", "--samples-dir"))
+    foreign = [(path, option) for path, option in targets if path.exists() and not written_by_us(path)]
+    if foreign:
+        (path, option), more = foreign[0], f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+        raise UserError(f"{path}{more} exists and was not written by --generate-data; it is not replaced: "
+                        f"move it away, or give another {option}")
+
+
+def remove_stale(out: Path, samples_dir: Path) -> None:
+    """Remove our own earlier output (and only that), so no stale class or sample survives."""
+    for shape in SHAPES:
+        for stale in (out / shape).glob(f"{shape}_[0-9][0-9][0-9][0-9].jpg"):
+            if written_by_us(stale):
+                stale.unlink()
+        if (out / shape).is_dir() and not any((out / shape).iterdir()):
+            (out / shape).rmdir()
+        sample = samples_dir / "samples" / f"{shape}.jpg"
+        if sample.is_file() and written_by_us(sample):
+            sample.unlink()
+
+
 def generate_data(
     out: Path, classes: list[str], per_class: int, image_size: int, seed: int, samples_dir: Path
 ) -> None:
     """Write ``out/<class>/<class>_NNNN.jpg`` and a few loose images for the predict quick start.
 
-    Every image has its own seeded RNG, so the same seed always gives byte-identical files.
+    Every image has its own seeded RNG, so the same seed always gives byte-identical files. Files
+    this function did not write are never replaced (UserError, before anything is drawn).
     """
-    for shape in SHAPES:  # remove our own earlier output (and only that), so no stale class survives
-        for stale in (out / shape).glob(f"{shape}_[0-9][0-9][0-9][0-9].jpg"):
-            stale.unlink()
-        if (out / shape).is_dir() and not any((out / shape).iterdir()):
-            (out / shape).rmdir()
+    if image_size > MAX_GENERATED_SIZE:
+        raise UserError(f"--image-size {image_size} is too large for --generate-data: at most "
+                        f"{MAX_GENERATED_SIZE} pixels (models take 32-384 px; 64, the default, trains fast)")
+    check_generate_outputs(out, classes, per_class, samples_dir)
+    remove_stale(out, samples_dir)
     for name in classes:
         class_dir = out / name
         class_dir.mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
             rng = random.Random(f"{seed}/{name}/{i}")
-            draw_shape(name, image_size, rng).save(class_dir / f"{name}_{i:04d}.jpg", quality=92)
+            save_ours(draw_shape(name, image_size, rng), class_dir / f"{name}_{i:04d}.jpg")
         print(f"  {name:<10} {per_class} images -> {class_dir}")
-    samples_dir.mkdir(parents=True, exist_ok=True)
     loose = samples_dir / "samples"
-    loose.mkdir(exist_ok=True)
-    for stale in SHAPES:  # only our own earlier samples, so samples/ matches this data set
-        (loose / f"{stale}.jpg").unlink(missing_ok=True)
+    loose.mkdir(parents=True, exist_ok=True)
     for name in classes:  # a different seed stream: these are not copies of training images
-        draw_shape(name, image_size, random.Random(f"{seed}/sample/{name}")).save(
-            loose / f"{name}.jpg", quality=92
-        )
-    shutil.copyfile(loose / f"{classes[0]}.jpg", samples_dir / "sample.jpg")
+        save_ours(draw_shape(name, image_size, random.Random(f"{seed}/sample/{name}")), loose / f"{name}.jpg")
+    write_via_temp(samples_dir / "sample.jpg", lambda tmp: shutil.copyfile(loose / f"{classes[0]}.jpg", tmp))
     print(
         f"Wrote {len(classes) * per_class} images in {len(classes)} classes to {out}/, "
         f"sample images to {samples_dir / 'sample.jpg'} and {loose}/"

@@ -19,7 +19,7 @@ from vitclassifier.data.folders import list_images
 from vitclassifier.data.transforms import Preprocessing, eval_transform
 from vitclassifier.devices import cpu_supports_bf16
 from vitclassifier.errors import UserError
-from vitclassifier.files import atomic_write_text
+from vitclassifier.files import atomic_write_bytes, check_output_file, refuse_inside
 from vitclassifier.inference.loading import load_export
 from vitclassifier.model.checkpoint import load_checkpoint, read_info
 from vitclassifier.model.exporters import describe, export_onnx, quantize_int8, trace
@@ -32,7 +32,7 @@ EXACT_FORMATS = ("onnx", "torchscript")  # fp32 as PyTorch runs it; the others r
 TOLERANCE = 1e-3  # max |logit difference| accepted for the exact formats
 MIN_AGREEMENT = 0.99  # top-1 agreement with PyTorch below which the other formats get a warning
 CHECK_IMAGES = 64  # at most this many images from --check-images are compared
-CALIBRATION_IMAGES = 64  # and from --calibration-images calibrate openvino-int8 (about 15 s for vit-small)
+CALIBRATION_IMAGES = 64  # and from --calibration-images calibrate openvino-int8 (time: docs/performance.md)
 BENCH_BATCH = 32
 EXTRAS = "pip install -r requirements-extras.txt"
 
@@ -47,6 +47,32 @@ class ExportConfig:
     opset: int | None = None
     bench_rounds: int = 5
     threads: int | None = None
+    overwrite: bool = False  # replace an existing export at ``out``
+
+
+def export_files(out: Path, fmt: str) -> list[Path]:
+    """Every file an export writes: the artefact first, its sidecar JSON, any weights beside it."""
+    beside = {"onnx": [out.with_name(out.name + ".data")], "openvino": [out.with_suffix(".bin")],
+              "openvino-int8": [out.with_suffix(".bin")]}
+    return [out, out.with_name(out.name + ".json"), *beside.get(fmt, [])]
+
+
+def check_export_outputs(config: ExportConfig) -> None:
+    """Before loading anything: the export may be written where asked. Never into the checkpoint
+    folder (it would replace the weights being read), never over an existing export without
+    --overwrite, never into a missing or read-only folder; the input folders must be folders."""
+    refuse_inside(config.out, config.model, "--out", "the checkpoint folder")
+    out, *others = export_files(config.out, config.format)
+    check_output_file(out, "--out", config.overwrite)
+    for path in others:  # written with it: an old one belongs to the export at --out
+        check_output_file(path, f"--out {out}: its file", config.overwrite or not out.exists())
+    if config.check_images is not None and not config.check_images.is_dir():
+        raise UserError(f"--check-images {config.check_images} is not a folder; give a folder of images")
+    if config.format == "openvino-int8" and not config.calibration_images.is_dir():
+        raise UserError(
+            f"--calibration-images {config.calibration_images} is not a folder: give images like "
+            f"those the model will predict, to calibrate int8 on (train.py's --data is best)"
+        )
 
 
 def check_batch(prep: Preprocessing, folder: Path | None, limit: int = CHECK_IMAGES,
@@ -141,6 +167,7 @@ def compare(reference: torch.Tensor, candidate: torch.Tensor, described: str, co
 
 def export_checkpoint(config: ExportConfig) -> bool:
     """Write, reload, compare and time one artefact; False if an exact export disagrees with PyTorch."""
+    check_export_outputs(config)
     model, prep, labels = load_checkpoint(config.model)
     net = LogitsOnly(model).eval()
     images, described = check_batch(prep, config.check_images)
@@ -153,10 +180,10 @@ def export_checkpoint(config: ExportConfig) -> bool:
 
     temperature = float(read_info(config.model).get("temperature", 1.0))  # calibrated by train.py
     meta = describe(prep, labels, config.model, config.format, temperature)
-    config.out.parent.mkdir(parents=True, exist_ok=True)
     # batch 2 as the example: tracing or exporting with 1 could bake that size into the graph
     engine = write_artefact(net, images[:2], prep, meta, config)
-    atomic_write_text(config.out.with_name(config.out.name + ".json"), json.dumps(meta, indent=2) + "\n")
+    sidecar = json.dumps(meta, indent=2) + "\n"
+    atomic_write_bytes(config.out.with_name(config.out.name + ".json"), sidecar.encode())
     print(f"Wrote {config.out} and {config.out.name}.json ({len(labels)} labels, {prep.image_size}px input)")
 
     exported = load_export(

@@ -3,7 +3,10 @@ carrying its label map and preprocessing (``describe``) so it can be used withou
 OpenVINO's writer is in openvino.py; inference/runtimes.py reads every format back."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import warnings
 from pathlib import Path
 
@@ -12,6 +15,7 @@ from torch import nn
 
 from vitclassifier.data.transforms import Preprocessing
 from vitclassifier.errors import UserError
+from vitclassifier.files import atomic_write_bytes, write_files_via_temp
 from vitclassifier.model.vit import quiet_transformers
 
 EXTRAS = "pip install -r requirements-extras.txt"
@@ -19,6 +23,9 @@ EXTRAS = "pip install -r requirements-extras.txt"
 ONNX_SINGLE_FILE_BYTES = 1800 * 2**20
 TORCHSCRIPT_META = "classifier.json"  # the extra file of a TorchScript archive holding its metadata
 META_KEYS = ("labels", "image_size", "crop_pct", "mean", "std")  # what every export must carry
+# The lowest opset a ViT exports to: LayerNormalization exists from opset 17 (measured: the exporter
+# writes 18 and converts down; to 16 or lower the conversion fails and it would keep 18).
+ONNX_MIN_OPSET = 17
 
 
 def describe(prep: Preprocessing, labels: list[str], source: Path, fmt: str, temperature: float) -> dict:
@@ -43,24 +50,44 @@ def describe(prep: Preprocessing, labels: list[str], source: Path, fmt: str, tem
 
 
 def read_meta(meta: dict, path: Path) -> tuple[Preprocessing, list[str]]:
-    """The preprocessing and labels an export carries in its metadata (see describe)."""
+    """The preprocessing and labels an export carries in its metadata (see describe), checked: labels
+    a list of distinct strings, image size a whole number within bounds, crop in (0, 1], three finite
+    means, three stds above 0. The graph's own sizes are compared by inference/runtimes.py."""
+    from vitclassifier.model.validation import check_labels, preprocessing_from_meta
+    where = f"export {path}"
     missing = [key for key in META_KEYS if key not in meta]
     if missing:
-        raise UserError(f"{path} has no {', '.join(missing)} in its metadata; export it with export.py")
-    prep = Preprocessing(
-        int(meta["image_size"]), float(meta["crop_pct"]), tuple(meta["mean"]), tuple(meta["std"])
-    )
-    return prep, list(meta["labels"])
+        raise UserError(f"cannot load {where}: it has no {', '.join(missing)} in its metadata; "
+                        f"export it with export.py")
+    return preprocessing_from_meta(meta, where), check_labels(meta["labels"], where)
+
+
+@contextlib.contextmanager
+def quiet_onnx_exporter():
+    """The exporter logs a version conversion it cannot do as a warning with a traceback, then
+    carries on in its own opset; export_onnx reports that as one line instead."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def export_onnx(net: nn.Module, example: torch.Tensor, out: Path, meta: dict, opset: int | None) -> int:
-    """ONNX with a dynamic batch axis and ``meta`` in metadata_props; returns the opset written."""
+    """ONNX with a dynamic batch axis and ``meta`` in metadata_props; returns the opset written.
+    Written under a temporary name first (weights beside it too, for big models): a failed write
+    leaves the previous export as it was. A requested opset the exporter could not convert to is
+    a UserError, before anything is written."""
     try:
         import onnx  # noqa: F401  (the exporter needs onnx and onnxscript; say so before it fails deep inside)
         import onnxscript  # noqa: F401
     except ImportError as error:
         raise UserError(f"--format onnx needs the {error.name} package: {EXTRAS}") from None
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), quiet_onnx_exporter():
         warnings.simplefilter("ignore")  # the exporter's notes on transformers internals help no user
         program = torch.onnx.export(
             net,
@@ -72,23 +99,31 @@ def export_onnx(net: nn.Module, example: torch.Tensor, out: Path, meta: dict, op
             dynamo=True,
             verbose=False,
         )
-    opset = program.model.opset_imports[""]
-    for key, value in {**meta, "opset": opset}.items():
+    written = program.model.opset_imports[""]
+    if opset is not None and written != opset:
+        raise UserError(f"--opset {opset}: the exporter cannot convert this model to opset {opset} (it "
+                        f"would write opset {written}); nothing was written. Leave --opset out (opset "
+                        f"{written}), or try another")
+    for key, value in {**meta, "opset": written}.items():
         program.model.metadata_props[key] = json.dumps(value)
-    weights = sum(p.numel() * p.element_size() for p in net.parameters())
-    program.save(str(out), external_data=weights > ONNX_SINGLE_FILE_BYTES)
-    return opset
+    external = sum(p.numel() * p.element_size() for p in net.parameters()) > ONNX_SINGLE_FILE_BYTES
+    write_files_via_temp(out, lambda tmp: program.save(str(tmp), external_data=external))
+    return written
 
 
 def trace(net: nn.Module, example: torch.Tensor, out: Path, meta: dict) -> None:
-    """TorchScript by tracing, with ``meta`` as the archive's extra file classifier.json."""
+    """TorchScript by tracing, with ``meta`` as the archive's extra file classifier.json. The archive
+    is built in memory and written through a temporary file: torch.jit.save on a full disk aborts
+    the interpreter, and a failed write must leave the previous export as it was."""
     with warnings.catch_warnings(), torch.inference_mode(), quiet_transformers():
         # The tracer warns about ViT's checks of channels and image size, which the preprocessing
         # fixes, and of causal attention, which ViT never uses. TorchScript and torch.ao
         # quantization are deprecated since PyTorch 2.10 but still work.
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(net, example)
-        torch.jit.save(traced, str(out), _extra_files={TORCHSCRIPT_META: json.dumps(meta)})
+        archive = io.BytesIO()
+        torch.jit.save(traced, archive, _extra_files={TORCHSCRIPT_META: json.dumps(meta)})
+    atomic_write_bytes(out, archive.getvalue())
 
 
 def quantize_int8(net: nn.Module) -> nn.Module:

@@ -7,13 +7,13 @@ Two ways in:
   * export.py --format openvino | openvino-int8 writes an OpenVINO IR (model.xml + model.bin, the
     label map and preprocessing inside it), which predict.py --model FILE.xml runs. The int8 one is
     calibrated on your images with NNCF: every activation gets a fixed int8 range, measured once, so
-    the CPU's int8 dot-product instructions do the matmuls (about 1.5x PyTorch's dynamic int8 here).
+    the CPU's int8 dot-product instructions do the matmuls, with no range-finding at run time as in
+    PyTorch's dynamic int8, which it beats (docs/performance.md has the figures).
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
 import warnings
 from pathlib import Path
 
@@ -21,11 +21,12 @@ import torch
 from torch import nn
 
 from vitclassifier.errors import UserError
+from vitclassifier.files import write_files_via_temp
 from vitclassifier.model.vit import quiet_transformers
 
 INSTALL = "pip install openvino nncf, or pip install -r requirements-extras.txt"
 # Left in bf16 by the int8 calibration: quantizing the classifier's input and the patch embedding cost
-# the most agreement with fp32 (98.8% -> 100% of 240 images on a barely-trained model, for 3% speed).
+# the most agreement with fp32, and keeping them costs little speed (measured: docs/performance.md).
 KEEP_IN_BF16 = [".*classifier.*", ".*patch_embeddings.*"]
 
 
@@ -75,12 +76,11 @@ def quantize_static(converted, calibration: torch.Tensor):
 
 
 def save_ir(converted, out: Path, meta: dict) -> None:
-    """Write ``out`` (.xml) and its weights (.bin) with ``meta`` in the IR's rt_info, each under a
-    temporary name first, so an interrupted export never leaves a half-written model."""
+    """Write ``out`` (.xml) and its weights (.bin) with ``meta`` in the IR's rt_info, both in a
+    temporary folder first, then moved into place (the .xml last): an interrupted or failed export
+    (disk full: a UserError) never leaves a half-written model, and the previous one stays."""
     openvino = import_openvino("--format openvino")
     for key, value in meta.items():
         converted.set_rt_info(json.dumps(value), ["classifier", key])
-    tmp = out.with_name(out.stem + ".tmp.xml")
-    openvino.save_model(converted, str(tmp), compress_to_fp16=False)  # weights as they are; int8 stays int8
-    os.replace(tmp.with_suffix(".bin"), out.with_suffix(".bin"))
-    os.replace(tmp, out)
+    # weights as they are (no fp16 compression): int8 stays int8
+    write_files_via_temp(out, lambda tmp: openvino.save_model(converted, str(tmp), compress_to_fp16=False))

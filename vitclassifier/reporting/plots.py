@@ -6,9 +6,13 @@ from pathlib import Path
 
 import torch
 
+from vitclassifier.data.folders import utf8_safe
 from vitclassifier.data.images import load_image
+from vitclassifier.files import write_via_temp
 
 MAX_PICTURES = 24  # predict.py --visualize draws at most this many images, to keep the figure readable
+# how class and file names are drawn: literally, never as mathtext ("x^2_$y$") or through TeX
+LITERAL = {"parse_math": False, "usetex": False}
 
 
 def pyplot():
@@ -63,8 +67,9 @@ def write_confusion(normalised: torch.Tensor, labels: list[str], png: Path) -> N
         rotation=90 if n > 6 else 45,
         ha="center" if n > 6 else "right",
         fontsize=max(6, 11 - n // 10),
+        **LITERAL,
     )
-    axis.set_yticks(range(n), labels, fontsize=max(6, 11 - n // 10))
+    axis.set_yticks(range(n), labels, fontsize=max(6, 11 - n // 10), **LITERAL)
     axis.set_xlabel("predicted")
     axis.set_ylabel("true")
     if n <= 30:  # numbers in the cells while they still fit
@@ -103,6 +108,7 @@ def write_mistakes(mistakes: list[tuple[str, int, int, float]], labels: list[str
             f"true: {labels[true]}\npredicted: {labels[predicted]} ({confidence * 100:.0f}%)",
             fontsize=9,
             color="#b22",
+            **LITERAL,
         )
     if not mistakes:
         axes[0, 0].text(0.5, 0.5, "no mistakes on the validation set", ha="center", va="center")
@@ -113,7 +119,9 @@ def write_mistakes(mistakes: list[tuple[str, int, int, float]], labels: list[str
 
 
 def write_predictions(results: list[dict], out: Path) -> None:
-    """One row per image: the picture, and its top-k labels as horizontal confidence bars."""
+    """One row per image: the picture, and its top-k labels as horizontal confidence bars. Written
+    to exactly ``out`` (its extension names the format) through a temporary file; its folder must
+    exist (predict.py checks that before predicting). A failed write is a UserError."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -127,16 +135,18 @@ def write_predictions(results: list[dict], out: Path) -> None:
     )
     for (image_axis, bar_axis), result in zip(axes, shown):
         image_axis.imshow(load_image(result["path"]))
-        image_axis.set_title(Path(result["path"]).name, fontsize=9)
+        image_axis.set_title(utf8_safe(Path(result["path"]).name), fontsize=9, **LITERAL)  # Latin-1 too
         image_axis.axis("off")
         names = [p["label"] for p in result["predictions"]][::-1]
         confidences = [p["confidence"] * 100 for p in result["predictions"]][::-1]
-        bars = bar_axis.barh(names, confidences, color=["#9ab"] * (len(names) - 1) + ["#2a7"])
+        bars = bar_axis.barh(range(len(names)), confidences, color=["#9ab"] * (len(names) - 1) + ["#2a7"])
+        bar_axis.set_yticks(range(len(names)), names, **LITERAL)
         bar_axis.bar_label(bars, fmt="%.1f%%", padding=3, fontsize=9)
         bar_axis.set_xlim(0, 115)
         bar_axis.set_xlabel("confidence (%)")
         bar_axis.spines[["top", "right"]].set_visible(False)
     figure.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=100)
-    plt.close(figure)
+    try:  # the format from out's extension: the temporary name has none matplotlib knows
+        write_via_temp(out, lambda tmp: figure.savefig(tmp, dpi=100, format=Path(out).suffix[1:].lower()))
+    finally:
+        plt.close(figure)

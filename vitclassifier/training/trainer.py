@@ -8,206 +8,31 @@ together with the optimizer, scheduler, scaler and EMA states (see ``save_last``
 """
 from __future__ import annotations
 
+import math
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from vitclassifier.config import TrainConfig
-from vitclassifier.data.audit import audit_dataset, format_report
-from vitclassifier.data.dataset import ImageFolderDataset, collate_skipping_bad, fill_caches
-from vitclassifier.data.folders import load_splits
-from vitclassifier.data.transforms import eval_transform, train_transform
-from vitclassifier.devices import autocast_dtype, configure_backends, loader_workers, pick_device, run_in_bf16
+from vitclassifier.devices import pick_device
 from vitclassifier.errors import UserError
-from vitclassifier.model.checkpoint import check_output_dir, save_model
-from vitclassifier.model.runnable import HeadOnly
-from vitclassifier.model.vit import create_model, freeze, set_backbone_dropout
-from vitclassifier.reporting.report import report_run
+from vitclassifier.model.checkpoint import save_model
+from vitclassifier.reporting.metrics import SELECT_BY, metrics_row, new_totals, write_metrics
 from vitclassifier.reporting.tracking import make_tracker
-from vitclassifier.training.distributed import (
-    EpochSampler,
-    ShardSampler,
-    World,
-    close_world,
-    epoch_seed,
-    init_world,
-    merge_dicts_across,
-    sum_across,
-)
-from vitclassifier.training.features import can_cache_features, extract_features
-from vitclassifier.training.loop import Run, check_classes_readable, evaluate, train_epoch
-from vitclassifier.training.metrics import SELECT_BY, metrics_row, new_totals, read_metrics, write_metrics
-from vitclassifier.training.recipe import (
-    EMA,
-    class_weights,
-    make_optimizer,
-    mix_batches,
-    set_trainable,
-    staged_warmup_cosine,
-)
-from vitclassifier.training.resume import (
-    StopSignal,
-    data_fingerprint,
-    ignore_stop_signals,
-    prepare_resume,
-    saved_options,
-)
-
-RESUMED_PARTS = ("optimizer", "scheduler", "scaler")  # Run attributes saved with the training state
+from vitclassifier.training.distributed import World, close_world, init_world, merge_dicts_across, sum_across
+from vitclassifier.training.final_report import report_run
+from vitclassifier.training.loop import check_classes_readable, evaluate, train_epoch
+from vitclassifier.training.recipe import set_trainable
+from vitclassifier.training.resume import StopSignal, prepare_resume, saved_options
+from vitclassifier.training.setup import RESUMED_PARTS, TrainerSetUp
 
 
-@dataclass
-class TrainState:
-    """Where a run is: the next (epoch, step), that epoch's running sums, the best model so far."""
-    epoch: int = 1
-    step: int = 0
-    totals: dict = field(default_factory=new_totals)
-    best: dict = field(default_factory=lambda: {"epoch": 0, "score": None})
-    stale_epochs: int = 0
-    rows: list[dict] = field(default_factory=list)  # metrics.csv so far
-
-
-class Trainer:
-    def __init__(self, config: TrainConfig, world: World, device: torch.device, saved: dict | None = None):
-        self.config, self.world, self.device, self.saved = config, world, device, saved
-        self.output_dir = config.runtime.output_dir
-        self.dtype = autocast_dtype(device, config.runtime.precision)
-        self.state = TrainState()
-        self.say = print if world.is_main else (lambda *a, **k: None)
-
-    # -- set-up ---------------------------------------------------------------------------------
-    def load_data(self) -> None:
-        """Labels and the train/val split; on a resume, the data must be what that run trained on."""
-        data = self.config.data
-        self.labels, self.train_samples, self.val_samples = load_splits(data.folder, data.val_split,
-                                                                        self.config.recipe.seed)
-        self.fingerprint = data_fingerprint(self.train_samples, data.folder)
-        saved = self.saved
-        if saved is not None and (saved["labels"] != self.labels or saved["data"] != self.fingerprint):
-            raise UserError(f"cannot resume {saved['dir']}: the data in {data.folder} changed since that run "
-                            f"(classes then: {saved['labels']}, now: {self.labels}; "
-                            f"or training files added/removed)")
-        if self.world.is_main:
-            report = audit_dataset(self.labels, self.train_samples, self.val_samples, image_size=None,
-                                   decode=False)
-            notes = format_report(report, brief=True)
-            if notes:
-                print(notes)
-            if report["fatal"]:
-                raise UserError("; ".join(report["fatal"]))
-
-    def build_model(self) -> None:
-        """The classifier for our labels, frozen as asked, on the device, and the Run the loops share."""
-        options, recipe, device = self.config.model, self.config.recipe, self.device
-        torch.manual_seed(recipe.seed)
-        source = str(self.saved["dir"]) if self.saved else options.name
-        pretrained = self.saved is not None or options.pretrained
-        model, self.prep = create_model(source, self.labels, pretrained=pretrained, dropout=options.dropout,
-                                        image_size=options.image_size)
-        set_backbone_dropout(model, options.backbone_dropout)
-        freeze(model, options.freeze)
-        self.trainable = {id(p) for p in model.parameters() if p.requires_grad}  # what --freeze leaves
-        if options.grad_checkpointing:  # renamed in transformers 5.x; the old name still works before that
-            (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
-        model.to(device)
-        configure_backends(device)
-        run_in_bf16(model, device, self.dtype, training=True)
-        model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-        if self.world.is_main:  # best + last + optimizer moments + EMA + one copy while a save is swapped in
-            check_output_dir(self.output_dir, needed_bytes=(6 + (recipe.ema > 0)) * model_bytes + 2**20)
-        self.model = model
-        self.shared = Run(model, model, device, self.dtype, self.world, recipe,
-                        mix=mix_batches(len(self.labels), recipe.mixup, recipe.cutmix),
-                        ema=EMA(model, recipe.ema) if recipe.ema > 0 else None)
-        if recipe.class_weights == "auto":
-            self.shared.loss_weight = class_weights(self.train_labels, len(self.labels)).to(device)
-
-    @property
-    def train_labels(self) -> list[int]:
-        return [label for _, label in self.train_samples]
-
-    def build_loaders(self) -> None:
-        """Datasets (decoded once into the cache), the feature shortcut, samplers and loaders."""
-        data, prep = self.config.data, self.prep
-        self.loader_options = dict(batch_size=data.batch_size, collate_fn=collate_skipping_bad,
-                                   num_workers=loader_workers(data.num_workers, self.device),
-                                   pin_memory=self.device.type == "cuda", worker_init_fn=ignore_stop_signals)
-        train_set = ImageFolderDataset(self.train_samples, train_transform(prep, **data.augment),
-                                       prep.resize_size)
-        self.val_set = ImageFolderDataset(self.val_samples, eval_transform(prep), prep.resize_size)
-        if data.cache_mb:  # before the loaders fork their workers, which then share the cache
-            self.say(fill_caches([train_set, self.val_set], data.cache_mb * 2**20))
-        self.train_data, val_data, self.as_net = train_set, self.val_set, (lambda net: net)
-        if can_cache_features(self.config):  # nothing changes between epochs: run the frozen backbone once
-            start = time.time()
-            self.train_data, val_data = (
-                extract_features(self.model, s, data.batch_size, self.device, self.dtype)
-                for s in (train_set, self.val_set))
-            self.as_net = HeadOnly
-            train_set.cache.clear()  # no longer read: free it (the validation images serve the report)
-            self.say(f"Frozen backbone, no augmentation: computed its features once in "
-                     f"{time.time() - start:.1f}s; the epochs train the head on them")
-        weights = None
-        if data.balanced_sampler:
-            per_class = class_weights(self.train_labels, len(self.labels))
-            weights = per_class[torch.tensor(self.train_labels)].double()
-        recipe = self.config.recipe
-        self.sampler = EpochSampler(len(self.train_data), data.batch_size * recipe.grad_accum, recipe.seed,
-                                    self.world, weights)
-        self.train_loader = DataLoader(self.train_data, sampler=self.sampler, **self.loader_options)
-        self.val_loader = DataLoader(val_data, sampler=ShardSampler(len(val_data), self.world),
-                                     **self.loader_options)
-
-    def build_optimizer(self) -> None:
-        """AdamW, the staged warm-up + cosine schedule (the head alone first with --freeze-epochs), scaler."""
-        recipe, run = self.config.recipe, self.shared
-        run.optimizer = make_optimizer(self.model, recipe.lr, recipe.weight_decay, recipe.layer_decay,
-                                       recipe.head_lr)
-        self.head_epochs = min(recipe.freeze_epochs, recipe.epochs)
-        stages = [n * self.sampler.steps for n in (self.head_epochs, recipe.epochs - self.head_epochs) if n]
-        schedule = staged_warmup_cosine(stages, recipe.warmup)
-        run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, schedule)
-        run.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
-
-    def restore(self) -> None:
-        """Continue a saved run: optimizer, scheduler, scaler and EMA, position, sums, best so far."""
-        saved, run = self.saved, self.shared
-        for part in RESUMED_PARTS + (("ema",) if run.ema else ()):
-            getattr(run, part).load_state_dict(saved[part])
-        run.bad_files = saved["bad_files"]
-        self.state = TrainState(epoch=saved["epoch"], step=saved["step"], best=saved["best"],
-                                stale_epochs=saved["stale_epochs"],
-                                rows=read_metrics(self.output_dir / "metrics.csv", saved["epoch"] - 1))
-        if self.world.is_main:  # the saved sums cover all processes; the others start this epoch at zero
-            self.state.totals = saved["totals"]
-        self.say(f"Resuming {saved['dir']} at epoch {saved['epoch']}, step {saved['step']} "
-                 f"of {self.sampler.steps}")
-
-    def set_up(self) -> None:
-        self.load_data()
-        self.build_model()
-        self.build_loaders()
-        self.build_optimizer()
-        if self.saved is not None:
-            self.restore()
-        self.announce()
-
-    def announce(self) -> None:
-        config, world, model = self.config, self.world, self.model
-        trained = sum(p.numel() for p in model.parameters() if id(p) in self.trainable)
-        precision = str(self.dtype).replace("torch.", "") if self.dtype else "fp32"
-        global_batch = world.size * config.data.batch_size * config.recipe.grad_accum
-        processes = f" | {world.size} processes, global batch {global_batch}" if world.distributed else ""
-        random_init = " (random init)" if config.model.no_pretrained else ""
-        self.say(f"{len(self.labels)} classes, {len(self.train_samples)} training and "
-                 f"{len(self.val_samples)} "
-                 f"validation images | {config.model.name}{random_init} "
-                 f"@ {self.prep.image_size}px, {trained:,} of {sum(p.numel() for p in model.parameters()):,} "
-                 f"parameters trained | {self.device.type}, {precision}{processes}")
+class Trainer(TrainerSetUp):
+    """The epochs of a run: train, validate, keep the best, save last/; then the report."""
 
     # -- one epoch ------------------------------------------------------------------------------
     def enter_stage(self, epoch: int) -> None:
@@ -223,12 +48,11 @@ class Trainer:
 
     def train_one_epoch(self, stop: StopSignal) -> bool:
         """Train the rest of the current epoch; False when a stop signal cut it short."""
-        state, seed = self.state, self.config.recipe.seed
+        state = self.state
         self.enter_stage(state.epoch)
         if state.step == 0:  # metrics.csv shows the LR an epoch starts with, also when it was resumed
             state.totals["lr"] = self.shared.scheduler.get_last_lr()[-1]
         self.sampler.set_epoch(state.epoch, start_batch=state.step)
-        self.train_data.epoch_seed = epoch_seed(seed, state.epoch)  # augmentation: (seed, epoch, image) only
         state.step = train_epoch(self.shared, self.train_loader, state.epoch, state.step, state.totals, stop)
         return state.step >= self.sampler.steps
 
@@ -253,7 +77,8 @@ class Trainer:
         select, state = SELECT_BY[select_by], self.state
         use_ema = ema is not None and select(ema) > select(val)
         chosen = ema if use_ema else val
-        improved = state.best["score"] is None or list(select(chosen)) > state.best["score"]
+        scored = math.isfinite(chosen["loss"])  # a NaN validation loss is never "best"
+        improved = scored and (state.best["score"] is None or list(select(chosen)) > state.best["score"])
         if improved:
             state.best = {"epoch": state.epoch, "score": list(select(chosen)), "select_by": select_by,
                           "weights": "ema" if use_ema else "raw", "val_acc": chosen["acc"],
@@ -274,7 +99,8 @@ class Trainer:
         save_model(self.model, self.prep, self.output_dir / "last", training_state={
             "epoch": state.epoch, "step": state.step, "totals": state.totals, "labels": self.labels,
             "data": self.fingerprint, "options": saved_options(self.config), "best": state.best,
-            "stale_epochs": state.stale_epochs, "bad_files": run.bad_files,
+            "stale_epochs": state.stale_epochs, "bad_files": run.bad_files, "rows": state.rows,
+            "finished": state.finished,
             **{part: getattr(run, part).state_dict() for part in RESUMED_PARTS},
             **({"ema": run.ema.state_dict()} if run.ema else {})})
 
@@ -282,8 +108,9 @@ class Trainer:
     def end_epoch(self, started: float) -> bool:
         """Validate, record, keep the best, save last/; True when early stopping says enough."""
         state, recipe = self.state, self.config.recipe
-        val, ema = self.validate()
         totals = self.summed(state.totals)
+        self.check_finite(totals)
+        val, ema = self.validate()
         state.rows.append(metrics_row(state.epoch, totals, val, ema, time.time() - started))
         self.tracker.log_epoch(state.epoch, state.rows[-1])
         improved = self.keep_best(val, ema, totals["count"])
@@ -295,14 +122,24 @@ class Trainer:
                  f"macro-F1 {val['macro_f1']:.3f}{ema_note}"
                  f" | {time.time() - started:.0f}s{'  * best, saved' if improved else ''}")
         self.last_totals, self.last_val = totals, val
+        early_stop = bool(recipe.patience) and state.stale_epochs >= recipe.patience
         state.epoch, state.step, state.totals = state.epoch + 1, 0, new_totals()
-        self.save_last()
+        state.finished = early_stop or state.epoch > recipe.epochs
+        self.save_last()  # with the rows: a kill before metrics.csv is rewritten loses no row
         if self.world.is_main:
             write_metrics(self.output_dir / "metrics.csv", state.rows)
-        early_stop = bool(recipe.patience) and state.stale_epochs >= recipe.patience
         if early_stop:
             self.say(f"Early stop: no better validation score for {recipe.patience} epochs")
         return early_stop
+
+    def check_finite(self, totals: dict) -> None:
+        """A loss that is no longer a number means the weights are ruined: stop before saving them."""
+        if math.isfinite(totals["loss"]):
+            return
+        lr = self.config.recipe.lr
+        raise UserError(f"training diverged in epoch {self.state.epoch}: the training loss became "
+                        f"{totals['loss']}. Nothing of this epoch was saved: {self.output_dir} keeps the "
+                        f"last good epoch. Lower --lr (now {lr:g}) or --head-lr, or raise --warmup")
 
     def stopped_mid_epoch(self) -> None:
         """A stop signal inside an epoch: keep this step and the epoch's running sums."""
@@ -316,8 +153,6 @@ class Trainer:
     def train_epochs(self, stop: StopSignal) -> bool:
         """The epoch loop; False when a stop signal cut an epoch short."""
         state, epochs = self.state, self.config.recipe.epochs
-        if state.epoch > epochs:
-            self.say(f"{self.saved['dir']} already finished all {epochs} epochs; raise --epochs to train on")
         while state.epoch <= epochs:
             started = time.time()
             if not self.train_one_epoch(stop):
@@ -382,8 +217,16 @@ def train(config: TrainConfig, given: set[str] = frozenset()) -> dict:
     """Train as ``config`` says (``given``: the options typed on the command line, which a resumed
     run must not contradict). Returns the summary of Trainer.run."""
     config, saved = prepare_resume(config, given)  # first: a resumed run takes its options from the save
+    if saved is not None and (saved.get("finished") or saved["epoch"] > config.recipe.epochs):
+        run_dir = saved["dir"].parent
+        print(f"{run_dir} already finished (best epoch {saved['best'].get('epoch')}); nothing was changed. "
+              f"To train longer, start a new run from its model: --model {run_dir / 'best'}")
+        return {**saved["best"], "stopped_by": 0, "bad_files": {}, "already_finished": True}
     world, device_choice = init_world(config.runtime.device)
+    trainer = Trainer(config, world, pick_device(device_choice), saved)
     try:
-        return Trainer(config, world, pick_device(device_choice), saved).run()
+        return trainer.run()
     finally:
+        if trainer.lock is not None:
+            trainer.lock.release()
         close_world(world)

@@ -1,0 +1,216 @@
+"""The set-up steps of a training run, before the first epoch: the data and its split, the model
+(frozen as asked, on the device), the output folder claimed, the loaders (decoded once into the
+cache; batches augmented on the device), the optimizer and schedule, and a saved run restored.
+``Trainer`` (trainer.py) builds on these and runs the epochs."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from vitclassifier.config import TrainConfig
+from vitclassifier.data.audit import audit_dataset, format_report
+from vitclassifier.data.augment import BatchAugment, train_decode
+from vitclassifier.data.dataset import ImageFolderDataset, collate_skipping_bad, fill_caches
+from vitclassifier.data.folders import load_splits
+from vitclassifier.data.transforms import eval_transform
+from vitclassifier.devices import autocast_dtype, configure_backends, loader_workers, run_in_bf16
+from vitclassifier.errors import UserError
+from vitclassifier.model.runnable import HeadOnly
+from vitclassifier.model.vit import create_model, freeze, set_backbone_dropout
+from vitclassifier.reporting.metrics import new_totals, read_metrics
+from vitclassifier.training.distributed import EpochSampler, ShardSampler, World
+from vitclassifier.training.features import can_cache_features, extract_features
+from vitclassifier.training.loop import Run
+from vitclassifier.training.output import claim_output_dir
+from vitclassifier.training.recipe import (
+    EMA,
+    class_weights,
+    make_optimizer,
+    mix_batches,
+    staged_warmup_cosine,
+)
+from vitclassifier.training.resume import data_fingerprint, ignore_stop_signals
+
+RESUMED_PARTS = ("optimizer", "scheduler", "scaler")  # Run attributes saved with the training state
+
+
+@dataclass
+class TrainState:
+    """Where a run is: the next (epoch, step), that epoch's running sums, the best model so far."""
+    epoch: int = 1
+    step: int = 0
+    totals: dict = field(default_factory=new_totals)
+    best: dict = field(default_factory=lambda: {"epoch": 0, "score": None})
+    stale_epochs: int = 0
+    rows: list[dict] = field(default_factory=list)  # metrics.csv so far (saved with the state too)
+    finished: bool = False  # all epochs done, or stopped early: a resume has nothing left to do
+
+
+class TrainerSetUp:
+    """A run's configuration, its place among the processes, and the set-up steps."""
+
+    def __init__(self, config: TrainConfig, world: World, device: torch.device, saved: dict | None = None):
+        self.config, self.world, self.device, self.saved = config, world, device, saved
+        self.output_dir = config.runtime.output_dir
+        self.dtype = autocast_dtype(device, config.runtime.precision)
+        self.state = TrainState()
+        self.say = print if world.is_main else (lambda *a, **k: None)
+        self.lock = None  # the output folder's, held by the main process from set-up to the end
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def load_data(self) -> None:
+        """Labels and the train/val split; on a resume, the data must be what that run trained on."""
+        data = self.config.data
+        self.labels, self.train_samples, self.val_samples = load_splits(data.folder, data.val_split,
+                                                                        self.config.recipe.seed)
+        self.fingerprint = data_fingerprint(self.train_samples, data.folder)
+        saved = self.saved
+        if saved is not None and (saved["labels"] != self.labels or saved["data"] != self.fingerprint):
+            raise UserError(f"cannot resume {saved['dir']}: the data in {data.folder} changed since that run "
+                            f"(classes then: {saved['labels']}, now: {self.labels}; "
+                            f"or training files added/removed)")
+        if self.world.is_main:
+            report = audit_dataset(self.labels, self.train_samples, self.val_samples, image_size=None,
+                                   decode=False)
+            notes = format_report(report, brief=True)
+            if notes:
+                print(notes)
+            if report["fatal"]:
+                raise UserError("; ".join(report["fatal"]))
+
+    def build_model(self) -> None:
+        """The classifier for our labels, frozen as asked, on the device, and the Run the loops share."""
+        options, recipe, device = self.config.model, self.config.recipe, self.device
+        torch.manual_seed(recipe.seed % 2**63)
+        source = str(self.saved["dir"]) if self.saved else options.name
+        pretrained = self.saved is not None or options.pretrained
+        model, self.prep = create_model(source, self.labels, pretrained=pretrained, dropout=options.dropout,
+                                        image_size=options.image_size)
+        set_backbone_dropout(model, options.backbone_dropout)
+        freeze(model, options.freeze)
+        self.trainable = {id(p) for p in model.parameters() if p.requires_grad}  # what --freeze leaves
+        if options.grad_checkpointing:  # renamed in transformers 5.x; the old name still works before that
+            (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
+        model.to(device)
+        configure_backends(device)
+        run_in_bf16(model, device, self.dtype, training=True)
+        model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        if self.world.is_main:  # best, best.tmp: 1x each; last, last.tmp: 3x (weights, AdamW moments)
+            copies = 8 + 2 * (recipe.ema > 0)  # and the EMA's weights in last and last.tmp
+            self.lock = claim_output_dir(self.output_dir, self.config.data.folder, self.saved is not None,
+                                         self.config.runtime.overwrite, copies * model_bytes + 2**20)
+        self.model = model
+        self.shared = Run(model, model, device, self.dtype, self.world, recipe,
+                        mix=mix_batches(len(self.labels), recipe.mixup, recipe.cutmix),
+                        ema=EMA(model, recipe.ema) if recipe.ema > 0 else None)
+        if recipe.class_weights == "auto":
+            self.shared.loss_weight = class_weights(self.train_labels, len(self.labels)).to(device)
+
+    @property
+    def train_labels(self) -> list[int]:
+        return [label for _, label in self.train_samples]
+
+    def build_loaders(self) -> None:
+        """Datasets (decoded once into the cache), the feature shortcut, samplers and loaders. The
+        loaders only decode and resize to same-size uint8 squares; BatchAugment augments whole
+        batches on the training device."""
+        data, prep, recipe = self.config.data, self.prep, self.config.recipe
+        workers = loader_workers(data.num_workers, self.device)
+        self.loader_options = dict(batch_size=data.batch_size, collate_fn=collate_skipping_bad,
+                                   num_workers=workers, persistent_workers=workers > 0,
+                                   pin_memory=self.device.type == "cuda", worker_init_fn=ignore_stop_signals)
+        features = can_cache_features(self.config)  # nothing changes between epochs: run the backbone once
+        decode = eval_transform(prep) if features else train_decode(prep, data.augment["crop"],
+                                                                     data.augment["rotate"])
+        train_set = ImageFolderDataset(self.train_samples, decode, prep.resize_size)
+        self.val_set = ImageFolderDataset(self.val_samples, eval_transform(prep), prep.resize_size)
+        if data.cache_mb:  # before the loaders fork their workers, which then share the cache
+            self.say(fill_caches([train_set, self.val_set], data.cache_mb * 2**20))
+        self.train_data, val_data, self.as_net = train_set, self.val_set, (lambda net: net)
+        if features:
+            self.train_data, val_data = self.cache_features(train_set)
+        else:
+            self.shared.augment = BatchAugment(prep, **data.augment)
+        weights = None
+        if data.balanced_sampler:
+            per_class = class_weights(self.train_labels, len(self.labels))
+            weights = per_class[torch.tensor(self.train_labels)].double()
+        per_step = data.batch_size * recipe.grad_accum
+        if len(self.train_data) // self.world.size <= data.batch_size * (recipe.grad_accum - 1):
+            # fewer batches than --grad-accum: not one optimizer step could ever be taken
+            per_process = len(self.train_data) // self.world.size
+            raise UserError(f"--batch-size {data.batch_size} x --grad-accum {recipe.grad_accum} = {per_step} "
+                            f"images per step, but each process has {per_process} training images: lower "
+                            f"--batch-size or --grad-accum, or add images")
+        self.sampler = EpochSampler(len(self.train_data), per_step, recipe.seed, self.world, weights)
+        self.train_loader = DataLoader(self.train_data, sampler=self.sampler, **self.loader_options)
+        self.val_loader = DataLoader(val_data, sampler=ShardSampler(len(val_data), self.world),
+                                     **self.loader_options)
+
+    def cache_features(self, train_set: ImageFolderDataset) -> tuple[Dataset, Dataset]:
+        """--freeze backbone without augmentation: the backbone's features of every image, computed
+        once; the epochs then train the head on them."""
+        start, batch_size = time.time(), self.config.data.batch_size
+        train_data, val_data = (extract_features(self.model, s, batch_size, self.device, self.dtype)
+                                for s in (train_set, self.val_set))
+        self.as_net = HeadOnly
+        train_set.cache.clear()  # no longer read: free it (the validation images serve the report)
+        self.say(f"Frozen backbone, no augmentation: computed its features once in "
+                 f"{time.time() - start:.1f}s; the epochs train the head on them")
+        return train_data, val_data
+
+    def build_optimizer(self) -> None:
+        """AdamW, the staged warm-up + cosine schedule (the head alone first with --freeze-epochs), scaler."""
+        recipe, run = self.config.recipe, self.shared
+        run.optimizer = make_optimizer(self.model, recipe.lr, recipe.weight_decay, recipe.layer_decay,
+                                       recipe.head_lr)
+        self.head_epochs = min(recipe.freeze_epochs, recipe.epochs)
+        stages = [n * self.sampler.steps for n in (self.head_epochs, recipe.epochs - self.head_epochs) if n]
+        schedule = staged_warmup_cosine(stages, recipe.warmup)
+        run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, schedule)
+        run.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+
+    def restore(self) -> None:
+        """Continue a saved run: optimizer, scheduler, scaler and EMA, position, sums, best so far."""
+        saved, run = self.saved, self.shared
+        for part in RESUMED_PARTS + (("ema",) if run.ema else ()):
+            getattr(run, part).load_state_dict(saved[part])
+        run.bad_files = saved["bad_files"]
+        rows = saved.get("rows")  # older states: the rows are only in metrics.csv
+        if isinstance(rows, list):
+            rows = [row for row in rows if isinstance(row, dict) and str(row.get("epoch", "")).isdigit()
+                    and int(row["epoch"]) < saved["epoch"]]
+        else:
+            rows = read_metrics(self.output_dir / "metrics.csv", saved["epoch"] - 1)
+        self.state = TrainState(epoch=saved["epoch"], step=saved["step"], best=saved["best"],
+                                stale_epochs=saved["stale_epochs"], rows=rows)
+        if self.world.is_main:  # the saved sums cover all processes; the others start this epoch at zero
+            self.state.totals = saved["totals"]
+        self.say(f"Resuming {saved['dir']} at epoch {saved['epoch']}, step {saved['step']} "
+                 f"of {self.sampler.steps}")
+
+    def set_up(self) -> None:
+        self.load_data()
+        self.build_model()
+        self.build_loaders()
+        self.build_optimizer()
+        if self.saved is not None:
+            self.restore()
+        self.announce()
+
+    def announce(self) -> None:
+        config, world, model = self.config, self.world, self.model
+        trained = sum(p.numel() for p in model.parameters() if id(p) in self.trainable)
+        precision = str(self.dtype).replace("torch.", "") if self.dtype else "fp32"
+        global_batch = world.size * config.data.batch_size * config.recipe.grad_accum
+        processes = f" | {world.size} processes, global batch {global_batch}" if world.distributed else ""
+        random_init = " (random init)" if config.model.no_pretrained else ""
+        self.say(f"{len(self.labels)} classes, {len(self.train_samples)} training and "
+                 f"{len(self.val_samples)} "
+                 f"validation images | {config.model.name}{random_init} "
+                 f"@ {self.prep.image_size}px, {trained:,} of {sum(p.numel() for p in model.parameters()):,} "
+                 f"parameters trained | {self.device.type}, {precision}{processes}")
+
