@@ -1,5 +1,6 @@
-"""app.py for real: the server runs as `python app.py` on a free loopback port, gradio_client calls
-its API and headless Chromium uses the page; results are checked against predict.py's."""
+"""app.py and its page (inference/webapp.py) for real: the server runs as `python app.py` on a free
+loopback port, gradio_client calls its API and headless Chromium uses the page; results are checked
+against predict.py's."""
 from __future__ import annotations
 
 import contextlib
@@ -17,12 +18,14 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import CLASSES, ROOT
 
 import app
 import predict
-from conftest import CLASSES, ROOT
 
-gradio_client = pytest.importorskip("gradio_client", reason="needs the extras: pip install -r requirements-extras.txt")
+gradio_client = pytest.importorskip("gradio_client",
+                                    reason="needs the extras: pip install -r requirements-extras.txt")
+pytestmark = pytest.mark.slow  # a server process, a trained checkpoint, a browser
 CHROMIUM = Path("/usr/bin/chromium")
 STARTUP_SECONDS = 180  # importing gradio, torch and transformers is slow on a busy 2-core machine
 
@@ -41,8 +44,9 @@ def server(trained_run, tmp_path_factory):
     url = f"http://127.0.0.1:{(port := free_port())}/"
     log = tmp_path_factory.mktemp("app") / "server.log"
     with open(log, "w") as output:
-        process = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--model", str(trained_run / "best"),
-                                    "--port", str(port), "--top-k", "2"], stdout=output, stderr=subprocess.STDOUT,
+        command = [sys.executable, str(ROOT / "app.py"), "--model", str(trained_run / "best"),
+                   "--port", str(port), "--top-k", "2"]
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT,
                                    env={**os.environ, "HF_HUB_OFFLINE": "1"})
     try:
         deadline = time.monotonic() + STARTUP_SECONDS
@@ -52,7 +56,8 @@ def server(trained_run, tmp_path_factory):
                 urllib.request.urlopen(url, timeout=2)
                 break
             except OSError:
-                assert time.monotonic() < deadline, f"app.py did not answer in {STARTUP_SECONDS}s:\n{log.read_text()}"
+                assert time.monotonic() < deadline, (f"app.py did not answer in {STARTUP_SECONDS}s:\n"
+                                                     f"{log.read_text()}")
                 time.sleep(0.5)
         yield url
     finally:
@@ -74,15 +79,16 @@ def expected(trained_run, paths: list[Path], top_k: int) -> list[dict]:
     """What `python predict.py --json -` says about ``paths``."""
     output = io.StringIO()
     with contextlib.redirect_stdout(output):
-        assert predict.main(["--model", str(trained_run / "best"), "--image", *map(str, paths), "--top-k", str(top_k),
-                             "--device", "cpu", "--json", "-"]) == 0
+        assert predict.main(["--model", str(trained_run / "best"), "--image", *map(str, paths),
+                             "--top-k", str(top_k), "--device", "cpu", "--json", "-"]) == 0
     return json.loads(output.getvalue())["results"]
 
 
 def test_client_gets_the_same_predictions_as_predict(server, uploads, trained_run):
     paths = [uploads / f"{name}.png" for name in CLASSES]
     client = gradio_client.Client(server, verbose=False)
-    results, errors = client.predict([gradio_client.handle_file(str(p)) for p in paths], 2, api_name="/classify")
+    files = [gradio_client.handle_file(str(p)) for p in paths]
+    results, errors = client.predict(files, 2, api_name="/classify")
     assert errors == ""
     assert [r["name"] for r in results] == [p.name for p in paths]
     for ours, theirs in zip(results, expected(trained_run, paths, 2)):
@@ -104,12 +110,14 @@ def test_a_bad_upload_is_reported_and_the_rest_still_classified(server, uploads)
 def test_a_missing_checkpoint_is_a_one_line_error(tmp_path, capsys):
     assert app.main(["--model", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "not a trained checkpoint" in err and len(err.strip().splitlines()) == 1
+    assert err.startswith("error: ") and "not a trained checkpoint" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium)")
 def test_the_page_in_a_browser(server, uploads, trained_run, tmp_path):
-    playwright = pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install playwright)")
+    playwright = pytest.importorskip("playwright.sync_api",
+                                     reason="needs playwright (pip install playwright)")
     vertical = uploads / "vertical.png"
     top_2 = expected(trained_run, [vertical], 2)[0]["predictions"]  # the server was started with --top-k 2
     with playwright.sync_playwright() as driver:

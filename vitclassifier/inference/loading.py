@@ -16,6 +16,7 @@ from vitclassifier.inference.runtimes import OnnxModel, OpenVinoModel, TorchScri
 from vitclassifier.model.checkpoint import load_checkpoint, read_info
 from vitclassifier.model.exporters import quantize_int8, read_meta
 from vitclassifier.model.runnable import Runnable
+from vitclassifier.model.validation import check_temperature
 
 EXPORT_SUFFIXES = (".onnx", ".xml", ".pt")  # files made by export.py; anything else is a checkpoint directory
 CPU_ONLY_SUFFIXES = (".xml", ".pt")  # OpenVINO and our TorchScript exports run on the CPU
@@ -101,9 +102,11 @@ def load_for_prediction(
                 f"--compile and --runtime"
             )
         model = load_export(path, autocast_dtype(device, precision) == torch.bfloat16)
-        prep, labels = read_meta(model.meta, path)
-        return LoadedModel(model, prep, labels, float(model.meta.get("temperature", 1.0)), None, device)
+        prep, labels = read_meta(model.meta, path)  # checked, as is everything below: an export is input
+        model.expect(len(labels), prep.image_size)
+        temperature = check_temperature(model.meta.get("temperature", 1.0), model.where)
+        return LoadedModel(model, prep, labels, temperature, None, device)
     model, prep, labels = load_checkpoint(path)
-    temperature = float(read_info(path).get("temperature", 1.0))  # calibrated after training
+    temperature = read_info(path).get("temperature", 1.0)  # calibrated after training; checked by read_info
     runnable, dtype = prepare_model(model, device, precision, quantize, compile_model, runtime)
     return LoadedModel(runnable, prep, labels, temperature, dtype, device)

@@ -12,8 +12,9 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
+from vitclassifier.cli import printable
 from vitclassifier.data.dataset import ImageFolderDataset, collate_skipping_bad
-from vitclassifier.data.folders import list_images
+from vitclassifier.data.folders import list_images, utf8_safe
 from vitclassifier.data.transforms import eval_transform
 from vitclassifier.devices import autocast
 from vitclassifier.files import atomic_write_text
@@ -34,6 +35,8 @@ def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]
                 missing.append((item, "folder has no image files"))
         elif path.is_file():
             paths.append(path)
+        elif path.exists():  # a named pipe or a device: reading it would block for ever, or never end
+            missing.append((item, "not a regular file (a pipe or a device), skipped"))
         elif glob.has_magic(item):
             matches = sorted(Path(m) for m in glob.glob(item, recursive=True) if Path(m).is_file())
             paths += matches
@@ -106,22 +109,26 @@ def predict(
 
 
 def print_table(results: list[dict], file: TextIO = sys.stdout) -> None:
-    width = max((len(p["label"]) for r in results for p in r["predictions"]), default=5)
+    """The results as text; labels and paths with control characters escaped (cli.printable): a
+    name from a model file or a file name must not drive the terminal or split the table."""
+    width = max((len(printable(p["label"])) for r in results for p in r["predictions"]), default=5)
     for result in results:
         unsure = result.get("label") == UNKNOWN
-        print(f"{result['path']}{'  -> unknown: no label is confident enough' if unsure else ''}", file=file)
+        name = printable(utf8_safe(result["path"]))  # utf8_safe: a Latin-1 file name can be printed too
+        print(f"{name}{'  -> unknown: no label is confident enough' if unsure else ''}", file=file)
         for rank, p in enumerate(result["predictions"], 1):
-            bar = "#" * round(p["confidence"] * 20)
-            print(f"  {rank}. {p['label']:<{width}}  {p['confidence'] * 100:6.2f}%  {bar}", file=file)
+            bar, label = "#" * round(p["confidence"] * 20), printable(p["label"])
+            print(f"  {rank}. {label:<{width}}  {p['confidence'] * 100:6.2f}%  {bar}", file=file)
 
 
 def predictions_json(model_path: Path, results: list[dict], failures: list[tuple[str, str]]) -> str:
-    """The --json report: the model, every result, every input that could not be predicted."""
+    """The --json report: the model, every result, every input that could not be predicted. Paths and
+    reasons are valid UTF-8 whatever the file names (utf8_safe), so strict JSON parsers read it."""
     return json.dumps(
         {
-            "model": str(model_path),
-            "results": results,
-            "errors": [{"path": path, "error": reason} for path, reason in failures],
+            "model": utf8_safe(model_path),
+            "results": [{**result, "path": utf8_safe(result["path"])} for result in results],
+            "errors": [{"path": utf8_safe(path), "error": utf8_safe(reason)} for path, reason in failures],
         },
         indent=2,
     )

@@ -5,6 +5,7 @@ Unreadable uploads are listed in the page; the others are still classified.
 """
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 from vitclassifier.devices import keep_freed_memory
@@ -29,7 +30,8 @@ def make_classify(model_dir: Path, device_name: str, batch_size: int):
         if not failures:
             return shown, ""
         lines = "\n".join(
-            f"- **{Path(path).name}** could not be read: {reason.replace(path, Path(path).name)}"
+            f"- **{html.escape(Path(path).name, quote=False)}** could not be read: "
+            f"{html.escape(reason.replace(path, Path(path).name), quote=False)}"  # no tags from file names
             for path, reason in failures
         )
         return shown, f"**{len(failures)} of {len(results) + len(failures)} upload(s) failed**\n\n{lines}"
@@ -44,9 +46,12 @@ def build_app(model_dir: Path, top_k: int = 3, batch_size: int = 32, device: str
     import gradio as gr
 
     with gr.Blocks(title="ViT image classifier") as app:
-        gr.Markdown(
-            f"## ViT image classifier\n`{model_dir}`: {len(labels)} classes ({', '.join(labels[:10])}"
-            f"{', …' if len(labels) > 10 else ''}). Upload one or several images."
+        gr.Markdown("## ViT image classifier")
+        gr.HTML(  # names from the model file are text, never markup (escaped, and not Markdown)
+            f"<p><code>{html.escape(str(model_dir))}</code>: {len(labels)} classes "
+            f"({html.escape(', '.join(labels[:10]))}{', …' if len(labels) > 10 else ''}). "
+            f"Upload one or several images.</p>",
+            elem_id="model-info",
         )
         with gr.Row():
             files = gr.File(file_count="multiple", file_types=["image"], label="Images", scale=3)

@@ -6,7 +6,7 @@ model.safetensors, preprocessor_config.json), so transformers.pipeline can load 
 from __future__ import annotations
 
 import json
-import shutil
+import pickle
 from pathlib import Path
 
 import torch
@@ -14,20 +14,31 @@ from torch import nn
 
 from vitclassifier.data.transforms import Preprocessing
 from vitclassifier.errors import UserError
-from vitclassifier.files import (
-    atomic_write_dir,
-    atomic_write_text,
-    recover_interrupted_save,
+from vitclassifier.files import atomic_write_dir, atomic_write_text, recover_interrupted_save
+from vitclassifier.model.validation import (
+    check_preprocessing,
+    check_processor_sizes,
+    check_weights_fit,
+    first_line,
+    label_names,
+    load_verified,
+    read_info_text,
+    read_json_object,
+    read_weights_header,
+    refusal,
 )
 from vitclassifier.model.vit import quiet_transformers
+
+HEAD_WEIGHT = "classifier.weight"  # our head's weight: (number of labels, features)
 
 
 def load_checkpoint(directory: str | Path) -> tuple[nn.Module, Preprocessing, list[str]]:
     """Load a saved classifier for inference: model in eval mode, its preprocessing and labels.
 
-    Weights are read from safetensors only (no pickle). A directory that isn't a checkpoint, has
-    no label map, or whose label map doesn't fit its classification head is refused."""
-    from transformers import AutoImageProcessor, AutoModelForImageClassification
+    A checkpoint is input (model/validation.py): weights are read from safetensors only (no pickle),
+    the label map, preprocessing and the weights header are checked against the config before the
+    network is built, and weights missing or left over are refused, never filled in at random."""
+    from transformers import AutoConfig
     directory = Path(directory)
     recover_interrupted_save(directory)
     config_path = directory / "config.json"
@@ -37,24 +48,45 @@ def load_checkpoint(directory: str | Path) -> tuple[nn.Module, Preprocessing, li
     if not (directory / "model.safetensors").is_file():
         raise UserError(f"{directory} has no model.safetensors; only safetensors weights are loaded "
                         f"(pickled .bin files can run code)")
+    where = f"checkpoint {directory}"
+    raw = read_json_object(config_path, where)
+    if "id2label" not in raw:
+        raise UserError(f"{config_path} has no label map (id2label); cannot name the predictions")
+    labels = label_names(raw["id2label"], where)
+    header = read_weights_header([directory / "model.safetensors"], where)
+    if HEAD_WEIGHT in header and header[HEAD_WEIGHT][0] != len(labels):
+        raise refusal(where, f"its label map (config.json id2label) names {len(labels)} classes but its "
+                             f"classification head has {header[HEAD_WEIGHT][0]} outputs")
     try:
-        if "id2label" not in json.loads(config_path.read_text()):
-            raise UserError(f"{config_path} has no label map (id2label); cannot name the predictions")
-        with quiet_transformers():  # the mismatch report below replaces transformers' own
-            model = AutoModelForImageClassification.from_pretrained(directory, dtype=torch.float32,
-                                                                    use_safetensors=True).eval()
-        prep = Preprocessing.from_image_processor(AutoImageProcessor.from_pretrained(directory))
-    except (OSError, ValueError, RuntimeError) as error:  # RuntimeError: head size != label map size
-        raise UserError(f"cannot load checkpoint {directory}: {str(error).splitlines()[0]}. Does its "
-                        f"label map (config.json id2label) match its classification head?") from None
-    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    return model, prep, labels
+        with quiet_transformers():
+            config = AutoConfig.from_pretrained(directory, trust_remote_code=False)  # no auto_map code
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        raise refusal(where, f"config.json: {first_line(error)}") from None
+    prep = checkpoint_preprocessing(directory, where, getattr(config, "image_size", None))
+    check_weights_fit(config, header, where, head_may_differ=False)
+    with quiet_transformers():  # check_loading_info reports what transformers would only log
+        model = load_verified(directory, where, head_may_differ=False, config=config, dtype=torch.float32)
+    return model.eval(), prep, labels
+
+
+def checkpoint_preprocessing(directory: Path, where: str, model_size: object = None) -> Preprocessing:
+    """preprocessor_config.json as a checked Preprocessing (sizes, crop, mean and std)."""
+    from transformers import AutoImageProcessor
+    check_processor_sizes(read_json_object(directory / "preprocessor_config.json", where), where)
+    try:
+        with quiet_transformers():
+            processor = AutoImageProcessor.from_pretrained(directory, trust_remote_code=False)
+            prep = Preprocessing.from_image_processor(processor)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, ZeroDivisionError) as error:
+        raise refusal(where, f"preprocessor_config.json: {first_line(error)}") from None
+    return check_preprocessing(prep, where, model_size)
 
 
 def read_info(directory: Path) -> dict:
-    """A checkpoint's training_info.json (score, labels, calibration temperature), or {}."""
+    """A checkpoint's training_info.json (score, labels, calibration temperature), or {}. Checked:
+    a JSON object whose temperature, if any, is a finite number above 0."""
     path = Path(directory) / "training_info.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_info_text(path, f"checkpoint {directory}") if path.is_file() else {}
 
 
 def update_info(directory: Path, **fields) -> None:
@@ -85,34 +117,28 @@ def save_model(
 
     try:
         atomic_write_dir(directory, write)
-    except OSError as error:
-        raise UserError(
-            f"could not write checkpoint {directory}: {error.strerror or error}. The previous "
-            f"checkpoint there is intact; free some space or pick another --output-dir"
-        ) from None
-
-
-def check_output_dir(output_dir: Path, needed_bytes: int) -> None:
-    """Fail before training, not after an hour, when checkpoints could not be written."""
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        probe = output_dir / ".write-test"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as error:
-        raise UserError(f"cannot write to --output-dir {output_dir}: {error.strerror or error}") from None
-    free = shutil.disk_usage(output_dir).free
-    if free < needed_bytes:
-        raise UserError(
-            f"--output-dir {output_dir} has {free / 2**20:.0f} MiB free, but the checkpoints need "
-            f"about {needed_bytes / 2**20:.0f} MiB; free some space or pick another --output-dir"
-        )
+    except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
+        reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
+        raise UserError(f"could not write checkpoint {directory}: {reason}. The previous checkpoint there is "
+                        f"intact; free some space or pick another --output-dir") from None
 
 
 def load_training_state(directory: Path) -> dict:
-    """Read training_state.pt with ``weights_only=True``: tensors and plain data, never code."""
+    """Read training_state.pt with ``weights_only=True``: tensors and plain data, never code. A file
+    that doesn't load (truncated, empty, not ours, or holding other Python objects) is one line."""
     recover_interrupted_save(directory)
     path = Path(directory) / "training_state.pt"
     if not path.is_file():
         raise UserError(f"cannot resume: {path} is missing (train without --resume to start afresh)")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    where = f"training state {path}"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # what weights_only says of anything but tensors and plain data
+        raise refusal(where, "it holds Python objects other than tensors and plain data, which could "
+                             "run code; refused (train without --resume to start afresh)") from None
+    except Exception as error:  # truncated, empty, not a torch file: whatever fails, the file is at fault
+        raise refusal(where, f"it is damaged ({first_line(error)}); train without --resume "
+                             f"to start afresh") from None
+    if not isinstance(state, dict):
+        raise refusal(where, f"it holds a {type(state).__name__}, not a training state")
+    return state

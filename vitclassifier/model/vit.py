@@ -17,6 +17,15 @@ from torch import nn
 
 from vitclassifier.data.transforms import Preprocessing
 from vitclassifier.errors import UserError
+from vitclassifier.model.validation import (
+    check_preprocessing,
+    check_weights_fit,
+    first_line,
+    load_verified,
+    read_weights_header,
+    refusal,
+    shard_names,
+)
 
 IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 INCEPTION_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
@@ -102,6 +111,45 @@ def resolve_source(name: str) -> tuple[str, bool]:
         f"and are not in the local cache. {WAYS_OUT}")
 
 
+def weight_files(source: str, local_only: bool) -> list[Path]:
+    """The safetensors files holding ``source``'s weights, a local folder's or a Hub id's (downloaded
+    here, into the cache from_pretrained reads). Safetensors only, for Hub ids as for folders: a
+    pickled pytorch_model.bin is never read, even by weights_only."""
+    folder = Path(source)
+
+    def find(name: str) -> Path | None:
+        if folder.is_dir():
+            return folder / name if (folder / name).is_file() else None
+        return _hub_file(source, name, local_only)
+
+    single = find("model.safetensors")
+    if single is not None:
+        return [single]
+    index = find("model.safetensors.index.json")
+    if index is None:
+        raise refusal(f"model {source}", "it has no model.safetensors; only safetensors weights are "
+                                          "loaded (pickled .bin files can run code)")
+    shards = [find(name) for name in shard_names(index, f"model {source}")]
+    if None in shards:
+        raise refusal(f"model {source}", "a file its model.safetensors.index.json names is missing")
+    return shards
+
+
+def _hub_file(repo: str, name: str, local_only: bool) -> Path | None:
+    """``name`` from the Hub repository ``repo`` (from the cache when offline); None: it has none."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
+    if local_only:
+        cached = try_to_load_from_cache(repo, name)
+        return Path(cached) if isinstance(cached, str) else None
+    try:
+        return Path(hf_hub_download(repo, name))
+    except EntryNotFoundError:
+        return None
+    except (HfHubHTTPError, OSError) as error:
+        raise UserError(f"could not download {name} of {repo}: {first_line(error)} {WAYS_OUT}") from None
+
+
 def _replace_head(model: nn.Module, num_labels: int, dropout: float, keep_weights: bool) -> None:
     """Put a DropoutLinear sized for our classes where the model keeps its classifier."""
     head = getattr(model, "classifier", None)
@@ -143,13 +191,7 @@ def create_model(name: str, labels: list[str], pretrained: bool = True, dropout:
     """Build the classifier for ``labels`` from a preset, Hub id or local checkpoint directory.
 
     With ``pretrained=False`` a preset's architecture is built with random weights, offline."""
-    from transformers import (
-        AutoConfig,
-        AutoImageProcessor,
-        AutoModelForImageClassification,
-        ViTConfig,
-        ViTForImageClassification,
-    )
+    from transformers import AutoConfig, AutoImageProcessor, ViTConfig, ViTForImageClassification
     id2label = dict(enumerate(labels))
     label2id = {label: i for i, label in id2label.items()}
     if not pretrained:
@@ -165,27 +207,34 @@ def create_model(name: str, labels: list[str], pretrained: bool = True, dropout:
         _replace_head(model, len(labels), dropout, keep_weights=False)
         return model, Preprocessing(config.image_size, 0.875, mean, std)
     source, local_only = resolve_source(name)
+    where = f"model {source}"
     try:
         with quiet_transformers():
-            old_config = AutoConfig.from_pretrained(source, local_files_only=local_only)
-            old_labels = list(old_config.id2label.values())
-            processor = AutoImageProcessor.from_pretrained(source, local_files_only=local_only)
-            model = AutoModelForImageClassification.from_pretrained(
-                source,
-                num_labels=len(labels),
-                id2label=id2label,
-                label2id=label2id,
-                ignore_mismatched_sizes=True,
-                local_files_only=local_only,
-                dtype=torch.float32,
-                use_safetensors=True if Path(source).is_dir() else None,
-            )  # local weights: safetensors only
-    except OSError as error:  # e.g. a half-downloaded cache, or a directory missing its weights
+            # never code from the model (auto_map): trust_remote_code stays off, without a prompt
+            old_config = AutoConfig.from_pretrained(source, local_files_only=local_only,
+                                                    trust_remote_code=False)
+            processor = AutoImageProcessor.from_pretrained(source, local_files_only=local_only,
+                                                           trust_remote_code=False)
+    except OSError as error:  # e.g. a half-downloaded cache, or a directory missing its files
         raise UserError(f"could not load {source}: {str(error).splitlines()[0]} {WAYS_OUT}") from None
-    _replace_head(model, len(labels), dropout, keep_weights=old_labels == labels)
+    except (ValueError, TypeError, KeyError) as error:  # a config or preprocessor config we can't use
+        raise refusal(where, first_line(error)) from None
+    old_labels = list(old_config.id2label.values())
+    new_head = old_labels != labels  # only a head we replace anyway may be missing or another size
+    check_weights_fit(old_config, read_weights_header(weight_files(source, local_only), where), where,
+                      head_may_differ=new_head)
+    with quiet_transformers():
+        model = load_verified(source, where, new_head, num_labels=len(labels), id2label=id2label,
+                              label2id=label2id, ignore_mismatched_sizes=True, local_files_only=local_only,
+                              dtype=torch.float32)  # safetensors only, local or from the Hub
+    _replace_head(model, len(labels), dropout, keep_weights=not new_head)
     if image_size:
         resize_position_embeddings(model, image_size)
-    return model, Preprocessing.from_image_processor(processor, image_size)
+    try:
+        prep = Preprocessing.from_image_processor(processor, image_size)
+    except (TypeError, ValueError, ZeroDivisionError) as error:
+        raise refusal(where, f"preprocessor_config.json: {first_line(error)}") from None
+    return model, check_preprocessing(prep, where)
 
 
 def set_backbone_dropout(model: nn.Module, p: float) -> None:

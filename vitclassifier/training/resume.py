@@ -7,17 +7,21 @@ scheduler and scaler, the position (epoch, step) and the epoch's running sums; n
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import signal
 import sys
+import typing
 from pathlib import Path
 
 from tqdm import tqdm
 
-from vitclassifier.config import TrainConfig
+from vitclassifier.cli import PRECISIONS, printable
+from vitclassifier.config import SECTIONS, TrainConfig, option_name
 from vitclassifier.errors import UserError
 from vitclassifier.model.checkpoint import load_training_state
+from vitclassifier.model.validation import check_labels, is_number, refusal
 
 # Options that may change when a run is resumed; any other option given on the command line must
 # match the interrupted run (options not given are taken from it).
@@ -30,9 +34,22 @@ RESUME_FREE = {
     "compile",
     "output_dir",
     "resume",
+    "overwrite",
     "track",
     "tracking_uri",
 }
+
+# Options of one session, not of the run: a resumed run takes them from its own command line only,
+# never from the save, so a run folder from elsewhere can't choose the tracking server our metrics,
+# pictures and model go to, nor the device, workers, memory or compiler we use. (--patience and
+# --precision may change too, but they shape the run's numbers: when not typed, the saved value
+# holds, so that a resumed run repeats the uninterrupted one.)
+SESSION_OPTIONS = RESUME_FREE - {"patience", "precision"}
+# What a training state holds (training/trainer.py save_last), with its type; OPTIONAL_FIELDS may be absent
+STATE_FIELDS = {"epoch": int, "step": int, "stale_epochs": int, "labels": list, "data": str, "options": dict,
+                "best": dict, "totals": dict, "bad_files": dict, "optimizer": dict, "scheduler": dict,
+                "scaler": dict}
+OPTIONAL_FIELDS = {"ema": dict, "rows": list, "finished": bool}
 
 
 def saved_options(config: TrainConfig) -> dict:
@@ -41,10 +58,12 @@ def saved_options(config: TrainConfig) -> dict:
 
 
 def data_fingerprint(samples: list[tuple[Path, int]], root: Path) -> str:
-    """Which files, with which labels, make up the training set (to notice a changed folder on resume)."""
+    """Which files, with which labels, make up the training set (to notice a changed folder on resume).
+    Paths are hashed as the bytes of their names (os.fsencode), so a name that is not UTF-8 (a Latin-1
+    ``café.jpg``) works too; UTF-8 names hash as they always did."""
     digest = hashlib.sha1()
     for path, label in samples:
-        digest.update(f"{os.path.relpath(path, root)}\t{label}\n".encode())
+        digest.update(os.fsencode(os.path.relpath(path, root)) + f"\t{label}\n".encode())
     return digest.hexdigest()
 
 
@@ -60,7 +79,9 @@ def resume_conflicts(saved: dict, current: dict, given: set[str]) -> list[str]:
 
 def prepare_resume(config: TrainConfig, given: set[str]) -> tuple[TrainConfig, dict | None]:
     """The configuration to run and the saved training state to continue from (None: start afresh).
-    Options not given on this command line come from the interrupted run; ones that differ are refused."""
+    Options not given on this command line come from the interrupted run (except SESSION_OPTIONS,
+    which come from this command line only); ones that differ are refused. The saved state is input:
+    it is checked like a command line (check_state, then TrainConfig.from_options's checks)."""
     runtime = config.runtime
     if runtime.resume is None:
         return config, None
@@ -71,24 +92,90 @@ def prepare_resume(config: TrainConfig, given: set[str]) -> tuple[TrainConfig, d
     if runtime.resume == "auto" and not (resume_dir / "training_state.pt").is_file():
         print(f"No interrupted run in {output_dir}; starting afresh")
         return config, None
+    where = f"training state {resume_dir / 'training_state.pt'}"
     state = load_training_state(resume_dir)
-    saved = state.get("options")
-    if not isinstance(saved, dict):
-        raise UserError(f"cannot resume {resume_dir}: its training state has no options; train afresh")
-    current = config.as_options()
+    check_state(state, where)
+    saved, current = state["options"], config.as_options()
     conflicts = resume_conflicts(saved, current, given)
     if conflicts:
         raise UserError(
-            f"cannot resume {resume_dir} with different options: {'; '.join(conflicts)}. "
+            f"cannot resume {resume_dir} with different options: {printable('; '.join(conflicts))}. "
             f"Drop them to continue as before, or train into a new --output-dir"
         )
-    kept = {
-        name: value
-        for name, value in saved.items()
-        if name in current and name not in given and name != "output_dir"
-    }
+    kept = {name: value for name, value in saved.items()
+            if name in current and name not in given and name not in SESSION_OPTIONS}
+    problems = option_type_problems(kept)
+    if problems:
+        raise refusal(where, f"its options are invalid: {'; '.join(problems)}")
+    try:
+        resumed = TrainConfig.from_options({**current, **kept})
+    except (UserError, TypeError, ValueError) as error:  # the checks of a command line, on the saved options
+        raise refusal(where, f"its options are invalid: {error}") from None
+    restored = {name: value for name, value in kept.items() if value != current[name]}
+    if restored and os.environ.get("RANK", "0") == "0":
+        shown = ", ".join(f"--{name.replace('_', '-')} {value}" for name, value in sorted(restored.items()))
+        print(f"Options restored from the interrupted run: {printable(shown)}")
     state["dir"] = resume_dir
-    return config.replace(**kept), state
+    return resumed, state
+
+
+def option_types() -> dict[str, tuple[type, ...]]:
+    """train.py's options by dest, with the types a value may have (paths as text, ints as floats)."""
+    types = {}
+    for kind in SECTIONS.values():
+        hints = typing.get_type_hints(kind)
+        for f in dataclasses.fields(kind):
+            hint = hints[f.name]
+            allowed = tuple(str if t is Path else t for t in (typing.get_args(hint) or (hint,)))
+            types[option_name(f)] = allowed + ((int,) if float in allowed else ())
+    return types
+
+
+def option_type_problems(options: dict) -> list[str]:
+    """Saved options whose values have the wrong type (a bool is not a number here), one sentence each."""
+    types = option_types()
+    def fits(value: object, allowed: tuple[type, ...]) -> bool:
+        return bool in allowed if isinstance(value, bool) else isinstance(value, allowed)
+
+    problems = [f"--{name.replace('_', '-')} {str(value)[:40]!r} is not "
+                f"{' or '.join(t.__name__ for t in types[name])}"
+                for name, value in options.items() if name in types and not fits(value, types[name])]
+    if options.get("precision", "auto") not in PRECISIONS:  # a choice of argparse's, not of problems()
+        problems.append(f"--precision: choose from {', '.join(PRECISIONS)}")
+    return problems
+
+
+def check_state(state: dict, where: str) -> None:
+    """A loaded training state checked like user input: every field there, of its type, in range."""
+    missing = sorted(set(STATE_FIELDS) - set(state))
+    if missing:
+        raise refusal(where, f"it has no {', '.join(missing)} (damaged, or not a training state)")
+    for name, kind in {**STATE_FIELDS, **OPTIONAL_FIELDS}.items():
+        value = state.get(name, kind())
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise refusal(where, f"its {name} is a {type(value).__name__}, not a {kind.__name__}")
+    if state["epoch"] < 1 or state["step"] < 0 or state["stale_epochs"] < 0:
+        raise refusal(where, "its position (epoch, step) or its count of stale epochs is out of range")
+    check_labels(state["labels"], where)
+    best, totals = state["best"], state["totals"]
+    checks = [
+        (all(isinstance(k, str) and isinstance(v, str) for k, v in state["bad_files"].items()),
+         "its list of unreadable files is not text"),
+        (all(is_number(totals.get(k)) for k in ("loss", "top1", "count")),
+         "its running sums are not numbers"),
+        (isinstance(best.get("epoch"), int) and is_number(best["epoch"]) and best["epoch"] >= 0,
+         "its best epoch is not a whole number"),
+        (best.get("score") is None
+         or (isinstance(best["score"], list) and all(map(is_number, best["score"]))),
+         "its best score is not a list of numbers"),
+        (not best.get("epoch") or (best.get("weights") in ("raw", "ema") and all(
+            is_number(best.get(k)) for k in ("val_acc", "val_loss", "val_macro_f1"))),
+         "its best epoch's scores are not numbers"),
+        (all(isinstance(k, str) for k in state["options"]), "its options are not named by text"),
+    ]
+    for ok, reason in checks:
+        if not ok:
+            raise refusal(where, reason)
 
 
 class StopSignal:
