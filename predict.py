@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from vitclassifier.cli import add_device_option, add_precision_option, new_parser
+from vitclassifier.cli import add_device_option, add_precision_option, new_parser, printable
 from vitclassifier.devices import keep_freed_memory
 from vitclassifier.errors import UserError, report_user_error
 from vitclassifier.files import check_output_file, refuse_inside, write_problem
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     failures += bad
     print_table(results, file=sys.stderr if args.json == "-" else sys.stdout)
     for path, reason in failures:
-        print(f"error: {path}: {reason}", file=sys.stderr)
+        print(f"error: {printable(path)}: {printable(reason)}", file=sys.stderr)
     if args.json:
         try:
             write_json(args.json, predictions_json(args.model, results, failures))

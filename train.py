@@ -49,7 +49,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int, default=None,
                    help="input size in pixels, a multiple of the patch size (default: the model's own)")
     p.add_argument("--grad-checkpointing", action="store_true",
-                   help="recompute activations in the backward pass: much less memory, about 30%% slower")
+                   help="recompute activations in the backward pass: much less memory, slower steps")
 
 
 def add_recipe_options(p: argparse.ArgumentParser) -> None:

@@ -156,7 +156,8 @@ def data_costs(args) -> dict[str, float]:
     names = ("crop", "flip", "rotate", "color_jitter")
     for name in names:
         alone = BatchAugment(prep, **{other: other == name for other in names})
-        costs[f"{name} alone, batch of 32"] = median_seconds(lambda: alone(batch), 10) / len(batch)
+        alone_cost = median_seconds(lambda alone=alone: alone(batch), 10)
+        costs[f"{name} alone, batch of 32"] = alone_cost / len(batch)
     every = BatchAugment(prep)
     costs["all four (train.py's default), batch of 32"] = median_seconds(lambda: every(batch), 10) / 32
     return {name: 1000 * seconds for name, seconds in costs.items()}

@@ -71,3 +71,31 @@ def assert_same_metrics(a_dir: Path, b_dir: Path) -> None:
     for a, b in zip(a_rows, b_rows):
         for name in COMPARED:
             assert float(a[name]) == pytest.approx(float(b[name]), abs=1e-6), (a["epoch"], name)
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+STARTUP_SECONDS = 180  # importing gradio, torch and transformers is slow on a busy 2-core machine
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def write_small_images(folder: Path, count: int = 2) -> Path:
+    """``count`` 40-px PNGs of different colours in ``folder``."""
+    from PIL import Image
+    for i in range(count):
+        Image.new("RGB", (40, 40), (100 * i, 60, 200)).save(folder / f"{i}.png")
+    return folder
+
+
+def one_line_refusal(code: int, err: str, *fragments: str) -> None:
+    """Exit 2 and exactly one ``error: cannot load ...`` line, holding every one of ``fragments``."""
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith("error: cannot load "), err
+    for fragment in fragments:
+        assert fragment in lines[0], err

@@ -14,7 +14,9 @@ from vitclassifier.data.augment import (
     CROP_SCALE,
     BatchAugment,
     crop_boxes,
+    draw_uniforms,
     jitter,
+    jitter_choices,
     sampling_grid,
     train_decode,
 )
@@ -79,8 +81,7 @@ def test_sampling_grid_is_affine_grid():
 
 
 def test_crop_boxes_keep_torchvisions_area_and_ratio_and_stay_inside():
-    torch.manual_seed(0)
-    width, height, x, y = crop_boxes(4000).unbind(1)
+    width, height, x, y = crop_boxes(draw_uniforms(4000)[:, 1:5]).unbind(1)
     area, ratio = width * height, width / height
     assert float(area.max()) <= CROP_SCALE[1] + 1e-6 and float(area.min()) >= 0.3  # shrunk to fit only
     assert float((area >= CROP_SCALE[0] - 1e-6).float().mean()) > 0.8
@@ -109,14 +110,28 @@ def test_colour_jitter_is_torchvisions_brightness_contrast_and_saturation(seed):
     composed map equals torchvision's three steps, in the order drawn for each image."""
     pixels = torch.rand(4, 3, 16, 16) * 0.4 + 0.3
     torch.manual_seed(seed)
-    out = jitter(pixels)
-    torch.manual_seed(seed)
-    factors = torch.empty(3, 4).uniform_(0.7, 1.3)
-    first = torch.randint(0, 3, (4,))
+    factors, first = jitter_choices(torch.rand(4, 4))
+    out = jitter(pixels, factors, first)
     steps = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation]
     for i in range(4):
         expected = pixels[i]
         for position in range(3):
             operation = int((first[i] + position) % 3)
-            expected = steps[operation](expected, float(factors[operation, i]))
+            expected = steps[operation](expected, float(factors[i, operation]))
         assert torch.allclose(out[i], expected, atol=1e-5)
+
+
+def test_jitter_choices_cover_the_range_and_every_order():
+    factors, first = jitter_choices(torch.rand(4000, 4))
+    assert 0.7 <= float(factors.min()) < 0.71 and 1.29 < float(factors.max()) <= 1.3
+    assert sorted(first.unique().tolist()) == [0, 1, 2]
+
+
+def test_an_images_augmentation_depends_on_its_seed_not_on_its_batch():
+    """Split a batch in two (as gradient accumulation or a second process does): with per-image
+    seeds, every image is augmented exactly as in the whole batch."""
+    batch, augment, seeds = decoded_batch(6), BatchAugment(PREP), [11, 12, 13, 14, 15, 16]
+    whole = augment(batch, seeds)
+    halves = torch.cat([augment(batch[:2], seeds[:2]), augment(batch[2:], seeds[2:])])
+    assert torch.allclose(whole, halves, atol=1e-5)
+    assert not torch.allclose(whole, augment(batch, [s + 100 for s in seeds]), atol=1e-3)

@@ -49,7 +49,7 @@ def test_worker_default_leaves_small_cpus_to_the_model(monkeypatch):
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert devices.loader_workers(3, cpu) == 3
     for cores, on_cpu, on_gpu in ((2, 0, 1), (4, 0, 2), (16, 2, 8), (64, 2, 8)):
-        monkeypatch.setattr(devices.os, "cpu_count", lambda: cores)
+        monkeypatch.setattr(devices.os, "cpu_count", lambda cores=cores: cores)
         assert (devices.loader_workers(None, cpu), devices.loader_workers(None, gpu)) == (on_cpu, on_gpu)
 
 

@@ -43,7 +43,7 @@ def test_a_folder_with_the_users_own_files_is_refused_and_left_untouched(tmp_pat
         claim(out, tmp_path / "data", overwrite=True)
     assert (out / "best" / "thesis.docx").read_text() == "years of work"
     assert (out / "metrics.csv").read_text() == "my,own,table\n"
-    assert not (out / MARKER).exists()
+    assert not (out / MARKER).exists() and not (out / LOCK).exists()
 
 
 def test_a_finished_run_is_replaced_only_with_overwrite_and_only_our_files(tmp_path):

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import CLASSES
-from PIL import Image
+from helpers import CLASSES, one_line_refusal, write_small_images
 
 import predict
 
@@ -46,18 +45,9 @@ def exported(tiny_vit, tmp_path_factory) -> tuple[Path, torch.nn.Module, dict]:
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("images")
-    for i in range(2):
-        Image.new("RGB", (40, 40), (100 * i, 60, 200)).save(folder / f"{i}.png")
-    return folder
+    return write_small_images(tmp_path_factory.mktemp("images"))
 
 
-def one_line_refusal(code: int, err: str, *fragments: str) -> None:
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1, err
-    assert lines[0].startswith("error: cannot load "), err
-    for fragment in fragments:
-        assert fragment in lines[0], err
 
 
 def onnx_with(source: Path, target: Path, **changes) -> Path:

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import CLASSES
-from PIL import Image
+from helpers import CLASSES, one_line_refusal, write_small_images
 from safetensors.torch import load_file, save_file
 
 import export
@@ -35,10 +34,7 @@ def checkpoint(tiny_vit, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("images")
-    for i in range(2):
-        Image.new("RGB", (40, 40), (100 * i, 60, 200)).save(folder / f"{i}.png")
-    return folder
+    return write_small_images(tmp_path_factory.mktemp("images"))
 
 
 def copy_with(source: Path, target: Path, change) -> Path:
@@ -72,12 +68,6 @@ def write(name: str, text: str):
     return lambda folder: (folder / name).write_text(text)
 
 
-def one_line_refusal(code: int, err: str, *fragments: str) -> None:
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1, err
-    assert lines[0].startswith("error: cannot load "), err
-    for fragment in fragments:
-        assert fragment in lines[0], err
 
 
 CHECKPOINT_DAMAGE = {

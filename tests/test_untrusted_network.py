@@ -7,7 +7,6 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -18,19 +17,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import CLASSES, ROOT
+from helpers import CHROMIUM, CLASSES, ROOT, STARTUP_SECONDS, free_port
 
 import train
 
 pytestmark = pytest.mark.slow  # a server process and a browser, or a resumed training run
-CHROMIUM = Path("/usr/bin/chromium")
-STARTUP_SECONDS = 180  # importing gradio, torch and transformers is slow on a busy 2-core machine
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture

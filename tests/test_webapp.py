@@ -10,7 +10,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import CLASSES, ROOT
+from helpers import CHROMIUM, CLASSES, ROOT, STARTUP_SECONDS, free_port
 
 import app
 import predict
@@ -26,14 +25,6 @@ import predict
 gradio_client = pytest.importorskip("gradio_client",
                                     reason="needs the extras: pip install -r requirements-extras.txt")
 pytestmark = pytest.mark.slow  # a server process, a trained checkpoint, a browser
-CHROMIUM = Path("/usr/bin/chromium")
-STARTUP_SECONDS = 180  # importing gradio, torch and transformers is slow on a busy 2-core machine
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -3,13 +3,12 @@ which options a user typed."""
 from __future__ import annotations
 
 import argparse
-import unicodedata
+
+from vitclassifier.errors import printable  # noqa: F401  (commands and the library take it from here)
 
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
 # Unicode's bidirectional overrides and isolates reorder what a terminal shows (hidden text, swapped names)
-BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 PRECISION_HELP = "autocast precision; auto: bf16 where the device supports it, else fp16 on CUDA, else fp32"
 
 
@@ -46,23 +45,3 @@ def typed_options(parser: argparse.ArgumentParser, argv: list[str] | None,
     untouched = object()
     again = parser.parse_args(argv, namespace=argparse.Namespace(**dict.fromkeys(vars(parsed), untouched)))
     return {dest for dest, value in vars(again).items() if value is not untouched}
-
-
-def printable(text: object) -> str:
-    """``text`` safe to print on a terminal: control characters (C0, DEL, C1 with ESC and newline, line
-    and paragraph separators, bidirectional overrides) written as Python escapes (``\\x1b``, ``\\n``,
-    ``\\u202e``), so a class or file name can neither drive the terminal nor split a line. The rest
-    is left as it is."""
-    text = str(text)
-    if text.isprintable() and not BIDI_CONTROLS.intersection(text):
-        return text  # the common case, quickly
-    return "".join(_escaped(char) for char in text)
-
-
-def _escaped(char: str) -> str:
-    if char in SHORT_ESCAPES:
-        return SHORT_ESCAPES[char]
-    if char in BIDI_CONTROLS or unicodedata.category(char) in ("Cc", "Zl", "Zp"):
-        code = ord(char)
-        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-    return char

@@ -102,7 +102,7 @@ def run_in_bf16(model: nn.Module, device: torch.device, dtype: torch.dtype | Non
 
 
 def configure_backends(device: torch.device) -> None:
-    """Let fp32 matmuls use TF32 tensor cores on Ampere and newer GPUs (about 3x faster, 10-bit
+    """Let fp32 matmuls use TF32 tensor cores on Ampere and newer GPUs (NVIDIA: several times faster, 10-bit
     mantissa) and let cuDNN pick the fastest kernels for our fixed input size."""
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -12,21 +12,6 @@ from pathlib import Path
 from vitclassifier.errors import UserError
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through ``path.tmp`` and a rename: readers see the old file or the new."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def is_complete_checkpoint(directory: Path) -> bool:
     """Whether ``directory`` holds a whole saved checkpoint: its config, weights and preprocessing."""
     weights = Path(directory) / "model.safetensors"
@@ -145,6 +130,11 @@ def write_via_temp(path: Path, write: Callable[[Path], None], durable: bool = Tr
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """``text`` (UTF-8) into ``path`` through a temporary file and ``os.replace`` (UserError on failure)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

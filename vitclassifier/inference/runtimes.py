@@ -122,7 +122,10 @@ class OpenVinoModel(ExportRuntime):
                 f"OpenVINO model {path} (and its .bin beside it) not found. "
                 f"Export one with `python export.py --format openvino-int8`"
             )
-        converted = openvino.Core().read_model(str(path))
+        try:
+            converted = openvino.Core().read_model(str(path))
+        except RuntimeError as error:  # OpenVINO's report of a damaged .xml or .bin
+            raise refusal(f"OpenVINO model {path}", first_line(error)) from None
         if not converted.has_rt_info(["classifier", "labels"]):
             raise UserError(f"{path} has no label map in its metadata; export it with export.py")
         info = converted.get_rt_info()["classifier"]
@@ -131,7 +134,10 @@ class OpenVinoModel(ExportRuntime):
         except ValueError:
             raise refusal(f"OpenVINO model {path}", "its metadata is not JSON (was it exported by "
                                                     "export.py?)") from None
-        model = cls(converted, bf16, meta)
+        try:
+            model = cls(converted, bf16, meta)
+        except RuntimeError as error:  # a graph OpenVINO read but cannot compile
+            raise refusal(f"OpenVINO model {path}", first_line(error)) from None
         model.where = f"OpenVINO model {path}"
         return model
 

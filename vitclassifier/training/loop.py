@@ -38,7 +38,8 @@ class Run:
     loss_weight: torch.Tensor | None = None
     mix: object = None  # mixup/cutmix batch transform
     ema: EMA | None = None
-    augment: Callable[[torch.Tensor], torch.Tensor] | None = None  # on-device batch augmentation
+    augment: Callable[[torch.Tensor, list[int]], torch.Tensor] | None = None  # on-device augmentation
+    sample_index: dict[str, int] = field(default_factory=dict)  # training image path -> its index
     bad_files: dict = field(default_factory=dict)
 
     def autocast(self):
@@ -74,17 +75,23 @@ def check_classes_readable(bad_files: dict, samples: list[tuple[Path, int]], lab
 
 
 def step_seed(recipe: RecipeOptions, epoch: int, step: int, micro: int, rank: int) -> int:
-    """Dropout, mixing and device augmentation of a micro-batch depend only on (seed, epoch, step,
-    micro-batch, process): a resumed run repeats them."""
+    """Dropout and mixing of a micro-batch depend only on (seed, epoch, step, micro-batch, process):
+    a resumed run repeats them."""
     return ((((epoch_seed(recipe.seed, epoch)) * 100_003 + step) * 64 + micro) * 101 + rank) % 2**63
 
 
-def forward_backward(run: Run, images: torch.Tensor,
-                     labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def image_seed(recipe: RecipeOptions, epoch: int, index: int) -> int:
+    """The augmentation of training image ``index`` in ``epoch`` depends on (seed, epoch, image) only:
+    the same whatever batch, micro-batch or process the image lands in, and on a resume."""
+    return (epoch_seed(recipe.seed, epoch) * 1_000_003 + index) % 2**63
+
+
+def forward_backward(run: Run, images: torch.Tensor, labels: torch.Tensor,
+                     seeds: list[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients of one micro-batch; returns its mean loss and top-1 hits (device tensors)."""
     images, labels = images.to(run.device, non_blocking=True), labels.to(run.device, non_blocking=True)
     if run.augment is not None:  # batched augmentation on the device (uint8 in, normalised float out)
-        images = run.augment(images)
+        images = run.augment(images, seeds)
     inputs, targets = run.mix(images, labels) if run.mix else (images, labels)
     with run.autocast():
         logits = run.model(pixel_values=inputs).logits.float()
@@ -116,7 +123,7 @@ def train_epoch(run: Run, loader: DataLoader, epoch: int, first_step: int, total
     running = torch.zeros(2, dtype=sum_dtype(run.device), device=run.device)
     count = totals["count"]
     bar = run.bar(loader, f"epoch {epoch}/{run.recipe.epochs} train")
-    for images, labels, _, bad in bar:
+    for images, labels, paths, bad in bar:
         run.note_bad(bad)
         flags = [float(stop.signum > 0), float(images is None)]
         stop_now, some_empty = sum_across(flags, run.world, run.device)
@@ -125,7 +132,8 @@ def train_epoch(run: Run, loader: DataLoader, epoch: int, first_step: int, total
         micro += 1
         if not some_empty:  # a batch of only unreadable files: every process skips it together
             torch.manual_seed(step_seed(run.recipe, epoch, step, micro, run.world.rank))
-            loss, hits = forward_backward(run, images, labels)
+            seeds = [image_seed(run.recipe, epoch, run.sample_index[path]) for path in paths]
+            loss, hits = forward_backward(run, images, labels, seeds)
             running += torch.stack([loss.to(running.dtype) * len(labels), hits.to(running.dtype)])
             stepped, count = True, count + len(labels)
             if not bar.disable and step % 10 == 0:  # shown on a terminal only

@@ -36,7 +36,11 @@ class OutputLock:
     """An exclusive lock on the output folder for as long as this object lives (POSIX flock)."""
 
     def __init__(self, output_dir: Path):
-        self.handle = open(output_dir / LOCK, "a+")  # noqa: SIM115  (held open: the lock is the open file)
+        self.path = output_dir / LOCK
+        self.created = not self.path.exists()  # removed again if the folder is refused
+        # never through a link: a planted .vitclassifier.lock -> a file of the user's is refused
+        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        self.handle = os.fdopen(descriptor, "r+")
         try:
             import fcntl
         except ImportError:  # Windows: no flock; one run at a time is then up to the user
@@ -56,6 +60,12 @@ class OutputLock:
 
     def release(self) -> None:
         self.handle.close()
+
+    def abandon(self) -> None:
+        """Release, and remove the lock file if this run created it (a refused folder stays as it was)."""
+        self.release()
+        if self.created:
+            self.path.unlink(missing_ok=True)
 
 
 def is_our_metrics(path: Path) -> bool:
@@ -124,7 +134,7 @@ def claim_output_dir(output_dir: Path, data_dir: Path, resuming: bool, overwrite
     try:
         claim_locked(output_dir, resuming, overwrite, needed_bytes)
     except BaseException:
-        lock.release()
+        lock.abandon()
         raise
     return lock
 

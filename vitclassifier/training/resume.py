@@ -49,7 +49,7 @@ SESSION_OPTIONS = RESUME_FREE - {"patience", "precision"}
 STATE_FIELDS = {"epoch": int, "step": int, "stale_epochs": int, "labels": list, "data": str, "options": dict,
                 "best": dict, "totals": dict, "bad_files": dict, "optimizer": dict, "scheduler": dict,
                 "scaler": dict}
-OPTIONAL_FIELDS = {"ema": dict, "rows": list, "finished": bool}
+OPTIONAL_FIELDS = {"ema": dict, "rows": list, "finished": bool, "world_size": int}
 
 
 def saved_options(config: TrainConfig) -> dict:

@@ -134,6 +134,7 @@ class TrainerSetUp:
             self.train_data, val_data = self.cache_features(train_set)
         else:
             self.shared.augment = BatchAugment(prep, **data.augment)
+        self.shared.sample_index = {str(path): index for index, (path, _) in enumerate(self.train_samples)}
         weights = None
         if data.balanced_sampler:
             per_class = class_weights(self.train_labels, len(self.labels))
@@ -176,8 +177,18 @@ class TrainerSetUp:
     def restore(self) -> None:
         """Continue a saved run: optimizer, scheduler, scaler and EMA, position, sums, best so far."""
         saved, run = self.saved, self.shared
+        if saved.get("world_size", self.world.size) != self.world.size:
+            raise UserError(f"cannot resume {saved['dir']}: it ran in {saved['world_size']} process(es), "
+                            f"this is {self.world.size}; the epochs would be split differently. Resume with "
+                            f"as many")
         for part in RESUMED_PARTS + (("ema",) if run.ema else ()):
-            getattr(run, part).load_state_dict(saved[part])
+            if part == "scaler" and not saved[part]:
+                continue  # saved without fp16 (an empty state): a scaler switched on now starts fresh
+            try:
+                getattr(run, part).load_state_dict(saved[part])
+            except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as error:
+                raise UserError(f"cannot load training state {saved['dir']}: its {part} state does not fit "
+                                f"this run ({str(error).splitlines()[0]})") from None
         run.bad_files = saved["bad_files"]
         rows = saved.get("rows")  # older states: the rows are only in metrics.csv
         if isinstance(rows, list):

@@ -98,6 +98,7 @@ class Trainer(TrainerSetUp):
         state, run = self.state, self.shared
         save_model(self.model, self.prep, self.output_dir / "last", training_state={
             "epoch": state.epoch, "step": state.step, "totals": state.totals, "labels": self.labels,
+            "world_size": self.world.size,
             "data": self.fingerprint, "options": saved_options(self.config), "best": state.best,
             "stale_epochs": state.stale_epochs, "bad_files": run.bad_files, "rows": state.rows,
             "finished": state.finished,
@@ -111,6 +112,7 @@ class Trainer(TrainerSetUp):
         totals = self.summed(state.totals)
         self.check_finite(totals)
         val, ema = self.validate()
+        self.check_finite(val)  # weights that turned NaN in the epoch's last step
         state.rows.append(metrics_row(state.epoch, totals, val, ema, time.time() - started))
         self.tracker.log_epoch(state.epoch, state.rows[-1])
         improved = self.keep_best(val, ema, totals["count"])
@@ -132,19 +134,25 @@ class Trainer(TrainerSetUp):
             self.say(f"Early stop: no better validation score for {recipe.patience} epochs")
         return early_stop
 
-    def check_finite(self, totals: dict) -> None:
-        """A loss that is no longer a number means the weights are ruined: stop before saving them."""
-        if math.isfinite(totals["loss"]):
+    def check_finite(self, sums: dict) -> None:
+        """A loss (training or validation, the same on every process) that is no longer a number
+        means the weights are ruined: stop before saving them."""
+        if math.isfinite(sums["loss"]):
             return
         lr = self.config.recipe.lr
-        raise UserError(f"training diverged in epoch {self.state.epoch}: the training loss became "
-                        f"{totals['loss']}. Nothing of this epoch was saved: {self.output_dir} keeps the "
+        raise UserError(f"training diverged in epoch {self.state.epoch}: the loss became "
+                        f"{sums['loss']}. Nothing of this epoch was saved: {self.output_dir} keeps the "
                         f"last good epoch. Lower --lr (now {lr:g}) or --head-lr, or raise --warmup")
+
+    def stop_requested(self, stop: StopSignal) -> bool:
+        """Whether any process got a stop signal: all processes decide together (torchrun)."""
+        return sum_across([float(stop.signum > 0)], self.world, self.device)[0] > 0
 
     def stopped_mid_epoch(self) -> None:
         """A stop signal inside an epoch: keep this step and the epoch's running sums."""
         state = self.state
         state.totals = self.summed(state.totals)
+        self.check_finite(state.totals)  # never replace the last good state with diverged weights
         self.save_last()
         self.say(f"Stopped in epoch {state.epoch} after step {state.step} of {self.sampler.steps}; saved "
                  f"{self.output_dir / 'last'}. Continue with: python train.py --resume {self.output_dir}",
@@ -158,7 +166,7 @@ class Trainer(TrainerSetUp):
             if not self.train_one_epoch(stop):
                 self.stopped_mid_epoch()
                 return False
-            if self.end_epoch(started) or stop.signum:
+            if self.end_epoch(started) or self.stop_requested(stop):
                 break
         return True
 
