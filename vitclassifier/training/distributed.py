@@ -9,11 +9,17 @@ averages, cross the processes, so validation metrics are exact counts over the w
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
+
+from vitclassifier.errors import UserError
+
+T = TypeVar("T")
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -132,3 +138,19 @@ class ShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+def on_main_process(world: World, device: torch.device, step: Callable[[], T]) -> T | None:
+    """Run ``step`` on the main process only (a check, a claim); if it raises a UserError there, every
+    process raises one, so none of them waits forever in the next collective."""
+    error, result = None, None
+    if world.is_main:
+        try:
+            result = step()
+        except UserError as raised:
+            error = raised
+    if world.distributed and sum_across([float(error is not None)], world, device)[0] > 0 and error is None:
+        raise UserError("the main process stopped with an error (its message is above)")
+    if error is not None:
+        raise error
+    return result

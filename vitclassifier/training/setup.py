@@ -21,7 +21,7 @@ from vitclassifier.errors import UserError
 from vitclassifier.model.runnable import HeadOnly
 from vitclassifier.model.vit import create_model, freeze, set_backbone_dropout
 from vitclassifier.reporting.metrics import new_totals, read_metrics
-from vitclassifier.training.distributed import EpochSampler, ShardSampler, World
+from vitclassifier.training.distributed import EpochSampler, ShardSampler, World, on_main_process
 from vitclassifier.training.features import can_cache_features, extract_features
 from vitclassifier.training.loop import Run
 from vitclassifier.training.output import claim_output_dir
@@ -72,14 +72,17 @@ class TrainerSetUp:
             raise UserError(f"cannot resume {saved['dir']}: the data in {data.folder} changed since that run "
                             f"(classes then: {saved['labels']}, now: {self.labels}; "
                             f"or training files added/removed)")
-        if self.world.is_main:
-            report = audit_dataset(self.labels, self.train_samples, self.val_samples, image_size=None,
-                                   decode=False)
-            notes = format_report(report, brief=True)
-            if notes:
-                print(notes)
-            if report["fatal"]:
-                raise UserError("; ".join(report["fatal"]))
+        on_main_process(self.world, self.device, self.audit)
+
+    def audit(self) -> None:
+        """The quick audit (no image decoded): notes printed, what makes training impossible refused."""
+        report = audit_dataset(self.labels, self.train_samples, self.val_samples, image_size=None,
+                               decode=False)
+        notes = format_report(report, brief=True)
+        if notes:
+            print(notes)
+        if report["fatal"]:
+            raise UserError("; ".join(report["fatal"]))
 
     def build_model(self) -> None:
         """The classifier for our labels, frozen as asked, on the device, and the Run the loops share."""
@@ -98,10 +101,11 @@ class TrainerSetUp:
         configure_backends(device)
         run_in_bf16(model, device, self.dtype, training=True)
         model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-        if self.world.is_main:  # best, best.tmp: 1x each; last, last.tmp: 3x (weights, AdamW moments)
-            copies = 8 + 2 * (recipe.ema > 0)  # and the EMA's weights in last and last.tmp
-            self.lock = claim_output_dir(self.output_dir, self.config.data.folder, self.saved is not None,
-                                         self.config.runtime.overwrite, copies * model_bytes + 2**20)
+        # best, best.tmp: 1x each; last, last.tmp: 3x (weights, AdamW moments); the EMA in last, last.tmp
+        needed = (8 + 2 * (recipe.ema > 0)) * model_bytes + 2**20
+        self.lock = on_main_process(self.world, device, lambda: claim_output_dir(
+            self.output_dir, self.config.data.folder, self.saved is not None, self.config.runtime.overwrite,
+            needed))
         self.model = model
         self.shared = Run(model, model, device, self.dtype, self.world, recipe,
                         mix=mix_batches(len(self.labels), recipe.mixup, recipe.cutmix),
