@@ -135,3 +135,21 @@ def test_an_images_augmentation_depends_on_its_seed_not_on_its_batch():
     halves = torch.cat([augment(batch[:2], seeds[:2]), augment(batch[2:], seeds[2:])])
     assert torch.allclose(whole, halves, atol=1e-5)
     assert not torch.allclose(whole, augment(batch, [s + 100 for s in seeds]), atol=1e-3)
+
+
+def test_each_draw_of_an_image_gets_a_view_of_its_own_and_a_resume_counts_as_before():
+    """--balanced-sampler draws with replacement: the second draw of an image in an epoch is seeded
+    apart from the first; a resumed epoch counts the draws of the batches it skips."""
+    from vitclassifier.config import RecipeOptions
+    from vitclassifier.training.distributed import EpochSampler, World
+    from vitclassifier.training.loop import Run, augmentation_seeds, image_seed
+    recipe = RecipeOptions()
+    run = Run(None, None, torch.device("cpu"), None, World(), recipe, sample_index={"a": 0, "b": 1})
+    seeds = augmentation_seeds(run, 3, ["a", "b", "a"])
+    assert seeds[0] == image_seed(recipe, 3, 0) and seeds[1] == image_seed(recipe, 3, 1)
+    assert len(set(seeds)) == 3
+    sampler = EpochSampler(40, 4, seed=1, world=World(), weights=torch.ones(40))
+    sampler.set_epoch(2)
+    whole = list(sampler)
+    sampler.set_epoch(2, start_batch=3)
+    assert sampler.already_drawn() + list(sampler) == whole

@@ -113,14 +113,21 @@ class EpochSampler(Sampler[int]):
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
 
-    def __iter__(self):
+    def this_process_order(self) -> list[int]:
+        """This process's share of the epoch's order, whole batches."""
         generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
         if self.weights is None:
             order = torch.randperm(self.n, generator=generator)
         else:
             order = torch.multinomial(self.weights, self.n, replacement=True, generator=generator)
-        mine = order[self.world.rank::self.world.size][:self.per_process]
-        return iter(mine[self.start_batch * self.batch_size:].tolist())
+        return order[self.world.rank::self.world.size][:self.per_process].tolist()
+
+    def already_drawn(self) -> list[int]:
+        """The indices of the batches a resumed epoch skips (what the uninterrupted run drew before)."""
+        return self.this_process_order()[:self.start_batch * self.batch_size]
+
+    def __iter__(self):
+        return iter(self.this_process_order()[self.start_batch * self.batch_size:])
 
     def __len__(self) -> int:
         return max(0, self.per_process - self.start_batch * self.batch_size)

@@ -6,6 +6,7 @@ a confusion matrix, so its metrics are exact over the whole set, also across pro
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ class Run:
     ema: EMA | None = None
     augment: Callable[[torch.Tensor, list[int]], torch.Tensor] | None = None  # on-device augmentation
     sample_index: dict[str, int] = field(default_factory=dict)  # training image path -> its index
+    drawn: Counter = field(default_factory=Counter)  # this epoch's draws of each training image so far
     bad_files: dict = field(default_factory=dict)
 
     def autocast(self):
@@ -80,10 +82,22 @@ def step_seed(recipe: RecipeOptions, epoch: int, step: int, micro: int, rank: in
     return ((((epoch_seed(recipe.seed, epoch)) * 100_003 + step) * 64 + micro) * 101 + rank) % 2**63
 
 
-def image_seed(recipe: RecipeOptions, epoch: int, index: int) -> int:
+def image_seed(recipe: RecipeOptions, epoch: int, index: int, occurrence: int = 0) -> int:
     """The augmentation of training image ``index`` in ``epoch`` depends on (seed, epoch, image) only:
-    the same whatever batch, micro-batch or process the image lands in, and on a resume."""
-    return (epoch_seed(recipe.seed, epoch) * 1_000_003 + index) % 2**63
+    the same whatever batch or micro-batch the image lands in, and on a resume. ``occurrence``: how
+    often this process drew the image before in this epoch (--balanced-sampler draws with
+    replacement), so that each draw gets a view of its own."""
+    return ((epoch_seed(recipe.seed, epoch) * 1_000_003 + index) * 1_000_003 + occurrence) % 2**63
+
+
+def augmentation_seeds(run: Run, epoch: int, paths: list[str]) -> list[int]:
+    """One seed per image of the batch (image_seed), counting the draws of this epoch in ``run.drawn``."""
+    seeds = []
+    for path in paths:
+        index = run.sample_index[path]
+        seeds.append(image_seed(run.recipe, epoch, index, run.drawn[index]))
+        run.drawn[index] += 1
+    return seeds
 
 
 def forward_backward(run: Run, images: torch.Tensor, labels: torch.Tensor,
@@ -132,7 +146,7 @@ def train_epoch(run: Run, loader: DataLoader, epoch: int, first_step: int, total
         micro += 1
         if not some_empty:  # a batch of only unreadable files: every process skips it together
             torch.manual_seed(step_seed(run.recipe, epoch, step, micro, run.world.rank))
-            seeds = [image_seed(run.recipe, epoch, run.sample_index[path]) for path in paths]
+            seeds = augmentation_seeds(run, epoch, paths)
             loss, hits = forward_backward(run, images, labels, seeds)
             running += torch.stack([loss.to(running.dtype) * len(labels), hits.to(running.dtype)])
             stepped, count = True, count + len(labels)

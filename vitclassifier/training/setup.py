@@ -59,6 +59,7 @@ class TrainerSetUp:
         self.state = TrainState()
         self.say = print if world.is_main else (lambda *a, **k: None)
         self.lock = None  # the output folder's, held by the main process from set-up to the end
+        self.stopped = False  # a stop signal reached some process (decided together: stop_requested)
 
     # -- set-up ---------------------------------------------------------------------------------
     def load_data(self) -> None:

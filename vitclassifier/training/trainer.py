@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections import Counter
 from dataclasses import replace
 
 import torch
@@ -53,6 +54,7 @@ class Trainer(TrainerSetUp):
         if state.step == 0:  # metrics.csv shows the LR an epoch starts with, also when it was resumed
             state.totals["lr"] = self.shared.scheduler.get_last_lr()[-1]
         self.sampler.set_epoch(state.epoch, start_batch=state.step)
+        self.shared.drawn = Counter(self.sampler.already_drawn())  # a resumed epoch counts as before
         state.step = train_epoch(self.shared, self.train_loader, state.epoch, state.step, state.totals, stop)
         return state.step >= self.sampler.steps
 
@@ -146,7 +148,8 @@ class Trainer(TrainerSetUp):
 
     def stop_requested(self, stop: StopSignal) -> bool:
         """Whether any process got a stop signal: all processes decide together (torchrun)."""
-        return sum_across([float(stop.signum > 0)], self.world, self.device)[0] > 0
+        self.stopped = sum_across([float(stop.signum > 0)], self.world, self.device)[0] > 0
+        return self.stopped
 
     def stopped_mid_epoch(self) -> None:
         """A stop signal inside an epoch: keep this step and the epoch's running sums."""
@@ -173,7 +176,7 @@ class Trainer(TrainerSetUp):
     def finish(self, stop: StopSignal) -> None:
         """After the last epoch: the report on best/ (calibration, pictures), tracked files."""
         state = self.state
-        if stop.signum and state.epoch <= self.config.recipe.epochs:
+        if (stop.signum or self.stopped) and state.epoch <= self.config.recipe.epochs:
             self.say(f"Stopped after epoch {state.epoch - 1}; saved {self.output_dir / 'last'}. "
                      f"Continue with: python train.py --resume {self.output_dir}", file=sys.stderr)
         elif self.world.is_main and state.best["epoch"]:
