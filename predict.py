@@ -15,7 +15,7 @@ from pathlib import Path
 from vitclassifier.cli import add_device_option, add_precision_option, new_parser, printable
 from vitclassifier.devices import keep_freed_memory
 from vitclassifier.errors import UserError, report_user_error
-from vitclassifier.files import check_output_file, refuse_inside, write_problem
+from vitclassifier.files import check_output_file, refuse_inside
 from vitclassifier.inference.loading import (
     CPU_ONLY_SUFFIXES,
     is_export,
@@ -128,11 +128,8 @@ def run(args: argparse.Namespace) -> int:
     print_table(results, file=sys.stderr if args.json == "-" else sys.stdout)
     for path, reason in failures:
         print(f"error: {printable(path)}: {printable(reason)}", file=sys.stderr)
-    if args.json:
-        try:
-            write_json(args.json, predictions_json(args.model, results, failures))
-        except OSError as error:  # the disk filled up, or went away, since check_outputs
-            raise write_problem(Path(args.json), error) from None
+    if args.json:  # written atomically; a disk that filled up since check_outputs is one error line
+        write_json(args.json, predictions_json(args.model, results, failures))
     if args.visualize and results:
         write_predictions(results, args.visualize)
         print(f"Saved the picture to {args.visualize}", file=sys.stderr)

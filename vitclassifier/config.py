@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vitclassifier.cli import DEVICES, PRECISIONS
 from vitclassifier.errors import UserError
 
 AUGMENTATIONS = ("crop", "flip", "rotate", "color_jitter")
@@ -176,6 +177,8 @@ class TrainConfig:
              f"--freeze {m.freeze!r}: use none, backbone or a number of encoder blocks"),
             (r.select_by in SELECT_BY_CHOICES, f"--select-by: choose from {', '.join(SELECT_BY_CHOICES)}"),
             (r.class_weights in ("none", "auto"), "--class-weights: choose none or auto"),
+            (self.runtime.precision in PRECISIONS, f"--precision: choose from {', '.join(PRECISIONS)}"),
+            (self.runtime.device in DEVICES, f"--device: choose from {', '.join(DEVICES)}"),
         ]
         return [message for ok, message in checks if not ok]
 
@@ -187,7 +190,8 @@ class TrainConfig:
             for f in dataclasses.fields(options):
                 value = getattr(options, f.name)
                 if not matches_type(value, str(f.type)):
-                    wrong.append(f"--{option_name(f).replace('_', '-')} must be {f.type}, not {value!r}")
+                    kinds = " or ".join(str(f.type).split(" | "))
+                    wrong.append(f"--{option_name(f).replace('_', '-')} {str(value)[:40]!r} is not {kinds}")
         return wrong
 
     def validate(self) -> None:

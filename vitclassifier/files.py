@@ -78,8 +78,7 @@ def atomic_write_dir(directory: Path, write: Callable[[Path], None]) -> None:
         tmp.mkdir(parents=True)
         write(tmp)
         for file in tmp.iterdir():
-            with open(file, "rb") as handle:
-                os.fsync(handle.fileno())
+            fsync_file(file)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

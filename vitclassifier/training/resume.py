@@ -7,18 +7,16 @@ scheduler and scaler, the position (epoch, step) and the epoch's running sums; n
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 import signal
 import sys
-import typing
 from pathlib import Path
 
 from tqdm import tqdm
 
-from vitclassifier.cli import PRECISIONS, printable
-from vitclassifier.config import SECTIONS, TrainConfig, option_name
+from vitclassifier.cli import printable
+from vitclassifier.config import TrainConfig
 from vitclassifier.errors import UserError
 from vitclassifier.model.checkpoint import load_training_state
 from vitclassifier.model.validation import check_labels, is_number, refusal
@@ -104,9 +102,6 @@ def prepare_resume(config: TrainConfig, given: set[str]) -> tuple[TrainConfig, d
         )
     kept = {name: value for name, value in saved.items()
             if name in current and name not in given and name not in SESSION_OPTIONS}
-    problems = option_type_problems(kept)
-    if problems:
-        raise refusal(where, f"its options are invalid: {'; '.join(problems)}")
     try:
         resumed = TrainConfig.from_options({**current, **kept})
     except (UserError, TypeError, ValueError) as error:  # the checks of a command line, on the saved options
@@ -117,32 +112,6 @@ def prepare_resume(config: TrainConfig, given: set[str]) -> tuple[TrainConfig, d
         print(f"Options restored from the interrupted run: {printable(shown)}")
     state["dir"] = resume_dir
     return resumed, state
-
-
-def option_types() -> dict[str, tuple[type, ...]]:
-    """train.py's options by dest, with the types a value may have (paths as text, ints as floats)."""
-    types = {}
-    for kind in SECTIONS.values():
-        hints = typing.get_type_hints(kind)
-        for f in dataclasses.fields(kind):
-            hint = hints[f.name]
-            allowed = tuple(str if t is Path else t for t in (typing.get_args(hint) or (hint,)))
-            types[option_name(f)] = allowed + ((int,) if float in allowed else ())
-    return types
-
-
-def option_type_problems(options: dict) -> list[str]:
-    """Saved options whose values have the wrong type (a bool is not a number here), one sentence each."""
-    types = option_types()
-    def fits(value: object, allowed: tuple[type, ...]) -> bool:
-        return bool in allowed if isinstance(value, bool) else isinstance(value, allowed)
-
-    problems = [f"--{name.replace('_', '-')} {str(value)[:40]!r} is not "
-                f"{' or '.join(t.__name__ for t in types[name])}"
-                for name, value in options.items() if name in types and not fits(value, types[name])]
-    if options.get("precision", "auto") not in PRECISIONS:  # a choice of argparse's, not of problems()
-        problems.append(f"--precision: choose from {', '.join(PRECISIONS)}")
-    return problems
 
 
 def check_state(state: dict, where: str) -> None:
