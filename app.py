@@ -56,15 +56,27 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         return report_user_error(error)
     try:
-        # ssr_mode off: server-side rendering would need Node.js and adds nothing for this page
-        app.queue().launch(server_name=args.host, server_port=args.port, share=args.share, ssr_mode=False)
+        # ssr_mode off: server-side rendering would need Node.js and adds nothing for this page. quiet:
+        # Gradio's own start-up text speaks of its launch() arguments; ours names this command's options
+        app.queue().launch(server_name=args.host, server_port=args.port, share=args.share, ssr_mode=False,
+                           quiet=True, prevent_thread_lock=True)
     except OSError as error:  # the port is taken, or the address is not this machine's
         reason = str(error).split(". ")[0]  # Gradio goes on about its own launch() arguments
         print(
             f"error: cannot serve on {args.host}:{args.port}: {reason}; pick another --port", file=sys.stderr
         )
         return 2
+    print(startup_text(args), flush=True)
+    app.block_thread()  # until Ctrl+C
     return 0
+
+
+def startup_text(args: argparse.Namespace) -> str:
+    """Where the page is, in this command's terms."""
+    text = f"* Running on http://{args.host}:{args.port} (Ctrl+C stops it)"
+    if not args.share:
+        text += "\n* To create a public link as well, add --share"
+    return text
 
 
 if __name__ == "__main__":

@@ -17,14 +17,21 @@ import json
 import sys
 from pathlib import Path
 
-from vitclassifier.cli import new_parser
+from vitclassifier.cli import add_device_option, new_parser
+from vitclassifier.config import DATA_FORMATS
 from vitclassifier.data.audit import audit_dataset, format_report
 from vitclassifier.data.augment import BatchAugment, train_decode
 from vitclassifier.data.dataset import ImageFolderDataset, collate_skipping_bad, fill_caches
-from vitclassifier.data.folders import list_images, load_splits, scan_class_folders
+from vitclassifier.data.folders import list_images, load_splits, scan_class_folders, validation_folder
+from vitclassifier.data.shardaudit import audit_shards
+from vitclassifier.data.shards import INDEX_NAME
+from vitclassifier.data.shardwriter import to_shards
+from vitclassifier.data.sources import detect_format, is_stream, load_source
 from vitclassifier.data.synthetic import DEFAULT_CLASSES, SHAPES, at_least, generate_data, parse_classes
 from vitclassifier.data.transforms import Preprocessing, eval_transform
-from vitclassifier.errors import UserError, report_user_error
+from vitclassifier.deep_audit.outputs import format_findings
+from vitclassifier.deep_audit.run import AuditOptions, deep_audit
+from vitclassifier.errors import UserError, printable, report_user_error
 from vitclassifier.files import atomic_write_bytes, check_output_file
 from vitclassifier.model.vit import PRESETS, create_model, freeze
 
@@ -54,29 +61,68 @@ def check_data(args: argparse.Namespace) -> int:
             raise UserError(f"--val-split must be between 0 and 1, got {args.val_split}")
         if args.json and args.json != "-":  # before the audit, which can take a while
             check_output_file(Path(args.json), "--json")
-        labels, train, val = load_splits(root, args.val_split, args.split_seed)
-        # load_splits took the split from root/train and root/val exactly when all training files lie there
-        split = (
-            "the train/ and val/ folders"
-            if all(p.is_relative_to(root / "train") for p, _ in train)
-            else f"{args.val_split * 100:g}% of each class held out, seed {args.split_seed}"
-        )
+        if args.audit_out and not args.model:
+            raise UserError("--audit-out is where the deep audit writes: add --model CKPT|PRESET|HUB-ID")
+        labels, train, val = (  # a folder with a single class is reported (exit 1), not refused (exit 2)
+            load_splits(root, args.val_split, args.split_seed, min_classes=1)
+            if detect_format(root, args.data_format) == "folder" else
+            load_source(root, args.val_split, args.split_seed, args.data_format, args.image_column,
+                        args.label_column))
+        deep = run_deep_audit(args, labels, train, val) if args.model else None
+        # Small images are judged against a size that is known: --image-size, or the --model's input.
+        image_size = args.image_size or (deep and deep["image_size"])
         report = {
             "data": str(root),
-            "split": split,
-            **audit_dataset(labels, train, val, args.image_size or 224),
+            "split": describe_split(root, train, args),
+            **(audit_shards if is_stream(train) else audit_dataset)(labels, train, val, image_size),
+            **({"deep": deep} if deep else {}),
         }
+        as_json = (json.dumps(report, indent=2) + "\n").encode()
+        if deep:
+            atomic_write_bytes(Path(deep["folder"]) / "report.json", as_json)
         if args.json and args.json != "-":
-            atomic_write_bytes(Path(args.json), (json.dumps(report, indent=2) + "\n").encode())
+            atomic_write_bytes(Path(args.json), as_json)
     except UserError as error:
         return report_user_error(error)
     except OSError as error:
         return report_user_error(UserError(f"{error.filename or args.json}: {error.strerror or error}"))
     # With the JSON on stdout, the text goes to stderr so that stdout stays parseable.
-    print(format_report(report), file=sys.stderr if args.json == "-" else sys.stdout)
+    text = format_report(report) + ("\n" + "\n".join(printable(line) for line in format_findings(deep))
+                                    if deep else "")
+    print(text, file=sys.stderr if args.json == "-" else sys.stdout)
     if args.json == "-":
         print(json.dumps(report, indent=2))
     return 1 if report["fatal"] else 0
+
+
+def describe_split(root: Path, train, args: argparse.Namespace) -> str:
+    """Where the audit's train/val split came from, as train.py makes it for this form of --data."""
+    held_out = f"{args.val_split * 100:g}% of each class held out, seed {args.split_seed}"
+    if is_stream(train):
+        return (f"the train-*.tar and val-*.tar shards of {INDEX_NAME}" if train.holdout is None else
+                f"{args.val_split * 100:g}% of the samples held out by a hash of their keys, seed "
+                f"{args.split_seed}")
+    if all(isinstance(p, Path) and p.is_relative_to(root / "train") for p, _ in train):
+        # load_splits took them exactly when all training files lie so
+        return f"the train/ and {validation_folder(root).name}/ folders"
+    if detect_format(root, args.data_format) == "folder":
+        return held_out
+    return f"the data's own train/val split when it has one, else {held_out}"
+
+
+def shards_command(args: argparse.Namespace) -> int:
+    """``--to-shards DIR OUT``: the folder DIR as tar shards in OUT; 2 if DIR or OUT is unusable."""
+    source, out = args.to_shards
+    try:
+        index = to_shards(source, out, args.val_split, args.split_seed, args.shard_size)
+    except UserError as error:
+        return report_user_error(error)
+    except OSError as error:
+        return report_user_error(UserError(f"{error.filename or out}: {error.strerror or error}"))
+    last = len(index["train"]) - 1
+    print(f"Wrote {len(index['train'])} training and {len(index['val'])} validation shard(s) into {out}. "
+          f"Train with: python train.py --data '{out}/train-{{000000..{last:06d}}}.tar'")
+    return 0
 
 
 def generate_command(args: argparse.Namespace) -> int:
@@ -89,6 +135,74 @@ def generate_command(args: argparse.Namespace) -> int:
     except OSError as error:  # the disk filled up or went away after the checks
         return report_user_error(UserError(f"{error.filename or args.out}: {error.strerror or error}"))
     return 0
+
+
+def run_deep_audit(args: argparse.Namespace, labels: list[str], train, val) -> dict:
+    """``--check-data DIR --model M``: the deep audit (vitclassifier/deep_audit, docs/audit.md)."""
+    if is_stream(train):
+        raise UserError("--model: the deep audit reads images one by one, which streamed shards cannot do; "
+                        "audit the folder the shards were made from")
+    options = AuditOptions(model=args.model, out=args.audit_out, folds=args.folds,
+                           duplicate_threshold=args.duplicate_threshold, pixel_threshold=args.pixel_threshold,
+                           batch_size=args.batch_size, device=args.device)
+    return deep_audit(args.check_data, labels, train, val, options)
+
+
+def add_check_options(parser: argparse.ArgumentParser) -> None:
+    """The options of --check-data, then those of its deep audit (--model)."""
+    check = parser.add_argument_group("--check-data options")
+    check.add_argument(
+        "--val-split",
+        type=float,
+        default=0.2,
+        help="fraction of each class held out for validation; must match train.py's "
+        "--val-split (ignored with train/ and val/ folders)",
+    )
+    check.add_argument(
+        "--split-seed",
+        type=int,
+        default=42,
+        help="seed of the train/validation split; must match train.py's --seed",
+    )
+    check.add_argument("--json", metavar="FILE", help="also write the report as JSON ('-' for stdout)")
+    add_audit_options(parser)
+
+
+def add_audit_options(parser: argparse.ArgumentParser) -> None:
+    """--model and the options of the deep audit (docs/audit.md)."""
+    deep = parser.add_argument_group("--check-data --model options: the deep audit (docs/audit.md)")
+    deep.add_argument("--model", metavar="CKPT|PRESET|HUB-ID",
+                      help="embed every image with this model (a trained checkpoint such as "
+                      "checkpoints/best, a preset or a Hugging Face id) and report near-duplicates, "
+                      "suspected label errors and outliers: suspects to review, not verdicts")
+    deep.add_argument("--audit-out", type=Path, metavar="DIR",
+                      help="where the CSV files, pictures, report.json and the embedding cache go "
+                      "(default: DIR-audit beside the data)")
+    deep.add_argument("--folds", type=at_least(2), default=5,
+                      help="folds of the out-of-fold linear classifier behind the suspected label errors")
+    deep.add_argument("--duplicate-threshold", type=float, default=0.995,
+                      help="near-duplicates: cosine similarity of the embeddings from which two images "
+                      "count")
+    deep.add_argument("--pixel-threshold", type=float, default=0.99,
+                      help="near-duplicates: cosine similarity of 8x8 colour thumbnails from which two "
+                      "images count (resized, recompressed or slightly cut copies)")
+    deep.add_argument("--batch-size", type=at_least(1), default=64, help="images embedded at once")
+    add_device_option(deep)
+
+
+def add_source_options(parser: argparse.ArgumentParser, command) -> None:
+    """--to-shards, and the options that read --check-data in any form (docs/data-formats.md)."""
+    command.add_argument(
+        "--to-shards", nargs=2, type=Path, metavar=("DIR", "OUT"),
+        help="write the class folder DIR as WebDataset tar shards into the new folder OUT (train-*.tar, "
+        "val-*.tar, index.json), split by --val-split and --split-seed as train.py splits it",
+    )
+    forms = parser.add_argument_group("data forms (--check-data) and --to-shards options")
+    forms.add_argument("--data-format", default="auto", choices=DATA_FORMATS,
+                       help="the form of the data (auto: told from the path; see docs/data-formats.md)")
+    forms.add_argument("--image-column", default=None, help="label files, HF datasets: the image column")
+    forms.add_argument("--label-column", default=None, help="label files, HF datasets: the label column")
+    forms.add_argument("--shard-size", type=at_least(1), default=1000, help="--to-shards: images per shard")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,15 +219,18 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         metavar="DIR",
         help="audit a data set as train.py will read it: class counts, unreadable, small "
-        "and duplicate files, class imbalance. Exit code 1 if training is impossible",
+        "and duplicate files, class imbalance; with --model also near-duplicates, suspected label "
+        "errors and outliers. Exit code 1 if training is impossible",
     )
+    add_source_options(parser, command)
     parser.add_argument(
         "--image-size",
         type=at_least(16),
         default=None,
         metavar="N",
         help="--generate-data: side of each image in pixels (default: 64); --check-data: "
-        "the model input size, smaller images are reported (default: 224)",
+        "images with a shorter side are reported (default: the --model's input size; without "
+        "--model, sizes are not judged)",
     )
     generate = parser.add_argument_group("--generate-data options")
     generate.add_argument("--out", type=Path, default=Path("data"), help="where to write the data set")
@@ -125,27 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     generate.add_argument("--per-class", type=at_least(2), default=1200, help="images per class")
     generate.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files")
-    generate.add_argument(
-        "--samples-dir", type=Path, default=Path("."), help="where sample.jpg and samples/ go"
-    )
-    check = parser.add_argument_group("--check-data options")
-    check.add_argument(
-        "--val-split",
-        type=float,
-        default=0.2,
-        help="fraction of each class held out for validation; must match train.py's "
-        "--val-split (ignored with train/ and val/ folders)",
-    )
-    check.add_argument(
-        "--split-seed",
-        type=int,
-        default=42,
-        help="seed of the train/validation split; must match train.py's --seed",
-    )
-    check.add_argument("--json", metavar="FILE", help="also write the report as JSON ('-' for stdout)")
+    generate.add_argument("--samples-dir", type=Path, default=Path("."), help="where sample.jpg, samples/ go")
+    add_check_options(parser)
     args = parser.parse_args(argv)
-    if args.check_data:
-        return check_data(args)
+    if args.to_shards or args.check_data:
+        return shards_command(args) if args.to_shards else check_data(args)
     if not args.generate_data:
         parser.print_help()
         return 0

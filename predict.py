@@ -2,6 +2,7 @@
 
     python predict.py --image sample.jpg --top-k 3
     python predict.py --image photos/ "more/*.png" --json predictions.json --visualize grid.png
+    python predict.py --image photos/ --top-k 3 --explain explanations/
 
 Preprocessing is the very function validation uses, built from what the checkpoint carries.
 This file only reads the command line; the work is in vitclassifier.inference.
@@ -16,6 +17,7 @@ from vitclassifier.cli import add_device_option, add_precision_option, new_parse
 from vitclassifier.devices import keep_freed_memory
 from vitclassifier.errors import UserError, report_user_error
 from vitclassifier.files import check_output_file, refuse_inside
+from vitclassifier.inference.explain import NEEDS_CHECKPOINT, check_explain_folder, explain_to_folder
 from vitclassifier.inference.loading import (
     CPU_ONLY_SUFFIXES,
     is_export,
@@ -23,6 +25,7 @@ from vitclassifier.inference.loading import (
     prediction_device,
 )
 from vitclassifier.inference.predict import expand_inputs, predict, predictions_json, print_table, write_json
+from vitclassifier.model.relevance import METHODS
 from vitclassifier.reporting.plots import MAX_PICTURES, write_predictions
 
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg", ".webp", ".tif", ".tiff")  # --visualize
@@ -61,6 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", help="also write the predictions as JSON to FILE ('-': stdout)")
     p.add_argument("--visualize", type=Path, metavar="OUT.png",
                    help=f"save the images with their top-k labels and confidence bars (first {MAX_PICTURES})")
+    p.add_argument("--explain", type=Path, metavar="DIR",
+                   help="show where the model looked: for every image, DIR/NAME.jpg (the image and one "
+                        "heatmap per top-k class) and DIR/NAME.npy (the maps, float32, k x H x W); needs "
+                        "the checkpoint directory, not an export (see docs/explain.md)")
+    p.add_argument("--explain-method", default="relevance", choices=METHODS,
+                   help="relevance: gradient-weighted attention relevance (Chefer et al. 2021), one map per "
+                        "class; rollout: attention rollout (Abnar & Zuidema 2020), class-agnostic: the same "
+                        "map for every class")
     return p
 
 
@@ -93,9 +104,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def check_explain(args: argparse.Namespace) -> None:
+    """--explain runs the checkpoint in PyTorch, with gradients, on the plain view of each image."""
+    if is_export(args.model):
+        raise UserError(f"--explain: {NEEDS_CHECKPOINT}; --model {args.model} is an export: pass the "
+                        f"checkpoint directory it was made from, e.g. checkpoints/best")
+    if args.tta or args.quantize or args.compile or args.runtime != "pytorch":
+        raise UserError("--explain explains the plain PyTorch model on the image itself: leave out --tta, "
+                        "--quantize, --compile and --runtime")
+    check_explain_folder(args.explain, args.model, args.image)
+
+
 def check_outputs(args: argparse.Namespace) -> None:
     """Before the model is loaded: --json and --visualize can be written (their folders exist, they
-    are not folders, the disk takes them) and are not a file of the model."""
+    are not folders, the disk takes them) and are not a file of the model; --explain can be too."""
+    if args.explain:
+        check_explain(args)
     outputs = [("--json", Path(args.json))] if args.json and args.json != "-" else []
     if args.visualize:
         if args.visualize.suffix.lower() not in PICTURE_SUFFIXES:
@@ -123,7 +147,11 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"note: --top-k {args.top_k} capped at the model's {len(loaded.labels)} classes", file=sys.stderr
         )
-    results, bad = predict(loaded, paths, args.top_k, args.batch_size, args.tta, args.min_confidence)
+    if args.explain:
+        results, bad = explain_to_folder(loaded, paths, args.top_k, args.batch_size, args.explain_method,
+                                         args.explain, args.min_confidence)
+    else:
+        results, bad = predict(loaded, paths, args.top_k, args.batch_size, args.tta, args.min_confidence)
     failures += bad
     print_table(results, file=sys.stderr if args.json == "-" else sys.stdout)
     for path, reason in failures:
@@ -133,6 +161,9 @@ def run(args: argparse.Namespace) -> int:
     if args.visualize and results:
         write_predictions(results, args.visualize)
         print(f"Saved the picture to {args.visualize}", file=sys.stderr)
+    if args.explain and results:
+        print(f"Explanations of {len(results)} image(s): {printable(args.explain)}/ (NAME.jpg, NAME.npy)",
+              file=sys.stderr)
     if failures:
         print(
             f"{len(failures)} of {len(results) + len(failures)} input(s) could not be predicted",

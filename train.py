@@ -18,18 +18,32 @@ import argparse
 import sys
 from pathlib import Path
 
-from vitclassifier.cli import add_device_option, add_precision_option, new_parser, typed_options
-from vitclassifier.config import SELECT_BY_CHOICES, TrainConfig
+from vitclassifier.cli import add_device_option, add_precision_option, new_parser, shell_word, typed_options
+from vitclassifier.config import DATA_FORMATS, SELECT_BY_CHOICES, TrainConfig
 from vitclassifier.devices import keep_freed_memory
 from vitclassifier.errors import UserError, report_user_error
 from vitclassifier.evaluation import evaluate_checkpoint
 from vitclassifier.model.vit import PRESETS
 from vitclassifier.training.trainer import train
 
+TRAINED_MODEL = Path("checkpoints") / "best"  # where a run with the default --output-dir keeps its model
+
 
 def add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, default=Path("data"),
-                   help="folder with one sub-folder per class (or train/ and val/ sub-folders)")
+                   help="folder with one sub-folder per class (or train/ and val/ sub-folders); or a label "
+                        "file (.csv/.tsv/.jsonl), a Hugging Face dataset (save_to_disk folder, parquet, "
+                        "hf:ID) or tar shards ('train-{000000..000009}.tar'): docs/data-formats.md")
+    p.add_argument("--data-format", default="auto", choices=DATA_FORMATS,
+                   help="the form of --data (auto: told from the path)")
+    p.add_argument("--image-column", default=None,
+                   help="label files and Hugging Face datasets: the image column (default: recognised)")
+    p.add_argument("--label-column", default=None,
+                   help="label files and Hugging Face datasets: the label column (default: recognised)")
+    p.add_argument("--exclude", type=Path, default=None, metavar="FILE",
+                   help="leave out the images FILE lists: one path per line, relative to --data, or a CSV "
+                        "file with a path column such as the deep audit's label_issues.csv (docs/audit.md); "
+                        "recorded in best/training_info.json")
     p.add_argument("--epochs", type=int, default=10, help="number of passes over the training set")
     p.add_argument("--batch-size", type=int, default=32,
                    help="images per training step and process (under torchrun the global batch is N times "
@@ -115,7 +129,8 @@ def add_runtime_options(p: argparse.ArgumentParser) -> None:
                         "whose cores the model needs; 2 on bigger CPUs; up to 8 with a GPU)")
     p.add_argument("--cache-mb", type=int, default=4096,
                    help="decode and resize each image once into an in-memory uint8 cache of at most this "
-                        "many MiB, so later epochs skip decoding (0: decode every epoch)")
+                        "many MiB, so later epochs skip decoding (0: decode every epoch; tar shards stream, "
+                        "uncached)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model first (about a minute on a CPU): for long runs on GPUs "
                         "(docs/performance.md)")
@@ -154,12 +169,25 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Train
     return args, config, typed_options(parser, argv, args)
 
 
+def model_to_evaluate(config: TrainConfig, given: set[str]) -> TrainConfig:
+    """--evaluate scores --model; without it, the model a plain training run leaves (checkpoints/best),
+    not the preset --model defaults to, which is no trained checkpoint."""
+    if "model" in given:
+        return config
+    if not (TRAINED_MODEL / "config.json").is_file():
+        raise UserError(f"--evaluate needs --model: a trained checkpoint folder or an export of one "
+                        f"(there is no {TRAINED_MODEL} here to score)")
+    print(f"Scoring {TRAINED_MODEL} (give --model to score another checkpoint)")
+    return config.replace(model=str(TRAINED_MODEL))
+
+
 def main(argv: list[str] | None = None) -> int:
     args, config, given = parse_args(argv)
     keep_freed_memory()
     try:
         if args.evaluate:
-            evaluate_checkpoint(config, args.output_dir if "output_dir" in given else None)
+            pictures = args.output_dir if "output_dir" in given else None
+            evaluate_checkpoint(model_to_evaluate(config, given), pictures)
             return 0
         summary = train(config, given)
     except UserError as error:
@@ -167,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(
             f"\nStopped at once. The last completed save can be continued with: "
-            f"python train.py --resume {args.output_dir}",
+            f"python train.py --resume {shell_word(args.output_dir)}",
             file=sys.stderr,
         )
         return 130

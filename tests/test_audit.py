@@ -202,3 +202,44 @@ def test_only_files_sharing_a_size_are_hashed(tmp_path, monkeypatch):
                         lambda paths, limit: hashed.extend(paths) or group_by_digest(paths, limit))
     assert audit.find_duplicates(classifier.list_images(tmp_path)) == []
     assert hashed and tmp_path / "bee" / "odd.png" not in hashed
+
+
+@pytest.mark.slow
+def test_a_single_class_is_reported_as_impossible_with_exit_1(tmp_path, capsys):
+    make_images(tmp_path / "ant", 4)
+    assert classifier.main(["--check-data", str(tmp_path)]) == 1  # as the README says: training impossible
+    out = capsys.readouterr().out
+    assert "Training is impossible" in out and "training needs at least 2" in out
+    assert classifier.main(["--check-data", str(tmp_path / "ant")]) == 2  # no class folder at all: usage
+
+
+@pytest.mark.slow
+def test_image_sizes_are_judged_only_against_a_known_size(tmp_path, capsys):
+    make_images(tmp_path / "ant", 3, size=64)
+    make_images(tmp_path / "bee", 3, size=64)
+    classifier.main(["--check-data", str(tmp_path), "--json", "-"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["image_size"] is None and all(c["small"] == 0 for c in report["classes"].values())
+    classifier.main(["--check-data", str(tmp_path), "--json", "-", "--image-size", "96"])
+    assert json.loads(capsys.readouterr().out)["classes"]["ant"]["small"] == 3
+
+
+@pytest.mark.slow
+def test_the_split_names_the_validation_folder_it_read(tmp_path, capsys):
+    for split in ("train", "validation"):
+        for name in ("ant", "bee"):
+            make_images(tmp_path / split / name, 2, prefix=split)
+    classifier.main(["--check-data", str(tmp_path)])
+    assert "split: the train/ and validation/ folders" in capsys.readouterr().out
+
+
+def test_the_brief_report_names_the_files_filed_under_two_classes(tmp_path):
+    make_images(tmp_path / "ant", 6)
+    make_images(tmp_path / "bee", 4)
+    copies = [tmp_path / "bee" / f"same_{i}.png" for i in range(5)]
+    for i, copy in enumerate(copies):
+        shutil.copyfile(tmp_path / "ant" / f"img_{i:03d}.png", copy)
+    [line] = [line for line in format_report(run_audit(tmp_path, decode=False), brief=True).splitlines()
+              if "filed under two classes" in line]
+    assert line.startswith("Warning: 5 image(s) are filed under two classes: ")
+    assert sum(str(copy) in line for copy in copies) == audit.NAMED_GROUPS and "and 2 more" in line

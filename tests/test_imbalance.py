@@ -46,13 +46,19 @@ def test_sampler_shards_cover_the_epoch_once_and_resume_skips_whole_batches():
     plain = EpochSampler(50, batch_size=4, seed=0, world=World())
     plain.set_epoch(1)
     order = list(plain)
-    assert len(order) == 48 and len(set(order)) == 48  # 12 whole batches, no repeats
+    assert sorted(order) == list(range(50)) and plain.steps == 13  # every image; the last batch holds 2
     shards = [EpochSampler(50, batch_size=2, seed=0, world=World(rank, 2)) for rank in (0, 1)]
     for shard in shards:
         shard.set_epoch(1)
     assert sorted(list(shards[0]) + list(shards[1])) == sorted(order)
     plain.set_epoch(1, start_batch=3)
-    assert list(plain) == order[12:] and len(plain) == 36
+    assert list(plain) == order[12:] and len(plain) == 38
+    uneven = [EpochSampler(51, batch_size=4, seed=0, world=World(rank, 2)) for rank in (0, 1)]
+    for shard in uneven:
+        shard.set_epoch(1)
+    first, second = list(uneven[0]), list(uneven[1])
+    assert len(first) == len(second) == 26 and uneven[0].steps == uneven[1].steps == 7  # equal steps
+    assert set(first + second) == set(range(51))  # every image; one of them twice, to even out the shares
     validation = [list(ShardSampler(7, World(rank, 2))) for rank in (0, 1)]
     assert sorted(validation[0] + validation[1]) == list(range(7))
 

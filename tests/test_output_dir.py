@@ -173,11 +173,14 @@ def test_divergence_stops_with_one_line_and_keeps_no_nan(tiny_vit, pattern_data,
 
 
 @pytest.mark.slow
-def test_a_batch_larger_than_the_training_set_is_refused(tiny_vit, tmp_path, capsys):
+def test_a_step_larger_than_the_training_set_trains_on_every_image(tiny_vit, tmp_path, capsys):
     from helpers import make_pattern_folder
 
     import train
     data = make_pattern_folder(tmp_path / "data", per_class=4)
-    code = train.main(["--data", str(data), "--model", str(tiny_vit), "--output-dir", str(tmp_path / "out"),
+    out = tmp_path / "out"
+    code = train.main(["--data", str(data), "--model", str(tiny_vit), "--output-dir", str(out),
                        *TRAIN_OPTIONS, "--batch-size", "8", "--grad-accum", "4"])
-    assert code == 2 and "32 images per step" in capsys.readouterr().err
+    assert code == 0, capsys.readouterr().err
+    info = json.loads((out / "best" / "training_info.json").read_text())
+    assert info["train_images"] == 9  # one smaller step of all 3 x 4 - 3 held out, every epoch

@@ -7,7 +7,6 @@ import contextlib
 import importlib.util
 import io
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -18,9 +17,11 @@ from pathlib import Path
 
 import pytest
 from helpers import CHROMIUM, CLASSES, ROOT, STARTUP_SECONDS, free_port
+from PIL import Image
 
 import app
 import predict
+from vitclassifier.reporting.heatmaps import panel_size
 
 gradio_client = pytest.importorskip("gradio_client",
                                     reason="needs the extras: pip install -r requirements-extras.txt")
@@ -28,12 +29,18 @@ pytestmark = pytest.mark.slow  # a server process, a trained checkpoint, a brows
 
 
 @pytest.fixture(scope="module")
-def server(trained_run, tmp_path_factory):
+def server_log(tmp_path_factory) -> Path:
+    """Where the server fixture's process writes its output."""
+    return tmp_path_factory.mktemp("app") / "server.log"
+
+
+@pytest.fixture(scope="module")
+def server(trained_run, server_log):
     """`python app.py` serving the trained checkpoint; yields its URL, stops it afterwards."""
     if importlib.util.find_spec("gradio") is None:  # not imported here: that alone takes seconds
         pytest.skip("needs the extras: pip install -r requirements-extras.txt")
     url = f"http://127.0.0.1:{(port := free_port())}/"
-    log = tmp_path_factory.mktemp("app") / "server.log"
+    log = server_log
     with open(log, "w") as output:
         command = [sys.executable, str(ROOT / "app.py"), "--model", str(trained_run / "best"),
                    "--port", str(port), "--top-k", "2"]
@@ -98,6 +105,30 @@ def test_a_bad_upload_is_reported_and_the_rest_still_classified(server, uploads)
     assert results == [] and errors == ""
 
 
+def test_top_k_above_the_class_count_is_capped_without_a_traceback(server, server_log, uploads, trained_run):
+    client = gradio_client.Client(server, verbose=False)
+    results, errors = client.predict([gradio_client.handle_file(str(uploads / "plain.png"))], 10,
+                                     api_name="/classify")
+    assert errors == "" and len(results[0]["predictions"]) == len(CLASSES)  # capped, as predict.py caps it
+    assert [p["label"] for p in results[0]["predictions"]] == [
+        p["label"] for p in expected(trained_run, [uploads / "plain.png"], len(CLASSES))[0]["predictions"]]
+    log = server_log.read_text()
+    assert "Traceback" not in log, log
+    assert "--share" in log and "share=True" not in log  # the start-up text speaks of app.py's options
+
+
+def test_the_api_shows_where_the_model_looked(server, uploads):
+    client = gradio_client.Client(server, verbose=False)
+    files = [gradio_client.handle_file(str(uploads / f"{name}.png")) for name in CLASSES]
+    plain, _ = client.predict(files, 2, False, api_name="/classify")
+    shown, errors = client.predict(files, 2, True, api_name="/classify")
+    assert errors == "" and all("heatmap" not in r for r in plain)
+    for with_map, without in zip(shown, plain):
+        assert [p["label"] for p in with_map["predictions"]] == [p["label"] for p in without["predictions"]]
+        with Image.open(with_map["heatmap"]) as heatmap:  # the server runs on this machine: its file
+            assert heatmap.mode == "RGB" and heatmap.size == panel_size(40, 40)  # the uploads are 40 px
+
+
 def test_a_missing_checkpoint_is_a_one_line_error(tmp_path, capsys):
     assert app.main(["--model", str(tmp_path / "nothing")]) == 2
     err = capsys.readouterr().err
@@ -120,14 +151,20 @@ def test_the_page_in_a_browser(server, uploads, trained_run, tmp_path):
             page = browser.new_page(viewport={"width": 1100, "height": 900})
             page.goto(server)
             page.locator("input[type=file]").set_input_files([str(vertical), str(uploads / "broken.jpg")])
-            shown = page.locator("[data-testid=label-output-value]")
+            shown = page.locator(".vit-label")
             shown.first.wait_for(timeout=60_000)
-            assert shown.all_inner_texts() == [top_2[0]["label"]]
-            # one bar per label, its percentage rounded half up as the page's JavaScript does
-            bars = page.locator(".confidence").all_inner_texts()
-            assert bars == [f"{math.floor(p['confidence'] * 100 + 0.5)}%" for p in top_2]
+            assert shown.all_inner_texts() == [p["label"] for p in top_2]
+            # one bar per label, its percentage with one decimal
+            bars = page.locator(".vit-confidence").all_inner_texts()
+            assert bars == [f"{p['confidence'] * 100:.1f}%" for p in top_2]
             page.get_by_text("1 of 2 upload(s) failed").wait_for(timeout=10_000)
             assert "broken.jpg" in page.locator("#errors").inner_text()
+            assert page.locator(".vit-heatmap img").count() == 0
+            page.get_by_label("Show where the model looked").check()
+            heatmap = page.locator(".vit-heatmap img")
+            heatmap.first.wait_for(timeout=60_000)  # the top class's map, beside the image
+            width = heatmap.first.evaluate("image => image.naturalWidth")
+            assert heatmap.count() == 1 and width == panel_size(40, 40)[0]
             page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
         finally:
             browser.close()

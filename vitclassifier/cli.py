@@ -3,8 +3,10 @@ which options a user typed."""
 from __future__ import annotations
 
 import argparse
+import shlex
+from pathlib import Path
 
-from vitclassifier.errors import printable  # noqa: F401  (commands and the library take it from here)
+from vitclassifier.errors import printable
 
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
@@ -13,10 +15,12 @@ PRECISION_HELP = "autocast precision; auto: bf16 where the device supports it, e
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows "(default: X)" in --help, except for flags and options without a default."""
+    """Shows "(default: X)" in --help, except for flags (``--no-calibrate``'s default True says nothing
+    a user types) and options without a default."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None or action.default is False or "default" in (action.help or ""):
+        flag = action.nargs == 0  # store_true, store_false, store_const: nothing follows the option
+        if flag or action.default is None or "default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 
@@ -45,3 +49,14 @@ def typed_options(parser: argparse.ArgumentParser, argv: list[str] | None,
     untouched = object()
     again = parser.parse_args(argv, namespace=argparse.Namespace(**dict.fromkeys(vars(parsed), untouched)))
     return {dest for dest, value in vars(again).items() if value is not untouched}
+
+
+def shell_word(path: str | Path) -> str:
+    """A path as it must be typed in a command we suggest: quoted when it holds spaces or characters the
+    shell would read (shlex.quote), control characters escaped (printable), so it can be copied."""
+    return printable(shlex.quote(str(path)))
+
+
+def counted(count: int, noun: str) -> str:
+    """``1 epoch``, ``5 epochs``: a count with its noun in the right number."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"

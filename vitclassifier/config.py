@@ -17,6 +17,7 @@ from vitclassifier.errors import UserError
 
 AUGMENTATIONS = ("crop", "flip", "rotate", "color_jitter")
 SELECT_BY_CHOICES = ("accuracy", "macro-f1", "loss")
+DATA_FORMATS = ("auto", "folder", "labels", "hf", "shards")
 DEFAULT_LR = {True: 5e-5, False: 3e-4}
 MIX_ALPHA = (0.01, 100.0)  # mixup/cutmix alphas outside this break the Beta draw or mean "off" anyway
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 4096  # pretrained weights move gently; random ones need more
@@ -35,6 +36,10 @@ class DataOptions:
     no_flip: bool = False
     no_rotate: bool = False
     no_color_jitter: bool = False
+    data_format: str = "auto"  # auto | folder | labels | hf | shards (data/sources.py)
+    image_column: str | None = None  # label files and Hugging Face datasets: None: recognised by name
+    label_column: str | None = None
+    exclude: Path | None = None  # a list of images to leave out (data/exclude.py)
 
     @property
     def augment(self) -> dict[str, bool]:
@@ -113,7 +118,7 @@ class TrainConfig:
             known = {option_name(f): f.name for f in dataclasses.fields(kind)}
             values = {known[key]: value for key, value in options.items() if key in known}
             for f in dataclasses.fields(kind):  # saved options hold paths as text
-                if isinstance(f.default, Path) and isinstance(values.get(f.name), str):
+                if "Path" in str(f.type) and isinstance(values.get(f.name), str):
                     values[f.name] = Path(values[f.name])
             sections[section] = kind(**values)
         config = cls(**sections)
@@ -169,6 +174,9 @@ class TrainConfig:
             (r.grad_clip >= 0, "--grad-clip must not be negative"),
             (min(r.patience, d.num_workers or 0, r.freeze_epochs, d.cache_mb) >= 0,
              "--patience, --num-workers, --freeze-epochs and --cache-mb must be >= 0"),
+            (d.data_format in DATA_FORMATS, f"--data-format: choose from {', '.join(DATA_FORMATS)}"),
+            (all(c is None or c.strip() for c in (d.image_column, d.label_column)),
+             "--image-column and --label-column must name a column, not be empty"),
             ((d.num_workers or 0) <= max_workers(),
              f"--num-workers: at most {max_workers()} on this machine"),
             (m.image_size is None or MIN_IMAGE_SIZE <= m.image_size <= MAX_IMAGE_SIZE,

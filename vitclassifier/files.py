@@ -65,6 +65,32 @@ def fsync_dir(directory: Path) -> None:
             os.close(handle)
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (/proc/self/status), else by
+    setting it and putting it back at once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def give_default_mode(path: Path) -> None:
+    """The permissions a plain ``open`` or ``mkdir`` would have given ``path`` (0644 and 0755 with the
+    usual umask 022), and the same for everything in it: some writers (safetensors, temporary-file
+    based ones) create their files as 0600, which would hide a model from the user's other
+    accounts, groups and services, unlike every other file we write."""
+    mask = current_umask()
+    path = Path(path)
+    for item in [path, *(path.rglob("*") if path.is_dir() else ())]:
+        if not item.is_symlink():
+            os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~mask)
+
+
 def atomic_write_dir(directory: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp_dir)``, then put tmp_dir in place of ``directory``. On Linux the two are
     exchanged in one atomic step, so ``directory`` always exists, whole, for any reader (e.g.
@@ -77,6 +103,7 @@ def atomic_write_dir(directory: Path, write: Callable[[Path], None]) -> None:
     try:
         tmp.mkdir(parents=True)
         write(tmp)
+        give_default_mode(tmp)
         for file in tmp.iterdir():
             fsync_file(file)
     except BaseException:
@@ -120,6 +147,7 @@ def write_via_temp(path: Path, write: Callable[[Path], None], durable: bool = Tr
     tmp = temp_name(path)
     try:
         write(tmp)
+        give_default_mode(tmp)
         if durable:
             fsync_file(tmp)
         os.replace(tmp, path)
@@ -158,6 +186,8 @@ def write_files_via_temp(path: Path, write: Callable[[Path], None]) -> None:
         folder.mkdir()
         write(folder / path.name)
         written = sorted(folder.iterdir(), key=lambda file: file.name == path.name)  # path last
+        for file in written:
+            give_default_mode(file)
         for file in written:
             fsync_file(file)
         for file in written:

@@ -9,6 +9,7 @@ The report is plain data (string paths, numbers, lists), so it can be written as
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import stat
 from collections import defaultdict
@@ -26,6 +27,7 @@ HEAD_BYTES = 64 * 1024  # same-size files are compared on this much first, befor
 CHUNK_BYTES = 1 << 20  # files are hashed this much at a time: memory stays flat for any file size
 EXAMPLES = 3  # example paths of small images shown per class
 LISTED = 20  # longest list the text report prints; the JSON report has every entry
+NAMED_GROUPS = 3  # duplicate groups named in the brief report at the start of training
 
 
 # ---------------------------------------------------------------------------
@@ -65,7 +67,7 @@ def find_duplicates(paths: list[Path]) -> list[list[Path]]:
     for path in paths:
         try:
             status = os.stat(path)
-        except OSError:
+        except (OSError, TypeError):  # TypeError: not a file but a dataset row (data/hfdata.RowRef)
             continue
         if stat.S_ISREG(status.st_mode):
             by_size[status.st_size].append(path)
@@ -104,7 +106,7 @@ def _decode_all(samples: list[tuple[Path, str, str]], classes: dict, image_size:
     for path, name, split in tqdm(samples, desc="decoding", unit="img", disable=None):
         try:
             load_image(path, image_size)  # first: it opens regular files only, the header open below any
-            with Image.open(path) as header:
+            with Image.open(path if isinstance(path, Path) else io.BytesIO(path.image_bytes())) as header:
                 width, height = header.size  # the stored size: load_image may decode big ones scaled down
         except DECODE_ERRORS as error:
             classes[name]["unreadable"] += 1
@@ -121,8 +123,9 @@ def _decode_all(samples: list[tuple[Path, str, str]], classes: dict, image_size:
 # ---------------------------------------------------------------------------
 # The audit
 # ---------------------------------------------------------------------------
-def _verdict(report: dict) -> tuple[list[str], list[str]]:
-    """(reasons training is impossible, recommendations) drawn from the finished counts."""
+def verdict(report: dict) -> tuple[list[str], list[str]]:
+    """(reasons training is impossible, recommendations) drawn from the finished counts (also those of
+    the streamed shard audit, data/shardaudit.py)."""
     fatal, advice = [], []
     usable = 0
     for name, counts in report["classes"].items():
@@ -160,7 +163,7 @@ def audit_dataset(labels: list[str], train: list[tuple[Path, int]], val: list[tu
     Always: per-class counts, the imbalance ratio, exact duplicates (by size, then hash).
     With ``decode``: also every file decoded, for unreadable files and images whose shorter side
     is below ``image_size`` (None: no size check). Without it no image is opened."""
-    samples = [(Path(path), labels[label], split)
+    samples = [(Path(path) if isinstance(path, (str, Path)) else path, labels[label], split)  # or a RowRef
                for split, items in (("train", train), ("val", val)) for path, label in items]
     classes = {name: {"train": 0, "val": 0, "total": 0} for name in labels}
     for _, name, split in samples:
@@ -176,13 +179,14 @@ def audit_dataset(labels: list[str], train: list[tuple[Path, int]], val: list[tu
         "largest_class": largest,
         "smallest_class": smallest,
         "imbalance_ratio": round(sizes[largest] / sizes[smallest], 2) if sizes[smallest] else None,
-        "duplicates": _duplicates(samples),
+        "duplicates": {**_duplicates(samples),  # files only: rows of a Hugging Face dataset are not
+                       "checked": all(isinstance(path, Path) for path, _, _ in samples)},
         "unreadable": [],
         "small_examples": {},
     }
     if decode:
         report["unreadable"], report["small_examples"] = _decode_all(samples, classes, image_size)
-    report["fatal"], report["recommendations"] = _verdict(report)
+    report["fatal"], report["recommendations"] = verdict(report)
     return report
 
 
@@ -214,13 +218,23 @@ def _brief(report: dict) -> list[str]:
     if duplicates["cross_split_groups"]:
         lines.append(
             f"Warning: {duplicates['cross_split_groups']} image(s) are in both train and val, "
-            f"which inflates validation accuracy (python classifier.py --check-data lists them)"
+            f"which inflates validation accuracy: {_named(duplicates['groups'], 'cross_split')}"
         )
     if duplicates["cross_class_groups"]:
-        lines.append(f"Warning: {duplicates['cross_class_groups']} image(s) are filed under two classes")
+        lines.append(f"Warning: {duplicates['cross_class_groups']} image(s) are filed under two classes: "
+                     f"{_named(duplicates['groups'], 'cross_class')}")
     if report["fatal"]:
         lines.append("Fatal: " + "; ".join(report["fatal"]))
     return lines
+
+
+def _named(groups: list[dict], kind: str) -> str:
+    """The first NAMED_GROUPS duplicate groups of ``kind`` by their files, then how many more."""
+    chosen = [group for group in groups if group[kind]]
+    named = "; ".join(" = ".join(f["path"] for f in group["files"]) for group in chosen[:NAMED_GROUPS])
+    more = len(chosen) - NAMED_GROUPS
+    tail = f"; and {more} more" if more > 0 else ""
+    return f"{named}{tail} (python classifier.py --check-data lists them)"
 
 
 def _table(report: dict) -> list[str]:
@@ -278,6 +292,8 @@ def _full(report: dict) -> list[str]:
                 for group in ranked
             ]
         )
+    elif duplicates.get("checked") is False:
+        lines.append("Exact duplicates: not looked for (streamed shards and dataset rows are not files)")
     else:
         lines.append("Exact duplicates: none")
     if report["recommendations"]:

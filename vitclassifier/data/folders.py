@@ -22,7 +22,7 @@ def utf8_safe(text: str | os.PathLike) -> str:
     """A path (or a message naming one) as valid Unicode, for JSON, CSV and the terminal. A file name
     that is not UTF-8 (a Latin-1 ``café.jpg`` from an old archive) keeps its odd bytes as ``\\xNN``
     (``caf\\xe9.jpg``); any other text is returned unchanged."""
-    text = os.fspath(text)
+    text = os.fspath(text) if isinstance(text, (str, bytes, os.PathLike)) else str(text)  # str: a dataset row
     if isinstance(text, bytes):
         return text.decode("utf-8", "backslashreplace")
     try:
@@ -79,8 +79,9 @@ def list_images(folder: Path) -> list[Path]:
     return found
 
 
-def scan_class_folders(root: Path) -> dict[str, list[Path]]:
-    """Map each class (sub-folder name, sorted) to its image files; empty classes are left out."""
+def scan_class_folders(root: Path, min_classes: int = 2) -> dict[str, list[Path]]:
+    """Map each class (sub-folder name, sorted) to its image files; empty classes are left out.
+    Fewer than ``min_classes`` classes is a UserError (--check-data takes one, to report it)."""
     if root.exists() and not root.is_dir():
         raise UserError(f"data folder {root} is a file, not a folder. Give the folder that holds one "
                         f"sub-folder per class")
@@ -99,8 +100,9 @@ def scan_class_folders(root: Path) -> dict[str, list[Path]]:
             classes[utf8_safe(sub.name)] = files  # the label: valid Unicode, whatever the folder name
         else:
             print(f"warning: class folder {sub} has no images; leaving it out", file=sys.stderr)
-    if len(classes) < 2:
-        raise UserError(f"{root} needs at least two class sub-folders with images, found {len(classes)}")
+    if len(classes) < min_classes:
+        needed = "two class sub-folders" if min_classes == 2 else f"{min_classes} class sub-folder(s)"
+        raise UserError(f"{root} needs at least {needed} with images, found {len(classes)}")
     return classes
 
 
@@ -123,12 +125,13 @@ def stratified_split(classes: dict[str, list[Path]], val_split: float, seed: int
     return train, val
 
 
-def load_splits(root: Path, val_split: float, seed: int):
-    """Return (labels, train samples, val samples); uses root/train and root/val when present."""
+def load_splits(root: Path, val_split: float, seed: int, min_classes: int = 2):
+    """Return (labels, train samples, val samples); uses root/train and root/val when present.
+    ``min_classes``: as scan_class_folders (--check-data reports a single class instead of refusing it)."""
     val_dir = validation_folder(root)
     if (root / "train").is_dir() and val_dir is not None:
-        train_classes = scan_class_folders(root / "train")
-        val_classes = scan_class_folders(val_dir)
+        train_classes = scan_class_folders(root / "train", min_classes)
+        val_classes = scan_class_folders(val_dir, min_classes)
         unknown = sorted(set(val_classes) - set(train_classes))
         if unknown:
             raise UserError(f"{val_dir} has classes that {root / 'train'} lacks: {', '.join(unknown)}")
@@ -137,5 +140,5 @@ def load_splits(root: Path, val_split: float, seed: int):
         train = [(p, index[n]) for n in labels for p in train_classes[n]]
         val = [(p, index[n]) for n in sorted(val_classes) for p in val_classes[n]]
         return labels, train, val
-    classes = scan_class_folders(root)
+    classes = scan_class_folders(root, min_classes)
     return sorted(classes), *stratified_split(classes, val_split, seed)

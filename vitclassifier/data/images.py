@@ -12,6 +12,7 @@ the conversions after decoding work on strips of rows, so no full-size float cop
 """
 from __future__ import annotations
 
+import io
 import os
 import stat
 import warnings
@@ -229,8 +230,21 @@ def _rgb(image: Image.Image, target_size: int | None) -> Image.Image:
     return rgb
 
 
-def load_image(path: str | Path, target_size: int | None = None) -> Image.Image:
-    """Open ``path`` as an upright RGB image.
+def _open_source(source: str | Path | bytes | BinaryIO) -> BinaryIO:
+    """A binary stream of ``source``: a path (a regular file only), the bytes of an encoded image
+    (a row of a Hugging Face dataset, a member of a tar shard), an open stream, or an object with
+    ``image_bytes()`` (data/hfdata.RowRef), whose bytes are fetched only now."""
+    if hasattr(source, "image_bytes"):
+        source = source.image_bytes()
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return io.BytesIO(source)
+    if hasattr(source, "read"):
+        return source
+    return open_regular(source)
+
+
+def load_image(path: str | Path | bytes | BinaryIO, target_size: int | None = None) -> Image.Image:
+    """Open ``path`` as an upright RGB image (or encoded bytes, a stream, a data-set row: _open_source).
 
     ``target_size`` lets big pictures decode at a reduced scale (never below that size): JPEGs in
     draft mode, much faster than decoding 12 megapixels to feed a 224-pixel model, and any picture
@@ -240,8 +254,9 @@ def load_image(path: str | Path, target_size: int | None = None) -> Image.Image:
     """
     budget = pixel_budget()
     try:
-        with open_regular(path) as file:
-            image = _open(file, path, budget)
+        with _open_source(path) as file:
+            named = "encoded image bytes" if isinstance(path, (bytes, bytearray, memoryview)) else path
+            image = _open(file, named, budget)
             # decode now, so truncated or corrupt files fail here, inside the try of the caller
             _decode_within_budget(image, target_size, budget)
             turn = TRANSPOSE_FOR.get(image.getexif().get(ORIENTATION, 1))

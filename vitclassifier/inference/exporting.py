@@ -34,6 +34,8 @@ MIN_AGREEMENT = 0.99  # top-1 agreement with PyTorch below which the other forma
 CHECK_IMAGES = 64  # at most this many images from --check-images are compared
 CALIBRATION_IMAGES = 64  # and from --calibration-images calibrate openvino-int8 (time: docs/performance.md)
 BENCH_BATCH = 32
+TURN_PAUSE = 0.05  # seconds before each timed call (see timed_in_turns)
+SPREAD_LIMIT = 0.25  # per-round speed-ups further apart than this (max / min - 1) are noise
 EXTRAS = "pip install -r requirements-extras.txt"
 
 
@@ -95,16 +97,40 @@ def check_batch(prep: Preprocessing, folder: Path | None, limit: int = CHECK_IMA
     return torch.stack(images), f"{len(images)} images from {folder}"
 
 
-def images_per_second(run, batch: torch.Tensor, rounds: int) -> float:
-    """Throughput of ``run(batch)``: the median of ``rounds`` timed calls after two warm-up calls
-    (the median, because other work on the machine slows single calls down)."""
-    seconds = []
+def timed_in_turns(runs: list, batch: torch.Tensor, rounds: int) -> list[list[float]]:
+    """Seconds per call of each of ``runs`` on ``batch``, timed in turns (a, b, a, b, ...) after two
+    warm-up rounds, so that other work on the machine slows every model alike. A short pause before
+    each call lets onnxruntime's threads, which spin for a while after a run, go to sleep first."""
+    seconds: list[list[float]] = [[] for _ in runs]
     with torch.inference_mode():
-        for _ in range(rounds + 2):
-            start = time.perf_counter()
-            run(batch)
-            seconds.append(time.perf_counter() - start)
-    return len(batch) / statistics.median(seconds[2:])
+        for round_number in range(rounds + 2):
+            for run, times in zip(runs, seconds):
+                time.sleep(TURN_PAUSE)
+                start = time.perf_counter()
+                run(batch)
+                if round_number >= 2:
+                    times.append(time.perf_counter() - start)
+    return seconds
+
+
+def speed_report(engine: str, base: list[float], exported: list[float], batch: int,
+                 threads: int | None) -> str:
+    """The two speeds (median images/s, and their range over the rounds) and the speed-up, which is
+    left out when it varied by more than SPREAD_LIMIT between rounds: then it says nothing reliable."""
+    def speed(seconds: list[float]) -> str:
+        rates = sorted(batch / s for s in seconds)
+        return f"{statistics.median(rates):9.1f}  ({rates[0]:.1f} to {rates[-1]:.1f})"
+
+    ratios = [b / e for b, e in zip(base, exported)]  # each round's two turns saw the same machine
+    low, high = min(ratios), max(ratios)
+    if high / low - 1 > SPREAD_LIMIT:
+        verdict = (f"speed-up left out: it varied from {low:.2f}x to {high:.2f}x between rounds (a busy "
+                   f"machine); run again with more --bench-rounds, --threads 1 or on a quieter machine")
+    else:
+        verdict = f"{statistics.median(ratios):.2f}x PyTorch's speed"
+    return (f"Speed at batch {batch}, {threads or 'all'} thread(s), images/s, median (range) of "
+            f"{len(base)} rounds taken in turns:\n  {'PyTorch fp32':<28}{speed(base)}\n"
+            f"  {engine:<28}{speed(exported)}\n  {verdict}")
 
 
 def write_openvino(net: nn.Module, prep: Preprocessing, meta: dict, config: ExportConfig) -> None:
@@ -174,10 +200,6 @@ def export_checkpoint(config: ExportConfig) -> bool:
     batch = images.repeat(-(-BENCH_BATCH // len(images)), 1, 1, 1)[:BENCH_BATCH]
     with torch.inference_mode():
         reference = net(images)
-    # PyTorch is timed before the export is loaded: onnxruntime's threads keep spinning for a while
-    # after each run and would take the CPU from it.
-    base_speed = images_per_second(net, batch, config.bench_rounds) if config.bench_rounds else None
-
     temperature = float(read_info(config.model).get("temperature", 1.0))  # calibrated by train.py
     meta = describe(prep, labels, config.model, config.format, temperature)
     # batch 2 as the example: tracing or exporting with 1 could bake that size into the graph
@@ -195,11 +217,7 @@ def export_checkpoint(config: ExportConfig) -> bool:
 
     with torch.inference_mode():
         exact_enough = compare(reference, run(images), described, config)
-    if base_speed:
-        speed = images_per_second(run, batch, config.bench_rounds)
-        print(
-            f"Speed at batch {BENCH_BATCH}, {config.threads or 'all'} thread(s), images/s:\n"
-            f"  {'PyTorch fp32':<28}{base_speed:9.1f}\n"
-            f"  {engine:<28}{speed:9.1f}  ({speed / base_speed:.2f}x)"
-        )
+    if config.bench_rounds:
+        base, exported_seconds = timed_in_turns([net, run], batch, config.bench_rounds)
+        print(speed_report(engine, base, exported_seconds, BENCH_BATCH, config.threads))
     return exact_enough

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vitclassifier.cli import printable
 from vitclassifier.data.transforms import Preprocessing
 from vitclassifier.devices import autocast_dtype, pick_device, run_in_bf16
 from vitclassifier.errors import UserError
@@ -106,7 +107,13 @@ def load_for_prediction(
         model.expect(len(labels), prep.image_size)
         temperature = check_temperature(model.meta.get("temperature", 1.0), model.where)
         return LoadedModel(model, prep, labels, temperature, None, device)
+    if path.is_file():
+        raise UserError(f"--model {printable(path)} is a file this tool cannot run: give a checkpoint folder "
+                        f"(e.g. checkpoints/best) or an export made by export.py, recognised by its suffix: "
+                        f"{', '.join(EXPORT_SUFFIXES)} (ONNX; OpenVINO; TorchScript, i.e. .torchscript.pt "
+                        f"and .int8.pt)")
     model, prep, labels = load_checkpoint(path)
-    temperature = read_info(path).get("temperature", 1.0)  # calibrated after training; checked by read_info
+    # the temperature still to divide by: 1 when calibration is folded into the head (read_info checks it)
+    temperature = read_info(path).get("temperature", 1.0)
     runnable, dtype = prepare_model(model, device, precision, quantize, compile_model, runtime)
     return LoadedModel(runnable, prep, labels, temperature, dtype, device)

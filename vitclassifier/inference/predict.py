@@ -92,20 +92,33 @@ def predict(
                     model(pixel_values=view).logits.float()
                     for view in (tta_views(images) if tta else [images])
                 ]
-            probabilities = torch.stack([(view / temperature).softmax(dim=1) for view in logits]).mean(dim=0)
-            confidences, indices = probabilities.topk(k, dim=1)
-            for path, conf_row, index_row in zip(good_paths, confidences.tolist(), indices.tolist()):
-                results.append(
-                    {
-                        "path": path,
-                        "label": labels[index_row[0]] if conf_row[0] >= min_confidence else UNKNOWN,
-                        "predictions": [
-                            {"label": labels[i], "confidence": round(c, 6)}
-                            for c, i in zip(conf_row, index_row)
-                        ],
-                    }
-                )
+            results += top_k_results(good_paths, ranked(logits, temperature, k), labels, min_confidence)
     return results, failures
+
+
+def ranked(views: list[torch.Tensor], temperature: float, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The calibrated confidences softmax(logits / T), averaged over the views (--tta), and their
+    top k: (confidences, class indices), each (batch, k). predict.py, the web page and --explain
+    all rank with this."""
+    probabilities = torch.stack([(view / temperature).softmax(dim=1) for view in views]).mean(dim=0)
+    return probabilities.topk(k, dim=1)
+
+
+def top_k_results(paths: list[str], top: tuple[torch.Tensor, torch.Tensor], labels: list[str],
+                  min_confidence: float) -> list[dict]:
+    """One result per image from ``ranked``'s answer: the top label ("unknown" below
+    ``min_confidence``) and the top-k labels with their confidences."""
+    confidences, indices = top
+    return [
+        {
+            "path": path,
+            "label": labels[index_row[0]] if conf_row[0] >= min_confidence else UNKNOWN,
+            "predictions": [
+                {"label": labels[i], "confidence": round(c, 6)} for c, i in zip(conf_row, index_row)
+            ],
+        }
+        for path, conf_row, index_row in zip(paths, confidences.tolist(), indices.tolist())
+    ]
 
 
 def print_table(results: list[dict], file: TextIO = sys.stdout) -> None:
@@ -127,11 +140,19 @@ def predictions_json(model_path: Path, results: list[dict], failures: list[tuple
     return json.dumps(
         {
             "model": utf8_safe(model_path),
-            "results": [{**result, "path": utf8_safe(result["path"])} for result in results],
+            "results": [{**result, "path": utf8_safe(result["path"]), **safe_explanation(result)}
+                        for result in results],
             "errors": [{"path": utf8_safe(path), "error": utf8_safe(reason)} for path, reason in failures],
         },
         indent=2,
     )
+
+
+def safe_explanation(result: dict) -> dict:
+    """--explain's file paths, valid UTF-8 as the rest of the report; nothing without --explain."""
+    if "explanation" not in result:
+        return {}
+    return {"explanation": {name: utf8_safe(path) for name, path in result["explanation"].items()}}
 
 
 def write_json(destination: str, report: str) -> None:

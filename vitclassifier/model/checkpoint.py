@@ -12,12 +12,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vitclassifier.cli import printable, shell_word
 from vitclassifier.data.transforms import Preprocessing
 from vitclassifier.errors import UserError
 from vitclassifier.files import atomic_write_dir, atomic_write_text, recover_interrupted_save
 from vitclassifier.model.validation import (
     check_preprocessing,
     check_processor_sizes,
+    check_temperature,
     check_weights_fit,
     first_line,
     label_names,
@@ -27,7 +29,7 @@ from vitclassifier.model.validation import (
     read_weights_header,
     refusal,
 )
-from vitclassifier.model.vit import quiet_transformers
+from vitclassifier.model.vit import classifier_head, quiet_transformers
 
 HEAD_WEIGHT = "classifier.weight"  # our head's weight: (number of labels, features)
 
@@ -43,8 +45,13 @@ def load_checkpoint(directory: str | Path) -> tuple[nn.Module, Preprocessing, li
     recover_interrupted_save(directory)
     config_path = directory / "config.json"
     if not config_path.is_file() or not (directory / "preprocessor_config.json").is_file():
-        raise UserError(f"{directory} is not a trained checkpoint (config.json and preprocessor_config.json "
-                        f"expected). Train one with `python train.py`, or pass --model DIR")
+        if (directory / "best" / "config.json").is_file():  # a run's output folder: its model is in best/
+            best = directory / "best"
+            raise UserError(f"{printable(directory)} is a training run's folder, not a checkpoint; its best "
+                            f"model is {printable(best)}: --model {shell_word(best)}")
+        raise UserError(f"{printable(directory)} is not a trained checkpoint (config.json and "
+                        f"preprocessor_config.json expected). Train one with `python train.py`, or pass "
+                        f"--model DIR")
     if not (directory / "model.safetensors").is_file():
         raise UserError(f"{directory} has no model.safetensors; only safetensors weights are loaded "
                         f"(pickled .bin files can run code)")
@@ -83,10 +90,42 @@ def checkpoint_preprocessing(directory: Path, where: str, model_size: object = N
 
 
 def read_info(directory: Path) -> dict:
-    """A checkpoint's training_info.json (score, labels, calibration temperature), or {}. Checked:
-    a JSON object whose temperature, if any, is a finite number above 0."""
+    """A checkpoint's training_info.json (score, labels, calibration), or {}. Checked: a JSON object
+    whose ``temperature`` (what is still to divide the logits by), if any, is a finite number above 0;
+    one whose head has a temperature folded in (``temperature_folded``) must leave nothing to divide."""
     path = Path(directory) / "training_info.json"
-    return read_info_text(path, f"checkpoint {directory}") if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    where = f"checkpoint {directory}"
+    info = read_info_text(path, where)
+    if "temperature_folded" in info:
+        folded = check_temperature(info["temperature_folded"], where)
+        if info.get("temperature", 1.0) != 1.0:
+            raise refusal(where, f"training_info.json says its head already divides the logits by "
+                                 f"{folded:g} (temperature_folded) and also asks to divide them by "
+                                 f"{info['temperature']:g}; it would be calibrated twice")
+    return info
+
+
+def fold_temperature(directory: Path, calibration: dict) -> None:
+    """Divide the classification head's weight and bias by the calibrated temperature and save
+    ``directory`` again, training_info.json with it, in one atomic swap. Its logits are then the
+    calibrated ones, so whatever reads the checkpoint (transformers.pipeline, exports, the web page,
+    predict.py) gives the same confidences; training_info.json records ``temperature_folded`` and a
+    ``temperature`` (what is still to divide by) of 1, which older versions read the same way."""
+    temperature, info = calibration["temperature"], read_info(directory)
+    folded = info.get("temperature_folded", 1.0) * temperature  # calibrated again: the two compose
+    info = {**info, **calibration, "temperature": 1.0, "temperature_folded": folded}
+    if temperature == 1.0:
+        update_info(directory, **info)  # nothing to fold
+        return
+    model, prep, _ = load_checkpoint(directory)
+    _, _, head = classifier_head(model)
+    with torch.no_grad():
+        head.weight.div_(temperature)
+        if head.bias is not None:
+            head.bias.div_(temperature)
+    save_model(model, prep, directory, info=info)
 
 
 def update_info(directory: Path, **fields) -> None:

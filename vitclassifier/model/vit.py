@@ -39,6 +39,8 @@ PRESETS = {
 }
 
 
+SMALL_INPUT, SMALL_INPUT_PATCH = 64, 16  # from random weights, inputs up to this size get this patch size
+
 WAYS_OUT = ("Ways out: connect once so they are cached; pass a local checkpoint with "
             "--model /path/to/checkpoint; or train from random weights with --no-pretrained")
 
@@ -83,6 +85,12 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def preset_hint(name: str) -> str:
+    """The note " Did you mean vit-tiny?" for a near miss of a preset's name, else nothing."""
+    close = difflib.get_close_matches(name, PRESETS, n=1)
+    return f" Did you mean {close[0]}?" if close else ""
+
+
 def resolve_source(name: str) -> tuple[str, bool]:
     """Turn a preset, local directory or Hub id into (source, local_files_only).
 
@@ -96,10 +104,8 @@ def resolve_source(name: str) -> tuple[str, bool]:
             raise UserError(f"{path} is not a model checkpoint (no config.json in it)")
         return str(path), True
     if "/" not in name or name.startswith((".", "/", "~")) or name.count("/") > 1:
-        close = difflib.get_close_matches(name, PRESETS, n=1)
-        hint = f" Did you mean {close[0]}?" if close else ""
         raise UserError(f"--model {name!r} is not a preset ({', '.join(PRESETS)}), an existing directory, "
-                        f"or a Hub id (owner/name).{hint}")
+                        f"or a Hub id (owner/name).{preset_hint(name)}")
     from huggingface_hub import try_to_load_from_cache
     cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
     if _hub_reachable():
@@ -150,15 +156,20 @@ def _hub_file(repo: str, name: str, local_only: bool) -> Path | None:
         raise UserError(f"could not download {name} of {repo}: {first_line(error)} {WAYS_OUT}") from None
 
 
-def _replace_head(model: nn.Module, num_labels: int, dropout: float, keep_weights: bool) -> None:
-    """Put a DropoutLinear sized for our classes where the model keeps its classifier."""
+def classifier_head(model: nn.Module) -> tuple[nn.Module, str, nn.Linear]:
+    """The linear layer that gives the logits, as (its parent module, its name there, the layer): the
+    model's ``classifier``, or the last layer of a ``classifier`` Sequential."""
     head = getattr(model, "classifier", None)
     if isinstance(head, nn.Sequential) and isinstance(head[-1], nn.Linear):
-        parent, key, linear = head, str(len(head) - 1), head[-1]
-    elif isinstance(head, nn.Linear):
-        parent, key, linear = model, "classifier", head
-    else:
-        raise UserError(f"{type(model).__name__} has no linear `classifier` head this tool can replace")
+        return head, str(len(head) - 1), head[-1]
+    if isinstance(head, nn.Linear):
+        return model, "classifier", head
+    raise UserError(f"{type(model).__name__} has no linear `classifier` head this tool can replace")
+
+
+def _replace_head(model: nn.Module, num_labels: int, dropout: float, keep_weights: bool) -> None:
+    """Put a DropoutLinear sized for our classes where the model keeps its classifier."""
+    parent, key, linear = classifier_head(model)
     new_head = DropoutLinear(linear.in_features, num_labels, dropout)
     if keep_weights:  # same classes as the checkpoint: continue from its trained head
         new_head.load_state_dict(linear.state_dict())
@@ -186,26 +197,44 @@ def resize_position_embeddings(model: nn.Module, image_size: int) -> None:
     config.image_size = image_size
 
 
+def scratch_patch_size(image_size: int) -> int:
+    """The patch size of a ViT built from random weights: the presets' 16 at their 224 px, but
+    SMALL_INPUT_PATCH for inputs up to SMALL_INPUT px, where 16-px patches leave a grid too coarse to
+    learn shapes from in a few epochs (measured: docs/recipe.md, "From random weights")."""
+    return SMALL_INPUT_PATCH if image_size <= SMALL_INPUT else 16
+
+
+def build_from_scratch(name: str, labels: list[str], dropout: float,
+                       image_size: int) -> tuple[nn.Module, Preprocessing]:
+    """A preset's architecture with random weights, offline; its patch size (scratch_patch_size) is
+    recorded in its config, so prediction, export and the explanations need nothing else."""
+    from transformers import ViTConfig, ViTForImageClassification
+    if name not in PRESETS:
+        raise UserError(f"--no-pretrained needs a preset ({', '.join(PRESETS)}), not {name!r}."
+                        f"{preset_hint(name)}")
+    patch = scratch_patch_size(image_size)
+    if image_size % patch:
+        raise UserError(f"--image-size {image_size}: must be a multiple of the patch size {patch}")
+    _, (hidden, layers, heads), (mean, std) = PRESETS[name]
+    id2label = dict(enumerate(labels))
+    config = ViTConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                       intermediate_size=4 * hidden, image_size=image_size, patch_size=patch,
+                       id2label=id2label, label2id={label: i for i, label in id2label.items()})
+    model = ViTForImageClassification(config)
+    _replace_head(model, len(labels), dropout, keep_weights=False)
+    return model, Preprocessing(image_size, 0.875, mean, std)
+
+
 def create_model(name: str, labels: list[str], pretrained: bool = True, dropout: float = 0.1,
                  image_size: int | None = None) -> tuple[nn.Module, Preprocessing]:
     """Build the classifier for ``labels`` from a preset, Hub id or local checkpoint directory.
 
     With ``pretrained=False`` a preset's architecture is built with random weights, offline."""
-    from transformers import AutoConfig, AutoImageProcessor, ViTConfig, ViTForImageClassification
+    from transformers import AutoConfig, AutoImageProcessor
+    if not pretrained:
+        return build_from_scratch(name, labels, dropout, image_size or 224)
     id2label = dict(enumerate(labels))
     label2id = {label: i for i, label in id2label.items()}
-    if not pretrained:
-        if name not in PRESETS:
-            raise UserError(f"--no-pretrained needs a preset ({', '.join(PRESETS)}), not {name!r}")
-        if image_size and image_size % 16:
-            raise UserError(f"--image-size {image_size}: must be a multiple of the patch size 16")
-        _, (hidden, layers, heads), (mean, std) = PRESETS[name]
-        config = ViTConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                           intermediate_size=4 * hidden, image_size=image_size or 224,
-                           id2label=id2label, label2id=label2id)
-        model = ViTForImageClassification(config)
-        _replace_head(model, len(labels), dropout, keep_weights=False)
-        return model, Preprocessing(config.image_size, 0.875, mean, std)
     source, local_only = resolve_source(name)
     where = f"model {source}"
     try:

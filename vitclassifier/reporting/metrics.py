@@ -10,7 +10,6 @@ import io
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from vitclassifier.files import atomic_write_text
 
@@ -57,20 +56,38 @@ def expected_calibration_error(probabilities: torch.Tensor, labels: torch.Tensor
     return error
 
 
+TEMPERATURE_BOUNDS = (0.05, 20.0)  # beyond these the confidences are all ~100% or all ~1/classes anyway
+
+
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """The temperature T that minimises the validation NLL of softmax(logits / T) (Guo et al., 2017).
     Dividing by one positive number never changes which class is on top, only how sure it sounds."""
-    logits, labels = logits.float().clone(), labels.clone()  # plain tensors, not inference-mode ones
-    log_t = torch.zeros(1, requires_grad=True)
-    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=100, line_search_fn="strong_wolfe")
+    return fit_temperatures(logits, labels, torch.ones(1, len(labels)))[0].item()
 
-    def closure():
-        optimizer.zero_grad()
-        loss = F.cross_entropy(logits / log_t.exp(), labels)
-        loss.backward()
-        return loss
-    optimizer.step(closure)
-    return float(log_t.detach().exp().clamp(0.05, 20.0))
+
+def fit_temperatures(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
+                     steps: int = 60) -> torch.Tensor:
+    """For each row of ``weights`` (B, n: how often each of the n validation rows counts, e.g. a bootstrap
+    resample), the T in TEMPERATURE_BOUNDS minimising the weighted NLL, all rows at once. The NLL is
+    convex in 1/T, so Newton's method on 1/T inside a bracket that shrinks by the gradient's sign
+    converges in a few steps, with no learning rate to tune."""
+    z = logits.float()
+    true = z.gather(1, labels[:, None]).squeeze(1)
+    share = weights.float() / weights.float().sum(1, keepdim=True).clamp(min=1e-12)
+    low = torch.full((len(weights),), 1 / TEMPERATURE_BOUNDS[1])
+    high = torch.full_like(low, 1 / TEMPERATURE_BOUNDS[0])
+    beta = torch.ones_like(low)
+    for _ in range(steps):
+        p = torch.softmax(beta[:, None, None] * z, dim=2)
+        mean = (p * z).sum(2)
+        slope = (share * (mean - true)).sum(1)  # d NLL / d beta
+        curvature = (share * ((p * z * z).sum(2) - mean**2)).sum(1)
+        low, high = torch.where(slope < 0, beta, low), torch.where(slope > 0, beta, high)
+        newton = beta - slope / curvature.clamp(min=1e-12)
+        previous, beta = beta, torch.where((newton > low) & (newton < high), newton, (low + high) / 2)
+        if ((beta - previous).abs() <= 1e-5 * beta).all():  # every row converged
+            break
+    return 1 / beta
 
 
 def read_metrics(path: Path, up_to_epoch: int) -> list[dict]:

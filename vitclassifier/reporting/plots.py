@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 from vitclassifier.data.folders import utf8_safe
-from vitclassifier.data.images import load_image
+from vitclassifier.data.images import DECODE_ERRORS, load_image
+from vitclassifier.errors import printable
 from vitclassifier.files import write_via_temp
+from vitclassifier.reporting.heatmaps import overlay
 
 MAX_PICTURES = 24  # predict.py --visualize draws at most this many images, to keep the figure readable
 # how class and file names are drawn: literally, never as mathtext ("x^2_$y$") or through TeX
@@ -93,29 +97,55 @@ def write_confusion(normalised: torch.Tensor, labels: list[str], png: Path) -> N
     plt.close(figure)
 
 
-def write_mistakes(mistakes: list[tuple[str, int, int, float]], labels: list[str], path: Path) -> None:
-    """A grid of the most confidently wrong images, captioned true / predicted / confidence."""
+def mistakes_figure(mistakes: list[tuple[str, int, int, float]], labels: list[str],
+                    maps: list[tuple[np.ndarray, np.ndarray] | None] | None = None):
+    """The figure of write_mistakes, left open (the layout test measures it). Constrained layout
+    sizes every row to its captions, so a caption never covers an image, for any count."""
     plt = pyplot()
-    columns = 4
-    count = max(1, len(mistakes))
-    rows = (count + columns - 1) // columns
-    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.3 * rows), squeeze=False)
+    panels = 3 if maps else 1  # the image, then the maps for the class chosen and for the true class
+    per_row = 2 if maps else 4
+    rows = (max(1, len(mistakes)) + per_row - 1) // per_row
+    figure, axes = plt.subplots(rows, per_row * panels, figsize=(2.7 * per_row * panels, 3.3 * rows),
+                                squeeze=False, layout="constrained")
     for axis in axes.flat:
         axis.axis("off")
-    for axis, (image_path, true, predicted, confidence) in zip(axes.flat, mistakes):
-        axis.imshow(load_image(image_path, 256))
-        axis.set_title(
-            f"true: {labels[true]}\npredicted: {labels[predicted]} ({confidence * 100:.0f}%)",
-            fontsize=9,
-            color="#b22",
-            **LITERAL,
-        )
+    groups = axes.reshape(rows * per_row, panels)  # each mistake's panels, row by row
+    for index, (group, (image_path, true, predicted, confidence)) in enumerate(zip(groups, mistakes)):
+        group[0].set_title(f"true: {labels[true]}\npredicted: {labels[predicted]} ({confidence * 100:.0f}%)",
+                           fontsize=9, color="#b22", **LITERAL)
+        try:
+            image = np.asarray(load_image(image_path, 256))
+        except (*DECODE_ERRORS, TypeError):  # a dataset row, a shard member, or gone since: the caption stays
+            group[0].text(0.5, 0.5, printable(image_path)[-40:], ha="center", va="center", fontsize=7)
+            continue
+        group[0].imshow(image)
+        for axis, heat, name, whose in zip(group[1:], maps and maps[index] or (), (predicted, true),
+                                           ("its choice", "true class")):
+            axis.imshow(overlay(image, resized(heat, image.shape[1], image.shape[0])))
+            axis.set_title(f"looked for: {labels[name]}\n({whose})", fontsize=9, **LITERAL)
     if not mistakes:
         axes[0, 0].text(0.5, 0.5, "no mistakes on the validation set", ha="center", va="center")
-    figure.suptitle("most confident mistakes (validation)")
-    figure.tight_layout(rect=(0, 0, 1, 1 - 0.3 / (3.3 * rows)))  # leave room for the title
-    figure.savefig(path, dpi=90)
-    plt.close(figure)
+    figure.suptitle("most confident mistakes (validation)" + (": where the model looked" if maps else ""))
+    return figure
+
+
+def resized(heat: np.ndarray, width: int, height: int) -> np.ndarray:
+    """A map drawn over the whole image, at the size the image is shown."""
+    if heat.shape == (height, width):
+        return heat
+    return np.asarray(Image.fromarray(heat.astype(np.float32)).resize((width, height)))  # mode F: floats
+
+
+def write_mistakes(mistakes: list[tuple[str, int, int, float]], labels: list[str], path: Path,
+                   maps: list[tuple[np.ndarray, np.ndarray] | None] | None = None) -> None:
+    """A grid of the most confidently wrong images, captioned true / predicted / confidence; with
+    ``maps`` (per mistake: the map for the class chosen and for the true class, over the whole
+    image, or None), each image is followed by both maps laid over it."""
+    figure = mistakes_figure(mistakes, labels, maps)
+    try:
+        write_via_temp(path, lambda tmp: figure.savefig(tmp, dpi=90, format="png"))
+    finally:
+        pyplot().close(figure)
 
 
 def write_predictions(results: list[dict], out: Path) -> None:

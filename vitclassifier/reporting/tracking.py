@@ -14,15 +14,46 @@ event files into OUTPUT_DIR/tensorboard/RUN_NAME (default: the start time).
 """
 from __future__ import annotations
 
+import os
+import sys
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlparse
 
+from vitclassifier.cli import printable, shell_word
 from vitclassifier.errors import UserError
 
 KINDS = ("mlflow", "tensorboard")
 EXPERIMENT = "vit-classifier"
 MLFLOW_PARAM_LENGTH = 6000  # MLflow refuses longer parameter values
 MLFLOW_BATCH_PARAMS = 100  # and more parameters in one request
+PROBE_SECONDS = 5.0  # how long a tracking server gets to answer before training starts
+# MLflow retries a failed request 7 times with exponential back-off (minutes of silence per call);
+# a run keeps these lower bounds unless the user set MLflow's own variables.
+MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+
+
+def check_tracking_server(tracking_uri: str | None, timeout: float = PROBE_SECONDS) -> None:
+    """Before anything is trained: an http(s) --tracking-uri must answer within ``timeout`` seconds
+    (any HTTP answer will do: a server behind a login still exists). Other stores (sqlite:, file:,
+    databricks) are opened by MLflow itself, at once."""
+    if tracking_uri is None or urlparse(tracking_uri).scheme not in ("http", "https"):
+        return
+    try:
+        with urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=timeout):
+            return
+    except urllib.error.HTTPError:
+        return  # an answer, if not a welcome one: MLflow's own error says more
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        reason = getattr(error, "reason", None) or error
+        raise UserError(
+            f"--tracking-uri {printable(tracking_uri)}: no MLflow server answered within {timeout:g} s "
+            f"({printable(reason)}); nothing was trained. Start the server (mlflow server --host HOST "
+            f"--port PORT), correct the address, or leave out --tracking-uri to log into "
+            f"OUTPUT_DIR/mlruns") from None
 
 
 def numbers(metrics: dict) -> dict[str, float]:
@@ -70,6 +101,9 @@ class MlflowTracker(Tracker):
                 "--track mlflow needs the mlflow package: pip install mlflow "
                 "(or pip install -r requirements-extras.txt)"
             ) from None
+        check_tracking_server(tracking_uri)
+        for name, value in MLFLOW_HTTP_DEFAULTS.items():
+            os.environ.setdefault(name, value)
         artifacts = None
         if (
             tracking_uri is None
@@ -90,35 +124,50 @@ class MlflowTracker(Tracker):
             raise UserError(
                 f"cannot start an MLflow run at --tracking-uri {tracking_uri}: {str(error).splitlines()[0]}"
             ) from None
-        self.running = True
+        self.running, self.uri = True, tracking_uri
         print(f"MLflow run {self.run_id} in {tracking_uri} (experiment {EXPERIMENT!r})")
+
+    def send(self, what: str, request: Callable[[], object]) -> None:
+        """One request to MLflow. If the server is lost mid-run, training goes on and keeps its files:
+        one warning, and tracking is off for the rest of the run."""
+        if not self.running:
+            return
+        from mlflow.exceptions import MlflowException
+        try:
+            request()
+        except (MlflowException, OSError) as error:
+            self.running = False
+            print(f"warning: MLflow at {printable(self.uri)} failed to log {what} "
+                  f"({printable(str(error).splitlines()[0] if str(error) else type(error).__name__)}); "
+                  f"tracking is off for the rest of this run, training goes on", file=sys.stderr)
 
     def log_params(self, params: dict) -> None:
         from mlflow.entities import Param
 
         items = [Param(key, str(value)[:MLFLOW_PARAM_LENGTH]) for key, value in params.items()]
         for start in range(0, len(items), MLFLOW_BATCH_PARAMS):
-            self.client.log_batch(self.run_id, params=items[start : start + MLFLOW_BATCH_PARAMS])
+            batch = items[start : start + MLFLOW_BATCH_PARAMS]
+            self.send("the options", lambda batch=batch: self.client.log_batch(self.run_id, params=batch))
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(
-            self.run_id, metrics=[Metric(key, value, now, epoch) for key, value in numbers(metrics).items()]
-        )
+        rows = [Metric(key, value, now, epoch) for key, value in numbers(metrics).items()]
+        self.send(f"epoch {epoch}", lambda: self.client.log_batch(self.run_id, metrics=rows))
 
     def log_files(self, paths: list[Path]) -> None:
         for path in paths:
-            self.client.log_artifact(self.run_id, str(path))
+            self.send(str(path), lambda path=path: self.client.log_artifact(self.run_id, str(path)))
 
     def log_model(self, directory: Path) -> None:
-        self.client.log_artifacts(self.run_id, str(directory), artifact_path=Path(directory).name)
+        self.send(str(directory), lambda: self.client.log_artifacts(self.run_id, str(directory),
+                                                                    artifact_path=Path(directory).name))
 
     def close(self, status: str = "FINISHED") -> None:
-        if self.running:  # the first status given sticks, e.g. KILLED before the with-block ends
-            self.client.set_terminated(self.run_id, status)
-            self.running = False
+        # the first status given sticks, e.g. KILLED before the with-block ends
+        self.send("the run's end", lambda: self.client.set_terminated(self.run_id, status))
+        self.running = False
 
 
 class TensorboardTracker(Tracker):
@@ -134,7 +183,8 @@ class TensorboardTracker(Tracker):
                 "(or pip install -r requirements-extras.txt)"
             ) from None
         self.writer = SummaryWriter(log_dir=str(log_dir))
-        print(f"TensorBoard events in {log_dir} (view: tensorboard --logdir {log_dir})")
+        print(f"TensorBoard events in {printable(log_dir)} "
+              f"(view: tensorboard --logdir {shell_word(log_dir)})")
 
     def log_params(self, params: dict) -> None:
         table = "\n".join(f"| {key} | {value} |" for key, value in params.items())

@@ -99,28 +99,32 @@ class EpochSampler(Sampler[int]):
     """The training order of one epoch, the same on every process and every resume.
 
     The order is a permutation of the data set (or, with ``weights``, a weighted draw with
-    replacement for balanced classes) seeded by (seed, epoch) only. Process r takes every
-    size-th index from r, cut to whole batches so all processes take the same number of steps.
-    ``set_epoch(epoch, start_batch)`` skips the batches a resumed run has already trained on."""
+    replacement for balanced classes) seeded by (seed, epoch) only. Every image is used every epoch:
+    the last batch of an epoch may be smaller than ``batch_size``. Process r takes every size-th index
+    from r; under torchrun, when the images don't divide evenly, the order is wrapped round by
+    ``padding`` (< size) images, as DistributedSampler does, so that every process has the same share
+    and takes the same number of steps. ``set_epoch(epoch, start_batch)`` skips the batches a resumed
+    run has already trained on."""
 
     def __init__(self, n: int, batch_size: int, seed: int, world: World, weights: torch.Tensor | None = None):
         self.n, self.batch_size, self.seed, self.world, self.weights = n, batch_size, seed, world, weights
         self.epoch, self.start_batch = 0, 0
-        per_process = n // world.size
-        self.steps = max(1, per_process // batch_size)
-        self.per_process = min(per_process, self.steps * batch_size)
+        self.per_process = -(-n // world.size)  # rounded up: no image left out
+        self.padding = self.per_process * world.size - n
+        self.steps = max(1, -(-self.per_process // batch_size))
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
 
     def this_process_order(self) -> list[int]:
-        """This process's share of the epoch's order, whole batches."""
+        """This process's share of the epoch's order (the order wrapped round by ``padding``)."""
         generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
         if self.weights is None:
             order = torch.randperm(self.n, generator=generator)
         else:
             order = torch.multinomial(self.weights, self.n, replacement=True, generator=generator)
-        return order[self.world.rank::self.world.size][:self.per_process].tolist()
+        wrapped = order[torch.arange(self.n + self.padding) % self.n]
+        return wrapped[self.world.rank::self.world.size].tolist()
 
     def already_drawn(self) -> list[int]:
         """The indices of the batches a resumed epoch skips (what the uninterrupted run drew before)."""

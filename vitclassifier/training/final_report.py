@@ -6,7 +6,9 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
-from vitclassifier.model.checkpoint import load_checkpoint, update_info
+from vitclassifier.cli import printable
+from vitclassifier.model.checkpoint import fold_temperature, load_checkpoint
+from vitclassifier.model.relevance import mistake_maps
 from vitclassifier.reporting.report import calibrate, write_report
 from vitclassifier.training.loop import Run, evaluate
 
@@ -15,18 +17,20 @@ def report_run(
     run: Run, directory: Path, labels: list[str], val_loader: DataLoader, rows: list[dict], fit: bool
 ) -> dict:
     """After training: evaluate best/ once more on the whole validation set, calibrate it (``fit``),
-    record the temperature in best/training_info.json, and write every picture and table."""
-    model, _, _ = load_checkpoint(directory / "best")
+    fold the temperature into best/'s head (recorded in its training_info.json), and write every
+    picture and table; mistakes.png shows where the model looked (model/relevance.py)."""
+    model, prep, _ = load_checkpoint(directory / "best")
     evaluation = evaluate(run, model.to(run.device), val_loader, len(labels), "report", keep_outputs=True)
     if "logits" not in evaluation:
         return {}
-    calibration = calibrate(evaluation) if fit else {"temperature": 1.0}
-    update_info(directory / "best", **calibration)
-    write_report(directory, labels, evaluation, calibration["temperature"], rows)
+    calibration = calibrate(evaluation) if fit else {"temperature": 1.0, "calibration": "--no-calibrate"}
+    fold_temperature(directory / "best", calibration)
+    write_report(directory, labels, evaluation, calibration["temperature"], rows,
+                 explain=lambda mistakes: mistake_maps(model, prep, mistakes, run.device, run.dtype))
     if fit:
-        print(
-            f"Calibration: temperature {calibration['temperature']:.3f}, expected calibration error "
-            f"{calibration['ece_before'] * 100:.1f}% -> {calibration['ece_after'] * 100:.1f}%"
-        )
+        folded = (f". Folded into {printable(directory / 'best')}'s head: every tool that loads it gives "
+                  f"these confidences" if calibration["temperature"] != 1.0 else "")
+        print(f"Calibration: {calibration['calibration']}; expected calibration error "
+              f"{calibration['ece_before'] * 100:.1f}% -> {calibration['ece_after'] * 100:.1f}%{folded}")
     print(f"Pictures and tables: {directory}/curves.png, confusion_matrix.png, per_class.csv, mistakes.png")
     return calibration

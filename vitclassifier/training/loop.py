@@ -102,7 +102,8 @@ def augmentation_seeds(run: Run, epoch: int, paths: list[str]) -> list[int]:
 
 def forward_backward(run: Run, images: torch.Tensor, labels: torch.Tensor,
                      seeds: list[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients of one micro-batch; returns its mean loss and top-1 hits (device tensors)."""
+    """Gradients of one micro-batch's summed loss (optimizer_step divides them by the images of the whole
+    step); returns its mean loss and top-1 hits (device tensors)."""
     images, labels = images.to(run.device, non_blocking=True), labels.to(run.device, non_blocking=True)
     if run.augment is not None:  # batched augmentation on the device (uint8 in, normalised float out)
         images = run.augment(images, seeds)
@@ -111,12 +112,17 @@ def forward_backward(run: Run, images: torch.Tensor, labels: torch.Tensor,
         logits = run.model(pixel_values=inputs).logits.float()
         loss = F.cross_entropy(logits, targets, weight=run.loss_weight,
                                label_smoothing=run.recipe.label_smoothing)
-    run.scaler.scale(loss / run.recipe.grad_accum).backward()  # the mean over the micro-batches
+    run.scaler.scale(loss * len(labels)).backward()
     return loss.detach(), (logits.argmax(1) == labels).sum()  # hits against the true, unmixed labels
 
 
-def optimizer_step(run: Run) -> None:
-    """Clip, step, and update the EMA of the weights."""
+def optimizer_step(run: Run, images: int) -> None:
+    """Turn the summed gradients into the mean over the step's ``images`` (whatever the sizes of its
+    micro-batches: exactly the big batch's gradient, also for an epoch's smaller last step), clip,
+    step, and update the EMA of the weights."""
+    for parameter in run.model.parameters():
+        if parameter.grad is not None:
+            parameter.grad.div_(images)
     if run.recipe.grad_clip > 0:
         run.scaler.unscale_(run.optimizer)
         torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.recipe.grad_clip)
@@ -127,11 +133,18 @@ def optimizer_step(run: Run) -> None:
         run.ema.update(run.net)
 
 
+def finish_step(run: Run, images: int) -> None:
+    """The optimizer step (none if every image of the step was unreadable), then the schedule's."""
+    if images:
+        optimizer_step(run, images)
+    run.scheduler.step()
+
+
 def train_epoch(run: Run, loader: DataLoader, epoch: int, first_step: int, totals: dict, stop) -> int:
     """Train from optimizer step ``first_step`` of ``epoch``, adding into ``totals``. Returns the
     number of the next step: all of them, or fewer when a stop was requested."""
     run.model.train()
-    step, micro, stepped = first_step, 0, False
+    step, micro, step_images = first_step, 0, 0
     # Loss and top-1 sums stay on the device (sum_dtype): reading them every step would make the CPU
     # wait for the GPU instead of queueing the next step while it computes.
     running = torch.zeros(2, dtype=sum_dtype(run.device), device=run.device)
@@ -149,16 +162,18 @@ def train_epoch(run: Run, loader: DataLoader, epoch: int, first_step: int, total
             seeds = augmentation_seeds(run, epoch, paths)
             loss, hits = forward_backward(run, images, labels, seeds)
             running += torch.stack([loss.to(running.dtype) * len(labels), hits.to(running.dtype)])
-            stepped, count = True, count + len(labels)
+            step_images, count = step_images + len(labels), count + len(labels)
             if not bar.disable and step % 10 == 0:  # shown on a terminal only
                 loss_sum, top1 = (totals[k] + v for k, v in zip(("loss", "top1"), running.tolist()))
                 bar.set_postfix(loss=f"{loss_sum / count:.3f}", acc=f"{top1 / count:.3f}")
         if micro < run.recipe.grad_accum:
             continue
-        if stepped:
-            optimizer_step(run)
-        run.scheduler.step()
-        step, micro, stepped = step + 1, 0, False
+        finish_step(run, step_images)
+        step, micro, step_images = step + 1, 0, 0
+    else:  # the loader ran out (no stop): a last step with fewer micro-batches than --grad-accum is taken
+        if micro:
+            finish_step(run, step_images)
+            step += 1
     loss_sum, top1 = running.tolist()
     totals.update(loss=totals["loss"] + loss_sum, top1=totals["top1"] + round(top1), count=count)
     return step

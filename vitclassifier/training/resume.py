@@ -60,8 +60,9 @@ def data_fingerprint(samples: list[tuple[Path, int]], root: Path) -> str:
     Paths are hashed as the bytes of their names (os.fsencode), so a name that is not UTF-8 (a Latin-1
     ``café.jpg``) works too; UTF-8 names hash as they always did."""
     digest = hashlib.sha1()
-    for path, label in samples:
-        digest.update(os.fsencode(os.path.relpath(path, root)) + f"\t{label}\n".encode())
+    for path, label in samples:  # a dataset row (data/hfdata.RowRef) is named by its text
+        name = os.fsencode(os.path.relpath(path, root)) if isinstance(path, Path) else str(path).encode()
+        digest.update(name + f"\t{label}\n".encode())
     return digest.hexdigest()
 
 

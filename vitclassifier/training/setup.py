@@ -4,8 +4,10 @@ cache; batches augmented on the device), the optimizer and schedule, and a saved
 ``Trainer`` (trainer.py) builds on these and runs the epochs."""
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -14,14 +16,16 @@ from vitclassifier.config import TrainConfig
 from vitclassifier.data.audit import audit_dataset, format_report
 from vitclassifier.data.augment import BatchAugment, train_decode
 from vitclassifier.data.dataset import ImageFolderDataset, collate_skipping_bad, fill_caches
-from vitclassifier.data.folders import load_splits
+from vitclassifier.data.exclude import apply_exclude
+from vitclassifier.data.shards import NameIndex, ShardStream, TrainStream
+from vitclassifier.data.sources import describe_source, is_stream, load_source
 from vitclassifier.data.transforms import eval_transform
 from vitclassifier.devices import autocast_dtype, configure_backends, loader_workers, run_in_bf16
 from vitclassifier.errors import UserError
 from vitclassifier.model.runnable import HeadOnly
 from vitclassifier.model.vit import create_model, freeze, set_backbone_dropout
 from vitclassifier.reporting.metrics import new_totals, read_metrics
-from vitclassifier.training.distributed import EpochSampler, ShardSampler, World, on_main_process
+from vitclassifier.training.distributed import EpochSampler, ShardSampler, World, epoch_seed, on_main_process
 from vitclassifier.training.features import can_cache_features, extract_features
 from vitclassifier.training.loop import Run
 from vitclassifier.training.output import claim_output_dir
@@ -65,18 +69,39 @@ class TrainerSetUp:
     def load_data(self) -> None:
         """Labels and the train/val split; on a resume, the data must be what that run trained on."""
         data = self.config.data
-        self.labels, self.train_samples, self.val_samples = load_splits(data.folder, data.val_split,
-                                                                        self.config.recipe.seed)
-        self.fingerprint = data_fingerprint(self.train_samples, data.folder)
+        self.labels, self.train_samples, self.val_samples = load_source(
+            data.folder, data.val_split, self.config.recipe.seed, data.data_format, data.image_column,
+            data.label_column)
+        self.source = describe_source(data.folder, data.data_format)  # recorded in the checkpoint
+        self.fingerprint = (self.train_samples.fingerprint() if is_stream(self.train_samples)
+                            else data_fingerprint(self.train_samples, data.folder))
+        if data.exclude is not None:
+            self.leave_out_excluded()
         saved = self.saved
         if saved is not None and (saved["labels"] != self.labels or saved["data"] != self.fingerprint):
             raise UserError(f"cannot resume {saved['dir']}: the data in {data.folder} changed since that run "
                             f"(classes then: {saved['labels']}, now: {self.labels}; "
-                            f"or training files added/removed)")
+                            f"or training files added/removed, or the --exclude list changed)")
         on_main_process(self.world, self.device, self.audit)
 
+    def leave_out_excluded(self) -> None:
+        """--exclude: the listed images left out; what was left out goes into the checkpoint's
+        training_info.json (with the source) and into the data fingerprint, so a resume refuses a
+        changed list as it refuses changed data."""
+        data = self.config.data
+        if is_stream(self.train_samples):
+            raise UserError("--exclude works on images listed one by one (folders, label files, datasets), "
+                            "not on streamed tar shards: leave the files out of the shards instead")
+        self.train_samples, self.val_samples, record = apply_exclude(
+            data.exclude, data.folder, self.train_samples, self.val_samples, quiet=not self.world.is_main)
+        self.source = {**self.source, "exclude": record}
+        self.fingerprint = f"{data_fingerprint(self.train_samples, data.folder)}+exclude:{record['sha256']}"
+
     def audit(self) -> None:
-        """The quick audit (no image decoded): notes printed, what makes training impossible refused."""
+        """The quick audit (no image decoded): notes printed, what makes training impossible refused.
+        Shards are not read before training (their counts come from the index): nothing to audit here."""
+        if is_stream(self.train_samples):
+            return
         report = audit_dataset(self.labels, self.train_samples, self.val_samples, image_size=None,
                                decode=False)
         notes = format_report(report, brief=True)
@@ -116,6 +141,8 @@ class TrainerSetUp:
 
     @property
     def train_labels(self) -> list[int]:
+        if is_stream(self.train_samples):
+            return self.train_samples.label_list()
         return [label for _, label in self.train_samples]
 
     def build_loaders(self) -> None:
@@ -127,6 +154,8 @@ class TrainerSetUp:
         self.loader_options = dict(batch_size=data.batch_size, collate_fn=collate_skipping_bad,
                                    num_workers=workers, persistent_workers=workers > 0,
                                    pin_memory=self.device.type == "cuda", worker_init_fn=ignore_stop_signals)
+        if is_stream(self.train_samples):
+            return self.build_stream_loaders()
         features = can_cache_features(self.config)  # nothing changes between epochs: run the backbone once
         decode = eval_transform(prep) if features else train_decode(prep, data.augment["crop"],
                                                                      data.augment["rotate"])
@@ -144,17 +173,34 @@ class TrainerSetUp:
         if data.balanced_sampler:
             per_class = class_weights(self.train_labels, len(self.labels))
             weights = per_class[torch.tensor(self.train_labels)].double()
-        per_step = data.batch_size * recipe.grad_accum
-        if len(self.train_data) // self.world.size <= data.batch_size * (recipe.grad_accum - 1):
-            # fewer batches than --grad-accum: not one optimizer step could ever be taken
-            per_process = len(self.train_data) // self.world.size
-            raise UserError(f"--batch-size {data.batch_size} x --grad-accum {recipe.grad_accum} = {per_step} "
-                            f"images per step, but each process has {per_process} training images: lower "
-                            f"--batch-size or --grad-accum, or add images")
+        per_step = data.batch_size * recipe.grad_accum  # the last step of an epoch may be smaller
         self.sampler = EpochSampler(len(self.train_data), per_step, recipe.seed, self.world, weights)
         self.train_loader = DataLoader(self.train_data, sampler=self.sampler, **self.loader_options)
         self.val_loader = DataLoader(val_data, sampler=ShardSampler(len(val_data), self.world),
                                      **self.loader_options)
+
+    def build_stream_loaders(self) -> None:
+        """Shards: streamed every epoch (no decode cache, no feature shortcut). The training stream
+        plans each epoch itself (TrainStream: steps, set_epoch, already_drawn), as EpochSampler does."""
+        data, prep, recipe, world = self.config.data, self.prep, self.config.recipe, self.world
+        if data.balanced_sampler:
+            raise UserError("--balanced-sampler draws images at random, which streamed shards cannot do: "
+                            "drop it, or use --class-weights auto")
+        self.loader_options["persistent_workers"] = False  # workers forked per epoch see that epoch's plan
+        self.shared.augment, self.as_net = BatchAugment(prep, **data.augment), (lambda net: net)
+        decode = train_decode(prep, data.augment["crop"], data.augment["rotate"])
+        self.sampler = TrainStream(self.train_samples, decode, prep.resize_size, data.batch_size,
+                                   data.batch_size * recipe.grad_accum, partial(epoch_seed, recipe.seed),
+                                   world.rank, world.size)
+        if self.sampler.uneven_note():
+            self.say(self.sampler.uneven_note())
+        self.train_data = self.sampler
+        self.shared.sample_index = NameIndex()
+        self.val_set = ShardStream(self.val_samples, eval_transform(prep), prep.resize_size, data.batch_size)
+        share = copy.copy(self.val_set)  # this process's share; val_set stays whole for the final report
+        share.every, share.offset = world.size, world.rank
+        self.train_loader = DataLoader(self.sampler, **self.loader_options)
+        self.val_loader = DataLoader(share, **self.loader_options)
 
     def cache_features(self, train_set: ImageFolderDataset) -> tuple[Dataset, Dataset]:
         """--freeze backbone without augmentation: the backbone's features of every image, computed

@@ -18,12 +18,13 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from vitclassifier.cli import counted, printable, shell_word
 from vitclassifier.config import TrainConfig
 from vitclassifier.devices import pick_device
 from vitclassifier.errors import UserError
 from vitclassifier.model.checkpoint import save_model
 from vitclassifier.reporting.metrics import SELECT_BY, metrics_row, new_totals, write_metrics
-from vitclassifier.reporting.tracking import make_tracker
+from vitclassifier.reporting.tracking import check_tracking_server, make_tracker
 from vitclassifier.training.distributed import World, close_world, init_world, merge_dicts_across, sum_across
 from vitclassifier.training.final_report import report_run
 from vitclassifier.training.loop import check_classes_readable, evaluate, train_epoch
@@ -70,10 +71,11 @@ class Trainer(TrainerSetUp):
         ema = (evaluate(run, self.as_net(run.ema.model), self.val_loader, classes, f"epoch {epoch} val (EMA)")
                if run.ema else None)
         run.bad_files = merge_dicts_across(run.bad_files, self.world)
-        check_classes_readable(run.bad_files, self.train_samples, self.labels)
+        if isinstance(self.train_samples, list):  # streamed shards: no list of files to check against
+            check_classes_readable(run.bad_files, self.train_samples, self.labels)
         return val, ema
 
-    def keep_best(self, val: dict, ema: dict | None, train_count: int) -> bool:
+    def keep_best(self, val: dict, ema: dict | None) -> bool:
         """Save best/ when the better of the raw and EMA weights beats the best so far."""
         select_by = self.config.recipe.select_by
         select, state = SELECT_BY[select_by], self.state
@@ -88,10 +90,17 @@ class Trainer(TrainerSetUp):
             if self.world.is_main:
                 weights = self.shared.ema.model if use_ema else self.model
                 save_model(weights, self.prep, self.output_dir / "best", info={
-                    **state.best, "labels": self.labels, "model": self.config.model.name,
-                    "train_images": train_count, "val_images": chosen["count"]})
+                    **state.best, "labels": self.labels, "model": self.config.model.name, "data": self.source,
+                    "train_images": self.train_images(), "val_images": chosen["count"]})
         state.stale_epochs = 0 if improved else state.stale_epochs + 1
         return improved
+
+    def train_images(self) -> int:
+        """The training images every epoch uses: the whole training split but the unreadable files (the
+        count the summary and training_info.json give; under torchrun the few images an epoch wraps
+        round to even out the processes' shares are not counted twice)."""
+        unreadable = sum(1 for path in self.shared.bad_files if path in self.shared.sample_index)
+        return len(self.train_samples) - unreadable
 
     def save_last(self) -> None:
         """last/: the weights and everything a resumed run continues from (TrainState and more)."""
@@ -117,7 +126,7 @@ class Trainer(TrainerSetUp):
         self.check_finite(val)  # weights that turned NaN in the epoch's last step
         state.rows.append(metrics_row(state.epoch, totals, val, ema, time.time() - started))
         self.tracker.log_epoch(state.epoch, state.rows[-1])
-        improved = self.keep_best(val, ema, totals["count"])
+        improved = self.keep_best(val, ema)
         row = state.rows[-1]
         ema_note = f" | EMA acc {ema['acc']:.3f}" if ema else ""
         self.say(f"epoch {state.epoch}/{recipe.epochs}: train loss {row['train_loss'][:6]} "
@@ -125,7 +134,7 @@ class Trainer(TrainerSetUp):
                  f"val loss {val['loss']:.4f} acc {val['acc']:.3f} top3 {val['top3']:.3f} "
                  f"macro-F1 {val['macro_f1']:.3f}{ema_note}"
                  f" | {time.time() - started:.0f}s{'  * best, saved' if improved else ''}")
-        self.last_totals, self.last_val = totals, val
+        self.last_val = val
         early_stop = bool(recipe.patience) and state.stale_epochs >= recipe.patience
         state.epoch, state.step, state.totals = state.epoch + 1, 0, new_totals()
         state.finished = early_stop or state.epoch > recipe.epochs
@@ -133,7 +142,7 @@ class Trainer(TrainerSetUp):
         if self.world.is_main:
             write_metrics(self.output_dir / "metrics.csv", state.rows)
         if early_stop:
-            self.say(f"Early stop: no better validation score for {recipe.patience} epochs")
+            self.say(f"Early stop: no better validation score for {counted(recipe.patience, 'epoch')}")
         return early_stop
 
     def check_finite(self, sums: dict) -> None:
@@ -158,7 +167,8 @@ class Trainer(TrainerSetUp):
         self.check_finite(state.totals)  # never replace the last good state with diverged weights
         self.save_last()
         self.say(f"Stopped in epoch {state.epoch} after step {state.step} of {self.sampler.steps}; saved "
-                 f"{self.output_dir / 'last'}. Continue with: python train.py --resume {self.output_dir}",
+                 f"{printable(self.output_dir / 'last')}. Continue with: python train.py --resume "
+                 f"{shell_word(self.output_dir)}",
                  file=sys.stderr)
 
     def train_epochs(self, stop: StopSignal) -> bool:
@@ -177,8 +187,9 @@ class Trainer(TrainerSetUp):
         """After the last epoch: the report on best/ (calibration, pictures), tracked files."""
         state = self.state
         if (stop.signum or self.stopped) and state.epoch <= self.config.recipe.epochs:
-            self.say(f"Stopped after epoch {state.epoch - 1}; saved {self.output_dir / 'last'}. "
-                     f"Continue with: python train.py --resume {self.output_dir}", file=sys.stderr)
+            self.say(f"Stopped after epoch {state.epoch - 1}; saved {printable(self.output_dir / 'last')}. "
+                     f"Continue with: python train.py --resume {shell_word(self.output_dir)}",
+                     file=sys.stderr)
         elif self.world.is_main and state.best["epoch"]:
             single = replace(self.shared, world=World())  # the report evaluates best/ in this process alone
             full_val = DataLoader(self.val_set, **self.loader_options)
@@ -192,7 +203,7 @@ class Trainer(TrainerSetUp):
         """The whole run. Returns a summary: the best epoch's scores, time, skipped files, stop signal."""
         started = time.time()
         self.set_up()
-        self.last_totals, self.last_val = self.state.totals, {"count": 0}
+        self.last_val = {"count": 0}
         runtime = self.config.runtime
         self.tracker = make_tracker(runtime.track if self.world.is_main else None, runtime.tracking_uri,
                                     self.output_dir)
@@ -205,7 +216,7 @@ class Trainer(TrainerSetUp):
         minutes = (time.time() - started) / 60
         self.say_done(minutes)
         return {**self.state.best, "minutes": minutes, "bad_files": self.shared.bad_files,
-                "stopped_by": stop.signum, "train_count": self.last_totals["count"],
+                "stopped_by": stop.signum, "train_count": self.train_images(),
                 "val_count": self.last_val["count"]}
 
     def list_bad_files(self) -> None:
@@ -221,7 +232,8 @@ class Trainer(TrainerSetUp):
             self.say(f"Done in {minutes:.1f} min. Best epoch {best['epoch']} ({best['weights']} weights): "
                      f"val acc {best['val_acc']:.3f}, macro-F1 {best['val_macro_f1']:.3f}, "
                      f"loss {best['val_loss']:.4f}. "
-                     f"Model: {best_dir}  (try: python predict.py --model {best_dir} --image IMAGE)")
+                     f"Model: {printable(best_dir)}  (try: python predict.py --model {shell_word(best_dir)} "
+                     f"--image IMAGE)")
 
 
 def train(config: TrainConfig, given: set[str] = frozenset()) -> dict:
@@ -230,9 +242,12 @@ def train(config: TrainConfig, given: set[str] = frozenset()) -> dict:
     config, saved = prepare_resume(config, given)  # first: a resumed run takes its options from the save
     if saved is not None and (saved.get("finished") or saved["epoch"] > config.recipe.epochs):
         run_dir = saved["dir"].parent
-        print(f"{run_dir} already finished (best epoch {saved['best'].get('epoch')}); nothing was changed. "
-              f"To train longer, start a new run from its model: --model {run_dir / 'best'}")
+        best = run_dir / "best"
+        print(f"{printable(run_dir)} already finished (best epoch {saved['best'].get('epoch')}); nothing was "
+              f"changed. To train longer, start a new run from its model: --model {shell_word(best)}")
         return {**saved["best"], "stopped_by": 0, "bad_files": {}, "already_finished": True}
+    if config.runtime.track == "mlflow":  # an unreachable server is said now, not after the set-up
+        check_tracking_server(config.runtime.tracking_uri)
     world, device_choice = init_world(config.runtime.device)
     trainer = Trainer(config, world, pick_device(device_choice), saved)
     try:

@@ -1,0 +1,199 @@
+"""Hugging Face datasets as training data: a folder written by ``save_to_disk``, parquet files, or a
+Hub id (``hf:beans``). The ``datasets`` package is optional (requirements-extras.txt).
+
+Rows stay in the dataset's memory-mapped Arrow files: a sample is a ``RowRef`` (which table, which
+row), and its image bytes are read only when the row is decoded, through the same safe
+``load_image`` as files. Class names come from a ``ClassLabel`` feature when there is one (else the
+label column's distinct values), sorted like class folders; the dataset's own train/validation
+splits are used when it has them, else the folders' stratified, seeded split.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+from vitclassifier.data.folders import stratified_split
+from vitclassifier.data.images import open_regular
+from vitclassifier.data.labelfile import IMAGE_COLUMNS, LABEL_COLUMNS
+from vitclassifier.errors import UserError, printable
+
+HUB_PREFIX = "hf:"
+INSTALL = "pip install datasets (or pip install -r requirements-extras.txt)"
+VAL_SPLITS = ("validation", "val", "valid")
+OFFLINE_WAYS_OUT = ("Ways out: connect once so that it is cached; or save it with "
+                    "datasets' save_to_disk (or as parquet) and pass that folder as --data")
+
+
+def is_hf_data(path: Path) -> bool:
+    """A Hub id (hf:...), a save_to_disk folder, a parquet file, or a folder of parquet files."""
+    if str(path).startswith(HUB_PREFIX):
+        return True
+    if path.is_file():
+        return path.suffix.lower() == ".parquet"
+    markers = ("dataset_dict.json", "state.json")
+    return path.is_dir() and (any((path / m).is_file() for m in markers) or any(path.rglob("*.parquet")))
+
+
+def _datasets():
+    try:
+        import datasets
+    except ImportError:
+        raise UserError(f"Hugging Face datasets as --data need the datasets package: {INSTALL}") from None
+    return datasets
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _load_from_hub(datasets, name: str) -> dict:
+    """A Hub dataset: downloaded when the Hub answers, else from the local cache, else one clear error."""
+    online = _hub_reachable()
+    if not online:
+        datasets.config.HF_HUB_OFFLINE = True  # no retry loop against an unreachable Hub: the cache only
+    try:
+        return dict(datasets.load_dataset(name))
+    except Exception as error:  # datasets raises many kinds (connection, not found, offline cache miss)
+        if online:
+            raise UserError(f"--data hf:{printable(name)}: the Hub could not give it "
+                            f"({printable(str(error).splitlines()[0][:200])})") from None
+        raise UserError(f"the dataset {printable(name)!r} can't be downloaded (no connection to the Hugging "
+                        f"Face Hub) and is not in the local cache. {OFFLINE_WAYS_OUT}") from None
+
+
+def open_splits_of(path: Path) -> dict:
+    """{split name: datasets.Dataset} of --data (memory-mapped; nothing is read into memory)."""
+    datasets = _datasets()
+    text = str(path)
+    if text.startswith(HUB_PREFIX):
+        return _load_from_hub(datasets, text[len(HUB_PREFIX):])
+    try:
+        if path.is_dir() and ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
+            loaded = datasets.load_from_disk(text)
+            return dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
+        files = {"data_files": text} if path.is_file() else {"data_dir": text}
+        return dict(datasets.load_dataset("parquet", **files))
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot read the Hugging Face dataset {path}: {printable(error)}") from None
+
+
+def _column(features: dict, wanted: str | None, kinds: tuple, names: tuple, option: str, where: str) -> str:
+    if wanted is not None:
+        if wanted not in features:
+            raise UserError(f"{option} {printable(wanted)!r} is not a column of {where}; its columns are: "
+                            f"{', '.join(map(printable, features))}")
+        return wanted
+    typed = [name for name, feature in features.items() if isinstance(feature, kinds)]
+    lowered = {name.lower(): name for name in features}
+    found = typed[:1] or [lowered[n] for n in names if n in lowered][:1]
+    if not found:
+        what = "image" if option == "--image-column" else "label"
+        raise UserError(f"the Hugging Face dataset {where} has no {what} column (its columns: "
+                        f"{', '.join(map(printable, features))}); name it with {option}")
+    return found[0]
+
+
+@dataclass(eq=False)
+class Table:
+    """One split of a dataset, with its image column read undecoded (the bytes, as stored)."""
+    name: str
+    dataset: object = field(repr=False)
+    image_column: str = "image"
+
+    def image_bytes(self, row: int) -> bytes:
+        value = self.dataset[row][self.image_column]
+        if isinstance(value, dict):  # an Image feature undecoded: {"bytes": ..., "path": ...}
+            if value.get("bytes") is not None:
+                return value["bytes"]
+            if value.get("path"):
+                with open_regular(value["path"]) as file:
+                    return file.read()
+            raise OSError("the row holds no image")
+        if isinstance(value, (bytes, bytearray)):
+            return bytes(value)
+        raise OSError(f"the image column holds {type(value).__name__}, not image bytes")
+
+
+@dataclass(frozen=True)
+class RowRef:
+    """A sample that is a row of a dataset: shown as ``name[row]``, decoded through its bytes."""
+    name: str
+    row: int
+    table: Table = field(compare=False, repr=False)
+
+    def image_bytes(self) -> bytes:
+        return self.table.image_bytes(self.row)
+
+    def __str__(self) -> str:
+        return f"{self.name}[{self.row}]"
+
+
+def _classes_of(dataset, label: str, where: str) -> tuple[list[str], list]:
+    """(the dataset's class names in its own order, or None for plain values; each row's label)."""
+    datasets = _datasets()
+    feature = dataset.features[label]
+    values = list(dataset.select_columns([label])[label])
+    if isinstance(feature, datasets.ClassLabel):
+        return list(feature.names), values
+    if any(isinstance(v, (list, dict)) for v in values[:100]):
+        raise UserError(f"the label column {printable(label)!r} of {where} does not hold one label per row: "
+                        f"name another with --label-column")
+    return None, values
+
+
+def _table_samples(splits: dict, split: str, where: str, columns: tuple[str | None, str | None]):
+    """This split's {class name: [RowRef]}, rows without a label left out."""
+    datasets = _datasets()
+    dataset = splits[split]
+    image = _column(dataset.features, columns[0], (datasets.Image,), IMAGE_COLUMNS, "--image-column", where)
+    label = _column(dataset.features, columns[1], (datasets.ClassLabel,), LABEL_COLUMNS, "--label-column",
+                    where)
+    if isinstance(dataset.features[image], datasets.Image):
+        dataset = dataset.cast_column(image, datasets.Image(decode=False))
+    table = Table(f"{where}:{split}", dataset.select_columns([image]), image)
+    names, values = _classes_of(dataset, label, where)
+    classes: dict[str, list[RowRef]] = {}
+    for row, value in enumerate(values):
+        if value is None or (names is not None and not 0 <= value < len(names)):
+            continue  # unlabelled (ClassLabel -1, as test splits often are)
+        classes.setdefault(names[value] if names is not None else str(value), []).append(
+            RowRef(table.name, row, table))
+    return classes
+
+
+def load_hf(path: Path, val_split: float, seed: int, image_column: str | None = None,
+            label_column: str | None = None) -> tuple[list[str], list, list]:
+    """(labels, train samples, val samples) from a Hugging Face dataset: its train and validation
+    splits when it has both, else its training split cut by the stratified, seeded split."""
+    where = str(path)
+    splits = open_splits_of(path)
+    train_split = "train" if "train" in splits else next(iter(splits), None)
+    if train_split is None:
+        raise UserError(f"the Hugging Face dataset {where} has no split with rows")
+    columns = (image_column, label_column)
+    classes = _table_samples(splits, train_split, where, columns)
+    if len(classes) < 2:
+        raise UserError(f"the Hugging Face dataset {where} has {len(classes)} class(es) with images; "
+                        f"training needs at least two")
+    labels = sorted(classes)
+    val_split_name = next((name for name in VAL_SPLITS if name in splits), None)
+    if val_split_name is None:
+        return labels, *stratified_split(classes, val_split, seed)
+    val_classes = _table_samples(splits, val_split_name, where, columns)
+    unknown = sorted(set(val_classes) - set(classes))
+    if unknown:
+        raise UserError(f"the {val_split_name} split of {where} has classes its training split lacks: "
+                        f"{', '.join(map(printable, unknown[:10]))}")
+    train = [(ref, i) for i, name in enumerate(labels) for ref in classes[name]]
+    val = [(ref, labels.index(name)) for name in sorted(val_classes) for ref in val_classes[name]]
+    return labels, train, val

@@ -1,0 +1,320 @@
+"""WebDataset tar shards, streamed: ``--data 'shards/train-{000000..000099}.tar'`` (or the folder that
+``classifier.py --to-shards`` wrote). Each sample is an image member plus a ``.cls`` (class index) or
+``.json`` (``{"label": name}``) member with the same key. The ``webdataset`` package is optional.
+
+Nothing is copied or cached: each epoch streams the shards once. What stays deterministic and exact:
+- every shard belongs to one process (shard i to rank i % size), so each process reads only its own;
+  every process takes the same number of images, the smallest share, so that all take the same steps
+  (the last one may be smaller); what uneven shares leave out is said (TrainStream.uneven_note);
+- the epoch's order: the process's shards in an order seeded by (seed, epoch), through a shuffle
+  buffer seeded by (seed, epoch, rank); the same whatever the number of DataLoader workers (each
+  worker reads the process's stream but decodes only its own batches, which the loader returns in
+  order), so a resume with other --num-workers repeats the run;
+- a resume skips the samples of the steps already taken, undecoded;
+- a truncated shard is skipped from where it breaks, with a warning; the samples it lacks become
+  unreadable entries, so that every process still takes the same number of steps.
+The shard list, per-shard counts and label map come from ``index.json`` when --to-shards wrote one,
+else from one scan of the shards. Without validation shards, a seeded hash of each key holds out
+``--val-split`` of the samples.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import sys
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch.utils.data import IterableDataset, get_worker_info
+
+from vitclassifier.data.images import DECODE_ERRORS, IMAGE_EXTENSIONS, load_image
+from vitclassifier.errors import UserError, printable
+
+INDEX_NAME = "index.json"
+INSTALL = "pip install webdataset (or pip install -r requirements-extras.txt)"
+SHUFFLE_BUFFER = 1000  # samples held for shuffling within a process's stream (encoded bytes)
+MISSING = "missing: a shard ended early (damaged or truncated, see above)"
+IMAGE_SUFFIXES = tuple(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
+
+
+def require_webdataset():
+    try:
+        import webdataset
+    except ImportError:
+        raise UserError(f"tar shards as --data need the webdataset package: {INSTALL}") from None
+    return webdataset
+
+
+def is_shards(path: Path) -> bool:
+    """A brace pattern or a .tar file, or a folder holding an index.json beside .tar files."""
+    text = str(path)
+    return text.endswith(".tar") or ("{" in text and ".tar" in text) or (path / INDEX_NAME).is_file()
+
+
+def key_hash(text: str) -> int:
+    """A stable 63-bit number for a sample's name (its augmentation seed index, its hold-out draw)."""
+    return int.from_bytes(hashlib.sha1(text.encode("utf-8", "surrogateescape")).digest()[:8], "big") >> 1
+
+
+def held_out(key: str, seed: int, val_split: float) -> bool:
+    """Whether a sample of shards without validation shards is a validation sample (seeded by its key)."""
+    return key_hash(f"{seed}/{key}") % 1_000_000 < val_split * 1_000_000
+
+
+def read_shard(path: str, warn: bool = True):
+    """The samples of one shard as (key, image bytes or None, {suffix: bytes}); a shard truncated or
+    damaged mid-stream ends where it breaks, with a warning."""
+    tariterators = require_webdataset().tariterators
+    try:
+        with open(path, "rb") as file:
+            files = ({**member, "__url__": path} for member in tariterators.tar_file_iterator(file))
+            for sample in tariterators.group_by_keys(files):
+                image = next((sample[s] for s in IMAGE_SUFFIXES if s in sample), None)
+                yield sample["__key__"], image, sample
+    except (OSError, EOFError, ValueError, tarfile.TarError) as error:
+        if warn:
+            print(f"warning: shard {printable(path)} is damaged or truncated ({printable(error)}); skipping "
+                  f"the rest of it", file=sys.stderr)
+
+
+def label_of(sample: dict, labels: list[str] | None) -> str | None:
+    """A sample's class name: from .json's "label" (a name, or an index into ``labels``), else .cls."""
+    if "json" in sample:
+        try:
+            value = json.loads(sample["json"]).get("label")
+        except (ValueError, AttributeError):
+            value = None
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int) and labels and 0 <= value < len(labels):
+            return labels[value]
+    if "cls" in sample:
+        text = sample["cls"].decode("utf-8", "replace").strip()
+        if text.isdigit():
+            return labels[int(text)] if labels and int(text) < len(labels) else text
+    return None
+
+
+@dataclass
+class ShardSet:
+    """The shards of one role (training or validation), their sample counts and the label map."""
+    shards: list[str]
+    counts: list[int]
+    labels: list[str]
+    class_counts: dict[str, int] = field(default_factory=dict)
+    holdout: tuple[int, float, bool] | None = None  # (seed, val_split, keep held-out ones) without val shards
+    indexed: bool = True  # labels from index.json (.cls is an index into them), else found by counting
+
+    def label(self, sample: dict) -> str | None:
+        return label_of(sample, self.labels if self.indexed else None)
+
+    def keeps(self, key: str) -> bool:
+        return self.holdout is None or held_out(key, self.holdout[0], self.holdout[1]) == self.holdout[2]
+
+    def __len__(self) -> int:
+        return sum(self.counts)
+
+    def fingerprint(self) -> str:
+        """Which shards with how many samples of which classes (a resume must see the same)."""
+        text = json.dumps([[Path(s).name for s in self.shards], self.counts, self.labels, self.holdout])
+        return hashlib.sha1(text.encode()).hexdigest()
+
+    def label_list(self) -> list[int]:
+        """Each sample's label index, in class order (what --class-weights auto counts)."""
+        return [i for i, name in enumerate(self.labels) for _ in range(self.class_counts.get(name, 0))]
+
+
+def expand(pattern: str) -> list[str]:
+    """The shard paths of a brace pattern (webdataset's own expansion), each one checked to exist."""
+    shards = list(require_webdataset().shardlists.expand_urls(pattern))
+    missing = [s for s in shards if not Path(s).is_file()]
+    if missing:
+        raise UserError(f"--data {printable(pattern)}: {len(missing)} of its {len(shards)} shard(s) do not "
+                        f"exist (first: {printable(missing[0])})")
+    return shards
+
+
+def _count(shards: list[str], seed: int, val_split: float) -> tuple[list[list[int]], list[dict]]:
+    """Count once: per role (training, held-out validation), the samples of each shard and of each class."""
+    counts, classes = [[], []], [{}, {}]
+    for shard in shards:
+        found = [0, 0]
+        for key, image, sample in read_shard(shard, warn=False):
+            name = label_of(sample, None)
+            if image is None or name is None:
+                continue
+            role = int(held_out(key, seed, val_split))
+            found[role] += 1
+            classes[role][name] = classes[role].get(name, 0) + 1
+        for role in (0, 1):
+            counts[role].append(found[role])
+    return counts, classes
+
+
+def _label_order(name: str) -> tuple:
+    """Class names sorted as text, but bare .cls numbers as numbers (2 before 10)."""
+    return (not name.isdigit(), int(name) if name.isdigit() else 0, name)
+
+
+def _from_index(index_path: Path, pattern_shards: list[str] | None) -> tuple[ShardSet, ShardSet] | None:
+    """The training and validation sets --to-shards described, if the given shards are its training ones."""
+    try:
+        index = json.loads(index_path.read_text())
+        labels = [str(name) for name in index["labels"]]
+        roles = {role: [(str(index_path.parent / e["name"]), int(e["count"])) for e in index[role]]
+                 for role in ("train", "val")}
+        class_counts = {role: {str(k): int(v) for k, v in index.get(f"{role}_classes", {}).items()}
+                        for role in roles}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise UserError(f"{index_path} is not a shard index written by --to-shards ({printable(error)}): "
+                        f"remove it, or write the shards again") from None
+    if pattern_shards is not None and sorted(map(str, map(Path, pattern_shards))) != sorted(
+            s for s, _ in roles["train"]):
+        return None
+    sets = [ShardSet([s for s, _ in roles[r]], [c for _, c in roles[r]], labels, class_counts[r])
+            for r in ("train", "val")]
+    return sets[0], sets[1]
+
+
+def open_shards(path: Path, val_split: float, seed: int) -> tuple[list[str], ShardSet, ShardSet]:
+    """(labels, training set, validation set) of --data given as shards."""
+    text = str(path)
+    index_path = path / INDEX_NAME if path.is_dir() else Path(text.split("{")[0]).parent / INDEX_NAME
+    shards = None if path.is_dir() else expand(text)
+    if index_path.is_file():
+        found = _from_index(index_path, shards)
+        if found is not None:
+            return found[0].labels, *found
+    if shards is None:
+        raise UserError(f"--data {path}: no {INDEX_NAME} in it; give the shards as a pattern, e.g. "
+                        f"'{path}/train-{{000000..000009}}.tar'")
+    print(f"Counting the samples of {len(shards)} shard(s) once (no {INDEX_NAME} from --to-shards "
+          f"beside them)")
+    counts, classes = _count(shards, seed, val_split)
+    labels = sorted(set(classes[0]) | set(classes[1]), key=_label_order)
+    if len(labels) < 2:
+        raise UserError(f"--data {printable(text)}: the shards hold {len(labels)} class(es) with images "
+                        f"(labels from .cls or .json members); training needs at least two")
+    train, val = (ShardSet(shards, counts[role], labels, classes[role], (seed, val_split, bool(role)),
+                           indexed=False) for role in (0, 1))
+    return labels, train, val
+
+
+@dataclass
+class StreamPlan:
+    """What one process streams in one epoch: its shards in order, how many samples, skipped how many."""
+    shards: list[str]
+    take: int
+    skip: int = 0
+    shuffle_seed: int | None = None
+
+
+class ShardStream(IterableDataset):
+    """The DataLoader's view of a ShardSet: items as ImageFolderDataset's,
+    ``(pixels or None, label, name as text, reason or None)``. ``plan`` (set per epoch in the main
+    process, before the loader starts its workers) says what this process streams."""
+
+    def __init__(self, shard_set: ShardSet, transform, decode_size: int | None, batch_size: int):
+        self.set, self.transform, self.decode_size = shard_set, transform, decode_size
+        self.batch_size = batch_size
+        self.index = {name: i for i, name in enumerate(shard_set.labels)}
+        self.plan = StreamPlan(shard_set.shards, len(shard_set))
+        self.every, self.offset = 1, 0  # validation: this process's share, every ``every``-th from ``offset``
+
+    def __len__(self) -> int:
+        return max(0, self.plan.take - self.plan.skip) // self.every
+
+    def _samples(self):
+        """(name, image bytes, label) of this process's stream in order, the shuffle buffer applied."""
+        buffer, rng = [], random.Random(self.plan.shuffle_seed)
+        for shard in self.plan.shards:
+            for key, image, sample in read_shard(shard):
+                name = self.set.label(sample)
+                if image is None or name not in self.index or not self.set.keeps(key):
+                    continue
+                item = (f"{Path(shard).name}/{key}", image, self.index[name])
+                if self.plan.shuffle_seed is None:
+                    yield item
+                    continue
+                buffer.append(item)
+                if len(buffer) >= SHUFFLE_BUFFER:
+                    yield buffer.pop(rng.randrange(len(buffer)))
+        rng.shuffle(buffer)
+        yield from buffer
+
+    def _decode(self, name: str, image: bytes, label: int):
+        try:
+            pixels = self.transform.decode(load_image(image, self.decode_size))
+        except DECODE_ERRORS as error:
+            return None, label, name, f"{type(error).__name__}: {error}"
+        return self.transform.finish(pixels), label, name, None
+
+    def __iter__(self):
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        plan, samples = self.plan, self._samples()
+        for position in range(plan.take):
+            item = next(samples, None)  # None: the stream ended early (a truncated shard)
+            mine = position - plan.skip
+            if mine < 0 or mine % self.every != self.offset:
+                continue
+            if (mine // self.every // self.batch_size) % workers != worker:
+                continue  # another worker's batch: read past, not decoded
+            yield self._decode(*item) if item is not None else (None, 0, "shards", MISSING)
+
+
+class TrainStream(ShardStream):
+    """The training stream of one process, planned per epoch like EpochSampler (``steps``,
+    ``set_epoch``, ``already_drawn``), so the training loop runs it unchanged."""
+
+    def __init__(self, shard_set: ShardSet, transform, decode_size: int | None, batch_size: int,
+                 per_step: int, epoch_seed: Callable[[int], int], rank: int = 0, size: int = 1):
+        super().__init__(shard_set, transform, decode_size, batch_size)
+        count = len(shard_set.shards)
+        if count < size:
+            raise UserError(f"{count} training shard(s) for {size} processes: every process needs a shard "
+                            f"of its own; write more, smaller shards (--to-shards --shard-size)")
+        self.shares = [sum(shard_set.counts[r::size]) for r in range(size)]
+        take = min(self.shares)  # every process the same: the same steps, the same micro-batches
+        if take < 1:
+            raise UserError(f"a process has no training images in its shards ({size} processes, shard "
+                            f"counts {shard_set.counts}): write more, smaller shards "
+                            f"(--to-shards --shard-size)")
+        self.left_out = sum(self.shares) - take * size  # per epoch, when the shares are uneven
+        self.steps = -(-take // per_step)  # the last step of an epoch may be smaller, as EpochSampler's
+        self.per_step, self.epoch_seed, self.take = per_step, epoch_seed, take
+        self.own = list(range(rank, count, size))  # shard i belongs to process i % size
+        self.rank = rank
+        self.set_epoch(1)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Plan epoch ``epoch``: the own shards in a seeded order, the first ``start_batch`` steps skipped."""
+        seed = self.epoch_seed(epoch)
+        order = [self.set.shards[i] for i in self.own]
+        random.Random(seed).shuffle(order)
+        self.plan = StreamPlan(order, self.take, start_batch * self.per_step,
+                               shuffle_seed=seed * 1009 + self.rank)
+
+    def uneven_note(self) -> str | None:
+        """What an uneven split of the shards over the processes leaves out of every epoch, or None."""
+        if not self.left_out:
+            return None
+        return (f"note: the training shards split unevenly over {len(self.shares)} processes (images per "
+                f"process: {', '.join(map(str, self.shares))}); every process takes {self.take} images an "
+                f"epoch so that all take the same steps, so {self.left_out} of the {sum(self.shares)} "
+                f"training images are left out of each epoch (the ends of the larger shares' streams, "
+                f"others each epoch). Shards of equal size, a multiple of the processes in number, use all")
+
+    def already_drawn(self) -> list[int]:
+        return []  # every sample once per epoch: no repeated draws to count
+
+
+class NameIndex(dict):
+    """Training image name -> its index for the augmentation seeds (training/loop.image_seed): for a
+    stream, a stable hash of the name, so no list of every sample is kept."""
+
+    def __missing__(self, name: str) -> int:
+        return key_hash(name)

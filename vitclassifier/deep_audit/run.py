@@ -1,0 +1,146 @@
+"""The deep audit from start to end: ``deep_audit(data, labels, train, val, options)``.
+
+It returns the findings as plain data (for the JSON report), writes them into the output folder
+(CSV files with paths relative to the data, picture grids, report.json by the caller) and
+``format_findings`` gives the text report: counts and the top ten of each kind, introduced as what
+they are: suspects to review, not verdicts.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vitclassifier.cli import DEVICES
+from vitclassifier.data.exclude import sample_key
+from vitclassifier.deep_audit import outputs
+from vitclassifier.deep_audit.cache import cached_embeddings
+from vitclassifier.deep_audit.embedding import load_embedder, unit_rows
+from vitclassifier.deep_audit.findings import label_issues, outlier_scores, outliers
+from vitclassifier.deep_audit.neighbours import near_duplicates, nearest_neighbours, pixel_view
+from vitclassifier.errors import UserError
+
+
+@dataclass
+class AuditOptions:
+    """What ``classifier.py --check-data DIR --model M`` asks of the deep audit."""
+    model: str
+    out: Path | None = None  # None: outputs.default_folder(DIR)
+    folds: int = 5
+    duplicate_threshold: float = 0.995  # cosine similarity of the embeddings (docs/audit.md)
+    pixel_threshold: float = 0.99  # cosine similarity of the thumbnail vectors
+    neighbours: int = 10
+    batch_size: int = 64
+    device: str = "auto"
+
+    def problems(self) -> list[str]:
+        """What is wrong with these options, one sentence each naming the option."""
+        checks = [
+            (self.folds >= 2, "--folds must be at least 2"),
+            (all(math.isfinite(t) and 0 < t <= 1 for t in (self.duplicate_threshold, self.pixel_threshold)),
+             "--duplicate-threshold and --pixel-threshold are cosine similarities above 0, at most 1"),
+            (self.neighbours >= 1, "--neighbours must be at least 1"),
+            (self.batch_size >= 1, "--batch-size must be at least 1"),
+            (self.device in DEVICES, f"--device: choose from {', '.join(DEVICES)}"),
+        ]
+        return [message for ok, message in checks if not ok]
+
+
+def relative(sample, data: Path) -> str:
+    """How a sample is named in the outputs: a file by its path relative to the data folder (or to
+    a label file's folder), a dataset row as name[row]: exactly as train.py --exclude reads it."""
+    return sample_key(sample, data if data.is_dir() else data.parent)
+
+
+def _duplicate_rows(pairs, entries) -> list[dict]:
+    """One row per pair; ``path`` is the copy to leave out (the validation one of a leak)."""
+    rows = []
+    for pair in pairs:
+        keep, drop = entries[pair.first], entries[pair.second]
+        if keep["split"] == "val" and drop["split"] == "train":
+            keep, drop = drop, keep
+        rows.append({"path": drop["path"], "duplicate_of": keep["path"], "split": drop["split"],
+                     "other_split": keep["split"], "class": drop["class"], "other_class": keep["class"],
+                     "cosine": round(pair.cosine, 4), "pixel_similarity": round(pair.pixel_similarity, 4),
+                     "leak": keep["split"] != drop["split"], "contradictory": keep["class"] != drop["class"]})
+    return rows
+
+
+def find_all(embedded, entries: list[dict], given: np.ndarray, classes: list[str],
+             options: AuditOptions) -> dict:
+    """The three kinds of findings over the embedded images, as rows of plain data (and how long
+    the neighbour search and the label-error search took)."""
+    started = time.time()
+    unit, pixels = unit_rows(embedded.vectors), pixel_view(embedded.thumbnails)
+    neighbours = nearest_neighbours(unit, options.neighbours)
+    pixel_neighbours = nearest_neighbours(pixels, options.neighbours)
+    pairs = near_duplicates(unit, pixels, options.duplicate_threshold, options.pixel_threshold, neighbours,
+                            pixel_neighbours)
+    searched = time.time()
+    issues = label_issues(embedded.vectors, given, len(classes), options.folds)
+    scores = {"model": outlier_scores(neighbours), "pixels": outlier_scores(pixel_neighbours)}
+    return {
+        "step_seconds": {"neighbours": round(searched - started, 1),
+                         "label_issues": round(time.time() - searched, 1)},
+        "near_duplicates": _duplicate_rows(pairs, entries),
+        "label_issues": [{**entries[issue.index], "given_label": classes[issue.given],
+                          "suggested_label": classes[issue.suggested],
+                          "label_quality": round(issue.quality, 4)} for issue in issues],
+        "outliers": [{**entries[i], "outlier_score": round(z, 1), "view": view}
+                     for i, z, view in outliers(scores)],
+    }
+
+
+def deep_audit(data: Path, labels: list[str], train: list, val: list, options: AuditOptions) -> dict:
+    """Embed every image of the split (cached), find the suspects, write them into the output folder."""
+    started = time.time()
+    problems = options.problems()
+    if problems:
+        raise UserError("; ".join(problems))
+    out = options.out or outputs.default_folder(data)
+    outputs.claim_folder(out, data)
+    embedder = load_embedder(options.model, labels, options.device)
+    samples = [(sample, label, split) for split, part in (("train", train), ("val", val))
+               for sample, label in part]
+    embedded = cached_embeddings(embedder, [sample for sample, _, _ in samples], out, options.batch_size)
+    embedding_seconds = time.time() - started
+    if len(embedded.readable) < 2:
+        raise UserError(f"the deep audit needs at least 2 readable images in {data}, found "
+                        f"{len(embedded.readable)}")
+    entries = [{"path": relative(samples[i][0], data), "split": samples[i][2], "class": labels[samples[i][1]]}
+               for i in embedded.readable]
+    given = np.array([samples[i][1] for i in embedded.readable])
+    found = find_all(embedded, entries, given, labels, options)
+    found["step_seconds"]["embedding"] = round(embedding_seconds, 1)  # with loading the model and hashing
+    for kind in outputs.KINDS:
+        outputs.write_csv(out / f"{kind}.csv", outputs.COLUMNS[kind], found[kind])
+    write_pictures(out, found, {entry["path"]: samples[i][0] for entry, i in zip(entries, embedded.readable)})
+    return {"model": options.model, "folder": str(out), "settings": {**asdict(options), "out": str(out)},
+            "image_size": embedder.prep.image_size,
+            "images": len(embedded.readable), "from_cache": embedded.from_cache,
+            "unreadable": len(embedded.unreadable), "seconds": round(time.time() - started, 1), **found}
+
+
+def write_pictures(out: Path, found: dict, sample_of: dict) -> None:
+    """One picture grid per kind: the top suspects with what makes them suspect."""
+    top = {kind: found[kind][:outputs.GRID_ITEMS] for kind in outputs.KINDS}
+
+    def cell(paths: list[str], caption: str) -> tuple[list, str]:
+        return [sample_of[path] for path in paths], caption
+
+    short = outputs.short
+    outputs.write_grid(out / "label_issues.png", [cell([row["path"]], (
+        f"{short(row['path'])}\n{short(row['given_label'], 12)} -> {short(row['suggested_label'], 12)}"
+        f"\nquality {row['label_quality']:.3f}")) for row in top["label_issues"]])
+    outputs.write_grid(out / "near_duplicates.png", [cell([row["duplicate_of"], row["path"]], (
+        f"{short(row['duplicate_of'], 20)} ~ {short(row['path'], 20)}\ncosine {row['cosine']:.3f}, "
+        f"pixels {row['pixel_similarity']:.3f}"
+        + (" LEAK" if row["leak"] else "") + (" CONTRADICTORY" if row["contradictory"] else "")))
+        for row in top["near_duplicates"]])
+    outputs.write_grid(out / "outliers.png", [cell([row["path"]], (
+        f"{short(row['path'])}\n{short(row['class'], 20)}, {row['outlier_score']:.1f} spreads out "
+        f"({row['view']})"))
+        for row in top["outliers"]])
