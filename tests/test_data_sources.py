@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from helpers import CLASSES, COMPARED, ROOT, assert_same_metrics, make_pattern_folder, read_rows, run_args
@@ -298,3 +299,16 @@ def test_torchrun_splits_shards_across_two_processes(tmp_path, tiny_vit):
     info = json.loads((out / "best" / "training_info.json").read_text())
     assert info["val_images"] == sum(entry["count"] for entry in index["val"])  # each image once, summed
     assert info["labels"] == index["labels"] == CLASSES
+
+
+def test_an_image_listed_with_two_labels_keeps_its_first_and_is_named(tmp_path, capsys):
+    from vitclassifier.data.labelfile import read_label_file
+    make_pattern_folder(tmp_path / "images", per_class=2, size=32)
+    files = sorted((tmp_path / "images").rglob("*.png"))
+    rows = [f"{file.relative_to(tmp_path)},{file.parent.name}" for file in files]
+    rows.append(f"{files[0].relative_to(tmp_path)},{files[-1].parent.name}")  # again, another label
+    (tmp_path / "labels.csv").write_text("filename,label\n" + "\n".join(rows) + "\n")
+    classes, _ = read_label_file(tmp_path / "labels.csv")
+    holding = [name for name, paths in classes.items() if files[0].resolve() in map(Path.resolve, paths)]
+    assert holding == [files[0].parent.name]
+    assert files[0].name in capsys.readouterr().err

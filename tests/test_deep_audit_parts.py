@@ -99,3 +99,14 @@ def test_a_cache_is_used_only_when_every_check_passes(tmp_path, capsys):
     path.write_bytes(b"not a cache")
     assert cache.load_cache(path, "model-a").rows == {}
     assert "ignoring the embedding cache" in capsys.readouterr().err
+
+
+def test_a_missing_cleanlab_is_one_line_naming_the_extras(monkeypatch):
+    import sys
+
+    from vitclassifier.deep_audit.findings import require_libraries
+    from vitclassifier.errors import UserError
+    monkeypatch.setitem(sys.modules, "cleanlab", None)  # what an uninstalled package looks like to import
+    with pytest.raises(UserError, match="requirements-extras.txt") as error:
+        require_libraries()
+    assert "cleanlab" in str(error.value) and "\n" not in str(error.value)

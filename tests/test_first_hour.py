@@ -199,9 +199,9 @@ def test_pipeline_predict_and_an_old_unfolded_checkpoint_agree(unfolded, tmp_pat
     assert max(plain.values()) > max(ours.values()) + 1e-3  # the temperature did change something
 
 
-def test_a_checkpoint_that_would_be_calibrated_twice_is_refused(tmp_path):
-    (tmp_path / "training_info.json").write_text(json.dumps({"temperature": 2.0, "temperature_folded": 2.0}))
-    with pytest.raises(UserError, match="calibrated twice"):
+def test_a_folded_temperature_is_checked_like_any_temperature(tmp_path):
+    (tmp_path / "training_info.json").write_text(json.dumps({"temperature": 1.0, "temperature_folded": -2}))
+    with pytest.raises(UserError, match="temperature must be a finite number above 0"):
         read_info(tmp_path)
 
 

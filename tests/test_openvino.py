@@ -88,7 +88,8 @@ def test_mistakes_with_openvino_models_are_one_line_errors(openvino_int8_export,
 def test_the_web_page_serves_an_openvino_model_as_predict_does(openvino_int8_export, pattern_data, capsys):
     xml = openvino_int8_export[0]
     paths = [pattern_data / name / f"{name}_007.png" for name in CLASSES]
-    labels, classify = make_classify(xml, "auto", 32)
+    labels, can_explain, classify = make_classify(xml, "auto", 32)
+    assert not can_explain  # an export has no gradients
     results, errors = classify([str(p) for p in paths], 2)
     assert labels == CLASSES and errors == "" and [r["name"] for r in results] == [p.name for p in paths]
     assert predict.main(["--model", str(xml), "--image", *map(str, paths), "--top-k", "2",

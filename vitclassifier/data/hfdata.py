@@ -34,7 +34,9 @@ def is_hf_data(path: Path) -> bool:
     if path.is_file():
         return path.suffix.lower() == ".parquet"
     markers = ("dataset_dict.json", "state.json")
-    return path.is_dir() and (any((path / m).is_file() for m in markers) or any(path.rglob("*.parquet")))
+    # top level and one below (data/*.parquet) only: never a walk through a whole class folder
+    return path.is_dir() and (any((path / m).is_file() for m in markers) or any(path.glob("*.parquet"))
+                              or any(path.glob("*/*.parquet")))
 
 
 def _datasets():
@@ -84,13 +86,15 @@ def open_splits_of(path: Path) -> dict:
         files = {"data_files": text} if path.is_file() else {"data_dir": text}
         return dict(datasets.load_dataset("parquet", **files))
     except (OSError, ValueError) as error:
-        raise UserError(f"cannot read the Hugging Face dataset {path}: {printable(error)}") from None
+        raise UserError(f"cannot read the Hugging Face dataset {printable(str(path))}: "
+                        f"{printable(error)}") from None
 
 
 def _column(features: dict, wanted: str | None, kinds: tuple, names: tuple, option: str, where: str) -> str:
     if wanted is not None:
         if wanted not in features:
-            raise UserError(f"{option} {printable(wanted)!r} is not a column of {where}; its columns are: "
+            raise UserError(f"{option} {printable(wanted)!r} is not a column of "
+                            f"{printable(str(where))}; its columns are: "
                             f"{', '.join(map(printable, features))}")
         return wanted
     typed = [name for name, feature in features.items() if isinstance(feature, kinds)]
@@ -98,7 +102,8 @@ def _column(features: dict, wanted: str | None, kinds: tuple, names: tuple, opti
     found = typed[:1] or [lowered[n] for n in names if n in lowered][:1]
     if not found:
         what = "image" if option == "--image-column" else "label"
-        raise UserError(f"the Hugging Face dataset {where} has no {what} column (its columns: "
+        raise UserError(f"the Hugging Face dataset {printable(str(where))} has no {what} column (its "
+                        f"columns: "
                         f"{', '.join(map(printable, features))}); name it with {option}")
     return found[0]
 
@@ -146,7 +151,8 @@ def _classes_of(dataset, label: str, where: str) -> tuple[list[str], list]:
     if isinstance(feature, datasets.ClassLabel):
         return list(feature.names), values
     if any(isinstance(v, (list, dict)) for v in values[:100]):
-        raise UserError(f"the label column {printable(label)!r} of {where} does not hold one label per row: "
+        raise UserError(f"the label column {printable(label)!r} of {printable(str(where))} does not "
+                        f"hold one label per row: "
                         f"name another with --label-column")
     return None, values
 
@@ -179,11 +185,12 @@ def load_hf(path: Path, val_split: float, seed: int, image_column: str | None = 
     splits = open_splits_of(path)
     train_split = "train" if "train" in splits else next(iter(splits), None)
     if train_split is None:
-        raise UserError(f"the Hugging Face dataset {where} has no split with rows")
+        raise UserError(f"the Hugging Face dataset {printable(str(where))} has no split with rows")
     columns = (image_column, label_column)
     classes = _table_samples(splits, train_split, where, columns)
     if len(classes) < 2:
-        raise UserError(f"the Hugging Face dataset {where} has {len(classes)} class(es) with images; "
+        raise UserError(f"the Hugging Face dataset {printable(str(where))} has {len(classes)} class(es) "
+                        f"with images; "
                         f"training needs at least two")
     labels = sorted(classes)
     val_split_name = next((name for name in VAL_SPLITS if name in splits), None)
@@ -192,7 +199,8 @@ def load_hf(path: Path, val_split: float, seed: int, image_column: str | None = 
     val_classes = _table_samples(splits, val_split_name, where, columns)
     unknown = sorted(set(val_classes) - set(classes))
     if unknown:
-        raise UserError(f"the {val_split_name} split of {where} has classes its training split lacks: "
+        raise UserError(f"the {val_split_name} split of {printable(str(where))} has classes its "
+                        f"training split lacks: "
                         f"{', '.join(map(printable, unknown[:10]))}")
     train = [(ref, i) for i, name in enumerate(labels) for ref in classes[name]]
     val = [(ref, labels.index(name)) for name in sorted(val_classes) for ref in val_classes[name]]

@@ -32,7 +32,8 @@ def read_rows(path: Path) -> tuple[list[str], list[dict]]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as error:
-        raise UserError(f"label file {path} is not UTF-8 text ({error.reason}): save it as UTF-8") from None
+        raise UserError(f"label file {printable(str(path))} is not UTF-8 text ({error.reason}): save it "
+                        f"as UTF-8") from None
     if path.suffix.lower() == ".jsonl":
         rows = []
         for number, line in enumerate(text.splitlines(), 1):
@@ -41,9 +42,11 @@ def read_rows(path: Path) -> tuple[list[str], list[dict]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as error:
-                raise UserError(f"label file {path}, line {number}: not JSON ({error.msg})") from None
+                raise UserError(f"label file {printable(str(path))}, line {number}: not JSON "
+                                f"({error.msg})") from None
             if not isinstance(row, dict):
-                raise UserError(f"label file {path}, line {number}: expected a JSON object per line")
+                raise UserError(f"label file {printable(str(path))}, line {number}: expected a JSON "
+                                f"object per line")
             rows.append({str(k): "" if v is None else str(v) for k, v in row.items()})
         columns = list(dict.fromkeys(key for row in rows for key in row))
         return columns, rows
@@ -57,7 +60,8 @@ def _find(columns: list[str], wanted: str | None, known: tuple[str, ...], option
     """The column named by ``option`` (refused when absent), else the first of ``known`` present."""
     if wanted is not None:
         if wanted not in columns:
-            raise UserError(f"{option} {printable(wanted)!r} is not a column of {path}; its columns are: "
+            raise UserError(f"{option} {printable(wanted)!r} is not a column of {printable(str(path))}; "
+                            f"its columns are: "
                             f"{', '.join(map(printable, columns))}")
         return wanted
     lowered = {column.lower(): column for column in columns}
@@ -79,7 +83,8 @@ def pick_columns(columns: list[str], path: Path, image_column: str | None,
     elif label is None and image is not None and len(rest) == 1:
         label = rest[0]
     if image is None or label is None:
-        raise UserError(f"cannot tell which columns of {path} hold the image file and the label (columns: "
+        raise UserError(f"cannot tell which columns of {printable(str(path))} hold the image file and "
+                        f"the label (columns: "
                         f"{', '.join(map(printable, columns)) or 'none'}): name them with "
                         f"--image-column and --label-column")
     return image, label, split
@@ -97,10 +102,10 @@ def resolve_image(base: Path, name: str) -> Path | None:
     return None
 
 
-def _warn_missing(path: Path, missing: list[str]) -> None:
+def _warn_missing(path: Path, missing: list[str], what: str) -> None:
     named = ", ".join(printable(name) for name in missing[:NAMED_MISSING])
     more = f" and {len(missing) - NAMED_MISSING} more" if len(missing) > NAMED_MISSING else ""
-    print(f"warning: {len(missing)} image(s) named in {path} do not exist and are skipped: {named}{more}",
+    print(f"warning: {len(missing)} image(s) named in {printable(str(path))} {what}: {named}{more}",
           file=sys.stderr)
 
 
@@ -110,25 +115,31 @@ def read_label_file(path: Path, image_column: str | None = None, label_column: s
     (else empty). Missing images are listed once and skipped; fewer than two classes is refused."""
     columns, rows = read_rows(path)
     if not rows:
-        raise UserError(f"label file {path} has no rows")
+        raise UserError(f"label file {printable(str(path))} has no rows")
     image, label, split_column = pick_columns(columns, path, image_column, label_column)
     classes: dict[str, set[Path]] = {}
-    splits, missing = {}, []
+    splits, missing, given, conflicting = {}, [], {}, []
     for row in rows:
-        name, value = row.get(image, ""), row.get(label, "")
+        name, value = row.get(image, ""), utf8_safe(row.get(label, ""))
         if not name or not value:
             continue
         found = resolve_image(path.parent, name)
         if found is None:
             missing.append(name)
             continue
-        classes.setdefault(utf8_safe(value), set()).add(found)
+        if given.setdefault(found, value) != value:  # one image, two labels: its first row decides
+            conflicting.append(name)
+            continue
+        classes.setdefault(value, set()).add(found)
         if split_column:
-            splits[found] = row.get(split_column, "").lower()
+            splits.setdefault(found, row.get(split_column, "").lower())
     if missing:
-        _warn_missing(path, missing)
+        _warn_missing(path, missing, "do not exist and are skipped")
+    if conflicting:
+        _warn_missing(path, conflicting, "are listed again with another label; their first row is used")
     if len(classes) < 2:
-        raise UserError(f"the label column {printable(label)!r} of {path} has {len(classes)} class(es) "
+        raise UserError(f"the label column {printable(label)!r} of {printable(str(path))} has "
+                        f"{len(classes)} class(es) "
                         f"with existing images; training needs at least two")
     return {name: sorted(files) for name, files in sorted(classes.items())}, splits
 
@@ -143,11 +154,12 @@ def load_label_file(path: Path, val_split: float, seed: int, image_column: str |
         return labels, *stratified_split(classes, val_split, seed)
     unknown = sorted(set(splits.values()) - TRAIN_VALUES - VAL_VALUES)
     if unknown:
-        raise UserError(f"the split column of {path} has values other than train and val: "
+        raise UserError(f"the split column of {printable(str(path))} has values other than train and val: "
                         f"{', '.join(map(printable, unknown[:5]))}")
     train = [(p, i) for i, name in enumerate(labels) for p in classes[name] if splits[p] in TRAIN_VALUES]
     val = [(p, i) for i, name in enumerate(labels) for p in classes[name] if splits[p] in VAL_VALUES]
     if not train or not val:
-        raise UserError(f"the split column of {path} leaves no {'training' if not train else 'validation'} "
-                        f"images; mark some rows train and some val")
+        lacking = "training" if not train else "validation"
+        raise UserError(f"the split column of {printable(str(path))} leaves no {lacking} images; mark some "
+                        f"rows train and some val")
     return labels, train, val

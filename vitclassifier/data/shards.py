@@ -93,7 +93,7 @@ def label_of(sample: dict, labels: list[str] | None) -> str | None:
             return labels[value]
     if "cls" in sample:
         text = sample["cls"].decode("utf-8", "replace").strip()
-        if text.isdigit():
+        if text.isdecimal():
             return labels[int(text)] if labels and int(text) < len(labels) else text
     return None
 
@@ -156,7 +156,7 @@ def _count(shards: list[str], seed: int, val_split: float) -> tuple[list[list[in
 
 def _label_order(name: str) -> tuple:
     """Class names sorted as text, but bare .cls numbers as numbers (2 before 10)."""
-    return (not name.isdigit(), int(name) if name.isdigit() else 0, name)
+    return (not name.isdecimal(), int(name) if name.isdecimal() else 0, name)
 
 
 def _from_index(index_path: Path, pattern_shards: list[str] | None) -> tuple[ShardSet, ShardSet] | None:
@@ -189,8 +189,9 @@ def open_shards(path: Path, val_split: float, seed: int) -> tuple[list[str], Sha
         if found is not None:
             return found[0].labels, *found
     if shards is None:
-        raise UserError(f"--data {path}: no {INDEX_NAME} in it; give the shards as a pattern, e.g. "
-                        f"'{path}/train-{{000000..000009}}.tar'")
+        raise UserError(f"--data {printable(str(path))}: no {INDEX_NAME} in it; give the shards as a "
+                        f"pattern, e.g. "
+                        f"'{printable(str(path))}/train-{{000000..000009}}.tar'")
     print(f"Counting the samples of {len(shards)} shard(s) once (no {INDEX_NAME} from --to-shards "
           f"beside them)")
     counts, classes = _count(shards, seed, val_split)

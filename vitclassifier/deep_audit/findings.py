@@ -6,7 +6,7 @@ model that never saw its label. Confident learning (cleanlab.filter.find_label_i
 standard) then picks the images whose given label those probabilities contradict beyond what the
 estimated noise between the classes explains. The suggested label is the most probable class;
 the score is cleanlab's label quality (self-confidence: the probability of the given label; low is
-suspect). Seconds for 100,000 images, not a fine-tune per fold.
+suspect). Under a minute for 100,000 images (docs/audit.md), not a fine-tune per fold.
 
 Outliers: an image's score in a view is its mean cosine distance to its k nearest neighbours
 there, in two views: the embeddings (nothing the model sees is like it) and the thumbnails
@@ -27,7 +27,7 @@ from vitclassifier.errors import UserError
 
 EXTRAS = "pip install -r requirements-extras.txt"
 OUTLIER_SPREAD = 5.0  # robust standard deviations above the median (robust_z); see docs/audit.md
-PROBE_ITERATIONS = 100  # lbfgs steps: with PROBE_C as good as converged, several times faster (docs/audit.md)
+PROBE_ITERATIONS = 100  # lbfgs steps: bounds the probe's time; it need not be fitted to the last digit
 PROBE_C = 0.1  # inverse L2 strength of the linear probe
 
 
@@ -38,8 +38,8 @@ class LabelIssue(NamedTuple):
     quality: float  # cleanlab's label quality of the given label (0 to 1; low: suspect)
 
 
-def _libraries():
-    """cleanlab and scikit-learn, or one line naming the pip command."""
+def require_libraries():
+    """cleanlab and scikit-learn, or one line naming the pip command (checked before any work)."""
     try:
         import cleanlab.filter
         import cleanlab.rank
@@ -56,7 +56,7 @@ def out_of_fold_probabilities(vectors: np.ndarray, labels: np.ndarray, classes: 
                               seed: int = 0) -> np.ndarray:
     """(N, classes) probabilities, each row from a linear classifier fitted without that image.
     Folds are stratified; a class with fewer images than folds lowers the fold count (at least 2)."""
-    _, sklearn = _libraries()
+    _, sklearn = require_libraries()
     present = np.bincount(labels, minlength=classes)
     folds = int(max(2, min(folds, present[present > 0].min())))
     probabilities = np.zeros((len(labels), classes), np.float64)
@@ -74,7 +74,7 @@ def out_of_fold_probabilities(vectors: np.ndarray, labels: np.ndarray, classes: 
 
 def label_issues(vectors: np.ndarray, labels: np.ndarray, classes: int, folds: int) -> list[LabelIssue]:
     """The suspected label errors, most suspect first."""
-    cleanlab, _ = _libraries()
+    cleanlab, _ = require_libraries()
     if len(np.unique(labels)) < 2:
         return []
     probabilities = out_of_fold_probabilities(vectors, labels, classes, folds)

@@ -3,7 +3,7 @@
 Never all pairs at once: each image's k nearest neighbours are found a block of rows at a time
 (a block's similarities to every image, then its top k), so memory is k per image plus one block.
 From FAISS_FROM images on, faiss's exact inner-product search does the same work faster when it is
-installed (benchmarks/audit.py; figures in docs/audit.md); the results are the same.
+installed (benchmarks/audit.py search; figures in docs/audit.md); the results are the same.
 
 A pair is a near-duplicate when its embeddings are alike (cosine similarity at or above the
 threshold: the model sees the same thing), or when its thumbnail vectors are (the same picture,

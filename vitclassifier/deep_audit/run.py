@@ -19,7 +19,7 @@ from vitclassifier.data.exclude import sample_key
 from vitclassifier.deep_audit import outputs
 from vitclassifier.deep_audit.cache import cached_embeddings
 from vitclassifier.deep_audit.embedding import load_embedder, unit_rows
-from vitclassifier.deep_audit.findings import label_issues, outlier_scores, outliers
+from vitclassifier.deep_audit.findings import label_issues, outlier_scores, outliers, require_libraries
 from vitclassifier.deep_audit.neighbours import near_duplicates, nearest_neighbours, pixel_view
 from vitclassifier.errors import UserError
 
@@ -100,6 +100,7 @@ def deep_audit(data: Path, labels: list[str], train: list, val: list, options: A
     problems = options.problems()
     if problems:
         raise UserError("; ".join(problems))
+    require_libraries()
     out = options.out or outputs.default_folder(data)
     outputs.claim_folder(out, data)
     embedder = load_embedder(options.model, labels, options.device)

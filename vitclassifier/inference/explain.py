@@ -36,7 +36,7 @@ from tqdm import tqdm
 from vitclassifier.data.folders import utf8_safe
 from vitclassifier.data.images import DECODE_ERRORS, ORIENTATION, load_image, open_regular
 from vitclassifier.data.transforms import Preprocessing, eval_transform
-from vitclassifier.errors import UserError
+from vitclassifier.errors import UserError, printable
 from vitclassifier.files import atomic_write_text, check_output_folder, refuse_inside, write_via_temp
 from vitclassifier.inference.loading import LoadedModel
 from vitclassifier.inference.predict import ranked, top_k_results
@@ -70,9 +70,10 @@ def check_explain_folder(folder: Path, model: Path, inputs: list[str]) -> None:
     if folder.is_dir() and not (folder / MARKER).is_file():
         others = sorted(path.name for path in folder.iterdir())
         if others:
-            shown = ", ".join(others[:5]) + (f", … ({len(others) - 5} more)" if len(others) > 5 else "")
-            raise UserError(f"--explain {folder} holds files this tool did not write ({shown}); nothing was "
-                            f"changed. Give an empty or new folder")
+            shown = ", ".join(map(printable, others[:5])) + (f", … ({len(others) - 5} more)"
+                                                             if len(others) > 5 else "")
+            raise UserError(f"--explain {printable(str(folder))} holds files this tool did not write "
+                            f"({shown}); nothing was changed. Give an empty or new folder")
 
 
 def claim_folder(folder: Path) -> None:

@@ -90,20 +90,17 @@ def checkpoint_preprocessing(directory: Path, where: str, model_size: object = N
 
 
 def read_info(directory: Path) -> dict:
-    """A checkpoint's training_info.json (score, labels, calibration), or {}. Checked: a JSON object
-    whose ``temperature`` (what is still to divide the logits by), if any, is a finite number above 0;
-    one whose head has a temperature folded in (``temperature_folded``) must leave nothing to divide."""
+    """A checkpoint's training_info.json (score, labels, calibration), or {}. ``temperature`` is what the
+    logits are still to be divided by (1 once calibration is folded into the head, see
+    fold_temperature; an older checkpoint's unfolded T), ``temperature_folded`` a record of what the
+    head already divides by. Checked: a JSON object whose temperatures, if any, are finite and > 0."""
     path = Path(directory) / "training_info.json"
     if not path.is_file():
         return {}
     where = f"checkpoint {directory}"
     info = read_info_text(path, where)
     if "temperature_folded" in info:
-        folded = check_temperature(info["temperature_folded"], where)
-        if info.get("temperature", 1.0) != 1.0:
-            raise refusal(where, f"training_info.json says its head already divides the logits by "
-                                 f"{folded:g} (temperature_folded) and also asks to divide them by "
-                                 f"{info['temperature']:g}; it would be calibrated twice")
+        info["temperature_folded"] = check_temperature(info["temperature_folded"], where)
     return info
 
 

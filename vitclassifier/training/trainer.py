@@ -100,7 +100,8 @@ class Trainer(TrainerSetUp):
         count the summary and training_info.json give; under torchrun the few images an epoch wraps
         round to even out the processes' shares are not counted twice)."""
         unreadable = sum(1 for path in self.shared.bad_files if path in self.shared.sample_index)
-        return len(self.train_samples) - unreadable
+        left_out = getattr(self.sampler, "left_out", 0)  # shards shared unevenly under torchrun
+        return len(self.train_samples) - unreadable - left_out
 
     def save_last(self) -> None:
         """last/: the weights and everything a resumed run continues from (TrainState and more)."""
