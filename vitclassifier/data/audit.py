@@ -156,6 +156,21 @@ def verdict(report: dict) -> tuple[list[str], list[str]]:
     return fatal, advice
 
 
+def class_summary(classes: dict[str, dict[str, int]], decoded: bool, image_size: int | None) -> dict:
+    """The report's counts part, shared by every form of data: per class, totals and imbalance."""
+    sizes = {name: counts["total"] for name, counts in classes.items()}
+    largest, smallest = max(sizes, key=sizes.get), min(sizes, key=sizes.get)
+    return {
+        "decoded": decoded,
+        "image_size": image_size,
+        "classes": classes,
+        "totals": {key: sum(counts[key] for counts in classes.values()) for key in ("train", "val", "total")},
+        "largest_class": largest,
+        "smallest_class": smallest,
+        "imbalance_ratio": round(sizes[largest] / sizes[smallest], 2) if sizes[smallest] else None,
+    }
+
+
 def audit_dataset(labels: list[str], train: list[tuple[Path, int]], val: list[tuple[Path, int]],
                   image_size: int | None = 224, decode: bool = True) -> dict:
     """Audit a split as data.folders.load_splits returns it.
@@ -169,16 +184,8 @@ def audit_dataset(labels: list[str], train: list[tuple[Path, int]], val: list[tu
     for _, name, split in samples:
         classes[name][split] += 1
         classes[name]["total"] += 1
-    sizes = {name: counts["total"] for name, counts in classes.items()}
-    largest, smallest = max(sizes, key=sizes.get), min(sizes, key=sizes.get)
     report = {
-        "decoded": decode,
-        "image_size": image_size,
-        "classes": classes,
-        "totals": {key: sum(counts[key] for counts in classes.values()) for key in ("train", "val", "total")},
-        "largest_class": largest,
-        "smallest_class": smallest,
-        "imbalance_ratio": round(sizes[largest] / sizes[smallest], 2) if sizes[smallest] else None,
+        **class_summary(classes, decode, image_size),
         "duplicates": {**_duplicates(samples),  # files only: rows of a Hugging Face dataset are not
                        "checked": all(isinstance(path, Path) for path, _, _ in samples)},
         "unreadable": [],

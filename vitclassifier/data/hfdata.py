@@ -9,16 +9,14 @@ splits are used when it has them, else the folders' stratified, seeded split.
 """
 from __future__ import annotations
 
-import os
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
 
 from vitclassifier.data.folders import stratified_split
 from vitclassifier.data.images import open_regular
 from vitclassifier.data.labelfile import IMAGE_COLUMNS, LABEL_COLUMNS
 from vitclassifier.errors import UserError, printable
+from vitclassifier.hub import hub_reachable
 
 HUB_PREFIX = "hf:"
 INSTALL = "pip install datasets (or pip install -r requirements-extras.txt)"
@@ -47,20 +45,9 @@ def _datasets():
     return datasets
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
-        return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def _load_from_hub(datasets, name: str) -> dict:
     """A Hub dataset: downloaded when the Hub answers, else from the local cache, else one clear error."""
-    online = _hub_reachable()
+    online = hub_reachable()
     if not online:
         datasets.config.HF_HUB_OFFLINE = True  # no retry loop against an unreachable Hub: the cache only
     try:

@@ -15,7 +15,7 @@ from collections import defaultdict
 from PIL import Image
 from tqdm import tqdm
 
-from vitclassifier.data.audit import EXAMPLES, verdict
+from vitclassifier.data.audit import EXAMPLES, class_summary, verdict
 from vitclassifier.data.folders import utf8_safe
 from vitclassifier.data.images import DECODE_ERRORS, load_image
 from vitclassifier.data.shards import ShardSet, read_shard
@@ -79,17 +79,8 @@ def _audit_stream(labels: list[str], train: ShardSet, val: ShardSet, image_size:
 def audit_shards(labels: list[str], train: ShardSet, val: ShardSet, image_size: int | None = 224) -> dict:
     """The folder audit's report (data/audit.audit_dataset) for shards, every image decoded."""
     found = _audit_stream(labels, train, val, image_size)
-    classes = found["classes"]
-    sizes = {name: counts["total"] for name, counts in classes.items()}
-    largest, smallest = max(sizes, key=sizes.get), min(sizes, key=sizes.get)
     report = {
-        "decoded": True,
-        "image_size": image_size,
-        "classes": classes,
-        "totals": {key: sum(counts[key] for counts in classes.values()) for key in ("train", "val", "total")},
-        "largest_class": largest,
-        "smallest_class": smallest,
-        "imbalance_ratio": round(sizes[largest] / sizes[smallest], 2) if sizes[smallest] else None,
+        **class_summary(found["classes"], True, image_size),
         "duplicates": {"groups": [], "redundant_files": 0, "cross_split_groups": 0, "cross_class_groups": 0,
                        "checked": False},
         "unreadable": found["unreadable"],

@@ -5,18 +5,16 @@ that has a linear ``classifier``; ``--freeze N`` and ``--image-size`` need a ViT
 from __future__ import annotations
 
 import difflib
-import os
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 from torch import nn
 
 from vitclassifier.data.transforms import Preprocessing
 from vitclassifier.errors import UserError
+from vitclassifier.hub import hub_reachable
 from vitclassifier.model.validation import (
     check_preprocessing,
     check_weights_fit,
@@ -74,17 +72,6 @@ def quiet_transformers() -> Iterator[None]:
         hf_logging.set_verbosity(verbosity)
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
-        return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def preset_hint(name: str) -> str:
     """The note " Did you mean vit-tiny?" for a near miss of a preset's name, else nothing."""
     close = difflib.get_close_matches(name, PRESETS, n=1)
@@ -108,7 +95,7 @@ def resolve_source(name: str) -> tuple[str, bool]:
                         f"or a Hub id (owner/name).{preset_hint(name)}")
     from huggingface_hub import try_to_load_from_cache
     cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
-    if _hub_reachable():
+    if hub_reachable():
         return name, False
     if cached:
         return name, True
