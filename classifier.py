@@ -13,48 +13,47 @@ The code behind them lives in the vitclassifier package (project.md draws its la
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
 
 from vitclassifier.cli import add_device_option, new_parser
 from vitclassifier.config import DATA_FORMATS
-from vitclassifier.data.audit import audit_dataset, format_report
-from vitclassifier.data.augment import BatchAugment, train_decode
-from vitclassifier.data.dataset import ImageFolderDataset, collate_skipping_bad, fill_caches
-from vitclassifier.data.folders import list_images, load_splits, scan_class_folders, validation_folder
-from vitclassifier.data.shardaudit import audit_shards
-from vitclassifier.data.shards import INDEX_NAME
-from vitclassifier.data.shardwriter import to_shards
-from vitclassifier.data.sources import detect_format, is_stream, load_source
 from vitclassifier.data.synthetic import DEFAULT_CLASSES, SHAPES, at_least, generate_data, parse_classes
-from vitclassifier.data.transforms import Preprocessing, eval_transform
-from vitclassifier.deep_audit.outputs import format_findings
-from vitclassifier.deep_audit.run import AuditOptions, deep_audit
 from vitclassifier.errors import UserError, printable, report_user_error
 from vitclassifier.files import atomic_write_bytes, check_output_file
-from vitclassifier.model.vit import PRESETS, create_model, freeze
 
-__all__ = [
-    "PRESETS",
-    "ImageFolderDataset",
-    "Preprocessing",
-    "UserError",
-    "collate_skipping_bad",
-    "create_model",
-    "eval_transform",
-    "fill_caches",
-    "freeze",
-    "generate_data",
-    "list_images",
-    "load_splits",
-    "scan_class_folders",
-    "train_decode", "BatchAugment",
-]
+# The library this module hands to scripts and notebooks, imported on first use (PEP 562), so that
+# --generate-data starts without loading torch and transformers (seconds on a small machine).
+LIBRARY = {
+    "PRESETS": "vitclassifier.model.vit", "create_model": "vitclassifier.model.vit",
+    "freeze": "vitclassifier.model.vit",
+    "ImageFolderDataset": "vitclassifier.data.dataset", "collate_skipping_bad": "vitclassifier.data.dataset",
+    "fill_caches": "vitclassifier.data.dataset",
+    "Preprocessing": "vitclassifier.data.transforms", "eval_transform": "vitclassifier.data.transforms",
+    "list_images": "vitclassifier.data.folders", "load_splits": "vitclassifier.data.folders",
+    "scan_class_folders": "vitclassifier.data.folders",
+    "train_decode": "vitclassifier.data.augment", "BatchAugment": "vitclassifier.data.augment",
+}
+
+
+def __getattr__(name: str):
+    if name in LIBRARY:
+        return getattr(importlib.import_module(LIBRARY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["UserError", "generate_data", *LIBRARY]
 
 
 def check_data(args: argparse.Namespace) -> int:
     """``--check-data DIR``: print (and optionally write as JSON) the audit; 1 if training is impossible."""
+    from vitclassifier.data.audit import audit_dataset, format_report
+    from vitclassifier.data.folders import load_splits
+    from vitclassifier.data.shardaudit import audit_shards
+    from vitclassifier.data.sources import detect_format, is_stream, load_source
+    from vitclassifier.deep_audit.outputs import format_findings
     root = args.check_data
     try:
         if not 0 < args.val_split < 1:
@@ -97,6 +96,9 @@ def check_data(args: argparse.Namespace) -> int:
 
 def describe_split(root: Path, train, args: argparse.Namespace) -> str:
     """Where the audit's train/val split came from, as train.py makes it for this form of --data."""
+    from vitclassifier.data.folders import validation_folder
+    from vitclassifier.data.shards import INDEX_NAME
+    from vitclassifier.data.sources import detect_format, is_stream
     held_out = f"{args.val_split * 100:g}% of each class held out, seed {args.split_seed}"
     if is_stream(train):
         return (f"the train-*.tar and val-*.tar shards of {INDEX_NAME}" if train.holdout is None else
@@ -112,6 +114,7 @@ def describe_split(root: Path, train, args: argparse.Namespace) -> str:
 
 def shards_command(args: argparse.Namespace) -> int:
     """``--to-shards DIR OUT``: the folder DIR as tar shards in OUT; 2 if DIR or OUT is unusable."""
+    from vitclassifier.data.shardwriter import to_shards
     source, out = args.to_shards
     try:
         index = to_shards(source, out, args.val_split, args.split_seed, args.shard_size)
@@ -139,6 +142,8 @@ def generate_command(args: argparse.Namespace) -> int:
 
 def run_deep_audit(args: argparse.Namespace, labels: list[str], train, val) -> dict:
     """``--check-data DIR --model M``: the deep audit (vitclassifier/deep_audit, docs/audit.md)."""
+    from vitclassifier.data.sources import is_stream
+    from vitclassifier.deep_audit.run import AuditOptions, deep_audit
     if is_stream(train):
         raise UserError("--model: the deep audit reads images one by one, which streamed shards cannot do; "
                         "audit the folder the shards were made from")

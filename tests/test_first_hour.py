@@ -9,6 +9,8 @@ import re
 import shlex
 import shutil
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -334,3 +336,31 @@ def test_the_documented_options_that_may_change_on_resume_are_the_code_s():
     listed = text.split("(`RESUME_FREE` in `training/resume.py`):")[1].split(".")[0]
     in_code = {f"--{name.replace('_', '-')}" for name in RESUME_FREE}
     assert set(re.findall(r"`(--[a-z-]+)`", listed)) == in_code
+
+
+# -- the offline quick start: the from-scratch recipe, and data generated without loading torch ------
+def test_a_small_model_from_scratch_gets_small_patches_recorded_in_its_checkpoint(tmp_path):
+    model, prep = create_model("vit-tiny", CLASSES, pretrained=False, image_size=48)
+    assert model.config.patch_size == 8 and model.vit.embeddings.position_embeddings.shape[1] == 1 + 6 * 6
+    save_model(model, prep, tmp_path / "best", info={})
+    loaded, loaded_prep, labels = load_checkpoint(tmp_path / "best")
+    assert loaded.config.patch_size == 8 and loaded_prep.image_size == 48 and labels == CLASSES
+    assert loaded(pixel_values=torch.zeros(2, 3, 48, 48)).logits.shape == (2, 3)
+    big, _ = create_model("vit-tiny", CLASSES, pretrained=False, image_size=224)
+    assert big.config.patch_size == 16  # the presets' own patches where they were made for
+    with pytest.raises(UserError, match="multiple of the patch size 8"):
+        create_model("vit-tiny", CLASSES, pretrained=False, image_size=44)
+
+
+def test_generating_data_loads_no_torch_and_the_front_door_still_hands_out_the_library(tmp_path):
+    script = ("import sys, classifier\n"
+              "code = classifier.main(['--generate-data', '--per-class', '2', '--image-size', '16',"
+              f" '--out', {str(tmp_path / 'data')!r}, '--samples-dir', {str(tmp_path)!r}])\n"
+              "assert code == 0 and 'torch' not in sys.modules and 'transformers' not in sys.modules\n"
+              "from classifier import create_model, ImageFolderDataset, eval_transform\n"
+              "assert callable(create_model) and 'torch' in sys.modules\n"
+              "assert set(classifier.__all__) >= {'generate_data', 'create_model', 'load_splits'}\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert len(list((tmp_path / "data").rglob("*.jpg"))) == 2 * 5

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import random
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -178,13 +180,16 @@ def generate_data(
                         f"{MAX_GENERATED_SIZE} pixels (models take 32-384 px; 64, the default, trains fast)")
     check_generate_outputs(out, classes, per_class, samples_dir)
     remove_stale(out, samples_dir)
-    for name in classes:
-        class_dir = out / name
-        class_dir.mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            rng = random.Random(f"{seed}/{name}/{i}")
-            save_ours(draw_shape(name, image_size, rng), class_dir / f"{name}_{i:04d}.jpg")
-        print(f"  {name:<10} {per_class} images -> {class_dir}")
+    def draw_and_save(name: str, index: int) -> None:
+        rng = random.Random(f"{seed}/{name}/{index}")
+        save_ours(draw_shape(name, image_size, rng), out / name / f"{name}_{index:04d}.jpg")
+
+    # one thread per core: Pillow and NumPy do most of the work outside the GIL
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for name in classes:
+            (out / name).mkdir(parents=True, exist_ok=True)
+            list(pool.map(draw_and_save, [name] * per_class, range(per_class)))  # raises what a thread raised
+            print(f"  {name:<10} {per_class} images -> {out / name}")
     loose = samples_dir / "samples"
     loose.mkdir(parents=True, exist_ok=True)
     for name in classes:  # a different seed stream: these are not copies of training images

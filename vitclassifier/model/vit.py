@@ -37,7 +37,7 @@ PRESETS = {
 }
 
 
-SMALL_INPUT, SMALL_INPUT_PATCH = 64, 16  # from random weights, inputs up to this size get this patch size
+SMALL_INPUT, SMALL_INPUT_PATCH = 64, 8  # from random weights, inputs up to this size get this patch size
 
 WAYS_OUT = ("Ways out: connect once so they are cached; pass a local checkpoint with "
             "--model /path/to/checkpoint; or train from random weights with --no-pretrained")
