@@ -18,8 +18,9 @@
 Deletion works on the model's input (after resize and centre crop), where the maps are measured;
 correlations on the patch grid, where the maps are computed (upsampling would add correlation of
 its own). Both methods are measured; rollout is there as the class-agnostic baseline. Without
---model, the offline quick-start model is trained (README: vit-tiny --no-pretrained --image-size
-64, 5 epochs on the generated shapes, 600 per class) and tested on shapes drawn with another seed.
+--model, the README's offline quick start is trained (vit-tiny from random weights at 48 px with
+8-px patches, 7 epochs on the generated shapes, --per-class of them) and tested on shapes drawn
+with another seed.
 """
 from __future__ import annotations
 
@@ -51,8 +52,8 @@ from vitclassifier.model.relevance import METHODS, explain_batch  # noqa: E402
 
 FRACTION = 0.2  # of the pixels blanked
 BLOCK = 8  # pixels per side of the random map's cells
-QUICK_START = ["--model", "vit-tiny", "--no-pretrained", "--image-size", "64", "--epochs", "5",
-               "--batch-size", "16", "--no-rotate", "--no-color-jitter"]
+QUICK_START = ["--model", "vit-tiny", "--no-pretrained", "--image-size", "48", "--epochs", "7",
+               "--batch-size", "64", "--no-rotate", "--no-color-jitter"]  # the README's offline command
 
 
 def quick_start_model(work: Path, per_class: int) -> Path:
@@ -219,8 +220,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cost-images", type=int, default=256, help="images for the cost figures")
     p.add_argument("--top-k", type=int, default=3, help="k of the cost figure")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=3, help="timed rounds of the cost figures (median)")
-    p.add_argument("--per-class", type=int, default=600, help="training images per class of the quick start")
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds of the cost figures (median)")
+    p.add_argument("--per-class", type=int, default=1200, help="images per class of the quick start")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     p.add_argument("--seed", type=int, default=0, help="of the random maps and the re-initialised weights")

@@ -4,6 +4,7 @@ at each image's own oriented size; the output folder's rules; exports and --tta 
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,9 @@ from PIL import Image
 import predict
 from vitclassifier.data.images import load_image
 from vitclassifier.data.transforms import Preprocessing, eval_transform
-from vitclassifier.inference.explain import MARKER, output_names
+from vitclassifier.files import current_umask
+from vitclassifier.inference import explain
+from vitclassifier.inference.explain import MARKER, output_names, write_explanation
 from vitclassifier.inference.loading import load_for_prediction
 from vitclassifier.model.relevance import explain_batch, mistake_maps, upsample
 from vitclassifier.reporting.heatmaps import GAP, MIN_COLUMN, panel_size
@@ -129,6 +132,35 @@ def test_predict_explain_writes_maps_and_pictures(trained_run, odd_images, tmp_p
         with Image.open(result["explanation"]["picture"]) as picture:  # the image and its 2 maps
             assert picture.format == "JPEG" and picture.width == 3 * column + 2 * GAP
     assert (out / MARKER).is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("writer", [explain.WriteAtOnce, lambda: ThreadPoolExecutor(max_workers=1)])
+def test_a_failed_write_stops_the_run_with_its_own_error(trained_run, pattern_data, tmp_path, monkeypatch,
+                                                         writer):
+    """The files may be written on a thread: an error there (a full disk) must still end the run."""
+    monkeypatch.setattr(explain, "writer_for", lambda device: writer())
+    written = []
+
+    def write_or_fail(folder, name, item, prep):
+        if len(written) == 3:
+            raise OSError(28, "No space left on device")
+        written.append(name)
+        return write_explanation(folder, name, item, prep)
+
+    monkeypatch.setattr(explain, "write_explanation", write_or_fail)
+    loaded = load_for_prediction(trained_run / "best", torch.device("cpu"), "fp32")
+    paths = sorted((pattern_data / "vertical").glob("*.png"))[:8]
+    with pytest.raises(OSError, match="No space left"):
+        explain.explain_to_folder(loaded, paths, 1, 2, "relevance", tmp_path / "out")
+    assert written == [path.name for path in paths[:3]]  # in the input's order, then nothing more
+    monkeypatch.setattr(explain, "write_explanation", write_explanation)
+    results, failures = explain.explain_to_folder(loaded, paths, 1, 3, "relevance", tmp_path / "out")
+    assert [r["path"] for r in results] == list(map(str, paths)) and not failures
+    assert all(Path(r["explanation"]["maps"]).name == f"{Path(r['path']).name}.npy" for r in results)
+    modes = {Path(r["explanation"][kind]).stat().st_mode & 0o777 for r in results
+             for kind in ("maps", "picture")}
+    assert modes == {0o666 & ~current_umask()}  # as a plain open makes them, as every file we write
 
 
 def one_error_line(code: int, err: str, *fragments: str) -> None:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vitclassifier.data.images import TRANSPARENCY_BACKGROUND, load_image
+from vitclassifier.data.images import FULL_SIZE, TRANSPARENCY_BACKGROUND, load_image
 
 
 def test_rgba_transparency_lands_on_grey_not_black(tmp_path):
@@ -65,3 +65,12 @@ def test_big_jpeg_decodes_reduced_but_not_below_the_target(tmp_path):
     small = load_image(tmp_path / "big.jpg", target_size=224)
     assert small.size == (500, 375) and min(small.size) >= 224
     assert load_image(tmp_path / "big.jpg").size == (2000, 1500)
+
+
+def test_the_full_upright_size_is_kept_when_a_big_jpeg_is_decoded_smaller(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 800 x 400, shown turned a quarter
+    Image.new("RGB", (800, 400), (200, 30, 30)).save(tmp_path / "big.jpg", exif=exif)
+    image = load_image(tmp_path / "big.jpg", target_size=32)
+    assert image.size[1] < 800 and image.width < image.height  # decoded in draft mode, upright
+    assert image.info[FULL_SIZE] == (400, 800)

@@ -138,16 +138,20 @@ def fsync_file(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
-def write_via_temp(path: Path, write: Callable[[Path], None], durable: bool = True) -> None:
+def write_via_temp(path: Path, write: Callable[[Path], None], durable: bool = True,
+                   opened: bool = False) -> None:
     """Call ``write(tmp)`` to write the whole file at a temporary sibling, (``durable``) fsync it,
     then ``os.replace`` it onto ``path``: readers see the old file or the new, never half of one.
-    On any failure the temporary file is removed; OSError and RuntimeError (what torch and the
-    export writers raise on I/O errors) become a UserError saying the previous file is intact."""
+    ``opened``: ``write`` creates the file with a plain ``open``, so it has the umask's mode already
+    (give_default_mode is skipped: thousands of small files). On any failure the temporary file is
+    removed; OSError and RuntimeError (what torch and the export writers raise on I/O errors) become
+    a UserError saying the previous file is intact."""
     path = Path(path)
     tmp = temp_name(path)
     try:
         write(tmp)
-        give_default_mode(tmp)
+        if not opened:
+            give_default_mode(tmp)
         if durable:
             fsync_file(tmp)
         os.replace(tmp, path)

@@ -34,6 +34,7 @@ STRIP_PIXELS = 1 << 20  # conversions run on strips of rows of about this many p
 # Decoded pictures above this many pixels are box-reduced while being converted, by a whole factor
 # that keeps them at least twice the size the model's resize asks for; smaller ones are left exact.
 REDUCE_ABOVE = 16_000_000
+FULL_SIZE = "vitclassifier_full_size"  # key in a loaded image's info: (width, height) upright
 ORIENTATION = 0x0112  # the EXIF tag, and the transposition each of its values asks for
 TRANSPOSE_FOR = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
                  4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
@@ -251,17 +252,22 @@ def load_image(path: str | Path | bytes | BinaryIO, target_size: int | None = No
     over REDUCE_ABOVE pixels by a box reduction right after decoding. Whatever ``target_size``, at
     most ``pixel_budget()`` pixels are decoded: a bigger picture is decoded smaller where its format
     allows, else refused (ImageTooLarge). Anything but a regular file raises OSError unread.
+    The picture's own size, upright, whatever was decoded: ``info[FULL_SIZE]`` of the result.
     """
     budget = pixel_budget()
     try:
         with _open_source(path) as file:
             named = "encoded image bytes" if isinstance(path, (bytes, bytearray, memoryview)) else path
             image = _open(file, named, budget)
+            width, height = image.size  # before a reduced decode
             # decode now, so truncated or corrupt files fail here, inside the try of the caller
             _decode_within_budget(image, target_size, budget)
-            turn = TRANSPOSE_FOR.get(image.getexif().get(ORIENTATION, 1))
+            orientation = image.getexif().get(ORIENTATION, 1)
             rgb = _rgb(image, target_size)
             del image  # the decoded pixels go before the turn makes its copy
     except SyntaxError as error:  # Pillow's PNG reader reports a broken chunk this way
         raise OSError(f"broken image file: {error}") from error
-    return rgb.transpose(turn) if turn is not None else rgb
+    turn = TRANSPOSE_FOR.get(orientation)
+    upright = rgb.transpose(turn) if turn is not None else rgb
+    upright.info[FULL_SIZE] = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+    return upright

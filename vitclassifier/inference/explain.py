@@ -9,8 +9,8 @@ added when two input folders hold the same file name):
             H x W the image's own size after EXIF orientation; non-negative, higher means more
             evidence for that class, zero outside the centre crop the model saw.
 The maps come from model/relevance.py; images go through the model in batches, one forward and
-one backward pass per batch, and each one's files are written as soon as it is explained, so a
-folder of any size takes the memory of one batch.
+one backward pass per batch; a batch's files are written while the next batch is explained (on a
+GPU, or where a core is free; else in turn), so a folder of any size takes the memory of two batches.
 
 The folder follows the rules of every output (docs/safety.md): a new or empty folder is claimed
 with a marker file; a folder holding files this tool did not write is refused before any work.
@@ -20,9 +20,10 @@ fsynced (thousands of fsyncs would cost more than the explaining, and the files 
 from __future__ import annotations
 
 import json
+import os
 import time
-import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,8 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from vitclassifier.data.folders import utf8_safe
-from vitclassifier.data.images import DECODE_ERRORS, ORIENTATION, load_image, open_regular
+from vitclassifier.data.images import DECODE_ERRORS, FULL_SIZE, load_image
 from vitclassifier.data.transforms import Preprocessing, eval_transform
 from vitclassifier.errors import UserError, printable
 from vitclassifier.files import atomic_write_text, check_output_folder, refuse_inside, write_via_temp
@@ -102,16 +102,6 @@ def output_names(paths: list[Path]) -> list[str]:
     return names
 
 
-def oriented_size(path: Path) -> tuple[int, int]:
-    """(width, height) of the picture in ``path`` after EXIF orientation, from its header alone."""
-    with open_regular(path) as file, warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # load_image decoded it already
-        with Image.open(file) as image:
-            width, height = image.size
-            turned = image.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8)
-    return (height, width) if turned else (width, height)
-
-
 class ExplainDataset(Dataset):
     """The images to explain: the model's input (eval_transform, as prediction), the picture-sized
     image and the oriented size, from one decode; a file that fails gives its reason instead."""
@@ -126,9 +116,9 @@ class ExplainDataset(Dataset):
         path = self.paths[index]
         try:
             image = load_image(path, self.prep.resize_size)
-            size = oriented_size(path)
         except DECODE_ERRORS as error:
             return None, str(path), f"{type(error).__name__}: {error}", index
+        size = image.info[FULL_SIZE]  # the maps' size: the picture's own, however it was decoded
         pixels = self.transform(image)
         return pixels, str(path), panel_image(image, panel_size(*size)), size, index
 
@@ -187,7 +177,7 @@ def write_maps(path: Path, grids: np.ndarray, size: tuple[int, int], prep: Prepr
                 for top in range(0, height, step):
                     handle.write(np.ascontiguousarray(rows[top:top + step] @ across, "<f4").data)
 
-    write_via_temp(path, write, durable=False)
+    write_via_temp(path, write, durable=False, opened=True)
 
 
 def write_explanation(folder: Path, name: str, item: ExplainedImage, prep: Preprocessing) -> dict:
@@ -195,11 +185,36 @@ def write_explanation(folder: Path, name: str, item: ExplainedImage, prep: Prepr
     picture, maps = folder / f"{name}.jpg", folder / f"{name}.npy"
     write_maps(maps, item.grids, item.size, prep)
     heats = [upsample(grid, *item.size, prep, shown=item.shown.size) for grid in item.grids]
-    captions = [utf8_safe(Path(item.result["path"]).name),
-                *(f"{p['label']} {p['confidence'] * 100:.1f}%" for p in item.result["predictions"])]
+    captions = [f"{p['label']} {p['confidence'] * 100:.1f}%" for p in item.result["predictions"]]
     image = explanation_picture(item.shown, heats, captions)
-    write_via_temp(picture, lambda tmp: image.save(tmp, format="JPEG", quality=JPEG_QUALITY), durable=False)
+    write_via_temp(picture, lambda tmp: image.save(tmp, format="JPEG", quality=JPEG_QUALITY),
+                   durable=False, opened=True)
     return {"picture": str(picture), "maps": str(maps)}
+
+
+class WriteAtOnce:
+    """An executor that runs each task as it is submitted: writing files on a thread of its own only
+    pays where a core is free (measured: docs/performance.md, "Explanations")."""
+
+    def __enter__(self) -> WriteAtOnce:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        return None
+
+    def submit(self, task: Callable, *args) -> Future:
+        done: Future = Future()
+        done.set_result(task(*args))  # an error is raised here, in the caller, as it should
+        return done
+
+
+def writer_for(device: torch.device) -> ThreadPoolExecutor | WriteAtOnce:
+    """A writer thread, so that a batch's pictures and maps are written while the next batch is
+    explained (Pillow's encoder and NumPy release the GIL; at most two batches are held), where a
+    GPU explains or the CPU has a core PyTorch does not use; else the files are written in turn."""
+    if device.type != "cpu" or (os.cpu_count() or 1) > torch.get_num_threads():
+        return ThreadPoolExecutor(max_workers=1)
+    return WriteAtOnce()
 
 
 def explain_to_folder(
@@ -212,11 +227,22 @@ def explain_to_folder(
     claim_folder(folder)
     names = output_names(paths)
     results, failures = [], []
-    with tqdm(total=len(paths), desc="explaining", unit="img", disable=None) as progress:
+    written: list[tuple[dict, Future]] = []  # the previous batch's files, being written
+
+    def finish_writing() -> None:
+        for result, files in written:
+            result["explanation"] = files.result()  # a failed write raises here, in the caller
+            results.append(result)
+        progress.update(len(written))
+        written.clear()
+
+    with writer_for(loaded.device) as writer, \
+            tqdm(total=len(paths), desc="explaining", unit="img", disable=None) as progress:
         for items, bad in explained_batches(loaded, paths, top_k, batch_size, method, min_confidence):
+            finish_writing()
             failures += bad
-            for item in items:
-                item.result["explanation"] = write_explanation(folder, names[item.index], item, loaded.prep)
-                results.append(item.result)
-            progress.update(len(items) + len(bad))
+            progress.update(len(bad))
+            written.extend((item.result, writer.submit(write_explanation, folder, names[item.index], item,
+                                                        loaded.prep)) for item in items)
+        finish_writing()
     return results, failures

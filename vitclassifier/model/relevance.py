@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -130,15 +131,15 @@ def explain_batch(
     return Explained(logits.detach().float(), classes, maps)
 
 
-def crop_geometry(width: int, height: int, prep: Preprocessing) -> tuple[float, float, float, float]:
+def crop_geometry(width: int, height: int, resize_size: int,
+                  image_size: int) -> tuple[float, float, float, float]:
     """Where eval_transform's centre crop lies, in the resized image: (scale x, scale y, left, top).
     The same arithmetic as torchvision's Resize(int) and CenterCrop."""
     short, long = sorted((width, height))
-    resized_long = int(prep.resize_size * long / short)
-    resized_w, resized_h = (prep.resize_size, resized_long) if width <= height else (resized_long,
-                                                                                    prep.resize_size)
-    left = int(round((resized_w - prep.image_size) / 2.0))
-    top = int(round((resized_h - prep.image_size) / 2.0))
+    resized_long = int(resize_size * long / short)
+    resized_w, resized_h = (resize_size, resized_long) if width <= height else (resized_long, resize_size)
+    left = int(round((resized_w - image_size) / 2.0))
+    top = int(round((resized_h - image_size) / 2.0))
     return resized_w / width, resized_h / height, left, top
 
 
@@ -163,11 +164,19 @@ def image_weights(width: int, height: int, prep: Preprocessing, grid: tuple[int,
                   shown: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The row and column weights that take a (grid rows, grid columns) map to an image of
     ``width`` x ``height`` pixels after EXIF orientation: ``rows @ map @ columns.T``. ``shown``: the
-    (width, height) to draw it at instead, for a picture of the same image at another size."""
-    scale_x, scale_y, left, top = crop_geometry(width, height, prep)
+    (width, height) to draw it at instead, for a picture of the same image at another size. Shared
+    and read-only: a folder's images mostly have a few sizes, so each pair is made once."""
+    return _weights(width, height, prep.resize_size, prep.image_size, tuple(grid), shown)
+
+
+@lru_cache(maxsize=256)
+def _weights(width: int, height: int, resize_size: int, image_size: int, grid: tuple[int, int],
+             shown: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
+    scale_x, scale_y, left, top = crop_geometry(width, height, resize_size, image_size)
     out_w, out_h = shown or (width, height)
-    rows = axis_weights(out_h, scale_y * height / out_h, top, prep.image_size, grid[0])
-    columns = axis_weights(out_w, scale_x * width / out_w, left, prep.image_size, grid[1])
+    rows = axis_weights(out_h, scale_y * height / out_h, top, image_size, grid[0])
+    columns = axis_weights(out_w, scale_x * width / out_w, left, image_size, grid[1])
+    rows.flags.writeable = columns.flags.writeable = False
     return rows, columns
 
 

@@ -85,16 +85,17 @@ def fitted(text: str, width: int) -> str:
 
 def explanation_picture(image: Image.Image, heats: list[np.ndarray], captions: list[str]) -> Image.Image:
     """The picture --explain writes: ``image`` (already at panel_size) and one overlay per map in
-    ``heats`` (each at the image's size), side by side; ``captions`` has one line per panel, the
-    image's first."""
+    ``heats`` (each at the image's size), side by side, each overlay under its caption in
+    ``captions``. The image itself goes uncaptioned: the picture's file name is the image's."""
     image = image.convert("RGB")
     width, height = image.size
     column, caption_row = max(width, MIN_COLUMN), CAPTION + 8  # a narrow image still gets a caption
     panels = [image, *(overlaid(image, heat) for heat in heats)]
     canvas = Image.new("RGB", (len(panels) * (column + GAP) - GAP, caption_row + height), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
-    for index, (panel, caption) in enumerate(zip(panels, captions)):
+    for index, panel in enumerate(panels):
         left = index * (column + GAP)
         canvas.paste(panel, (left + (column - width) // 2, caption_row))
-        draw.text((left, 3), fitted(caption, column), fill=TEXT, font=caption_font())
+        if index:
+            draw.text((left, 3), fitted(captions[index - 1], column), fill=TEXT, font=caption_font())
     return canvas
