@@ -44,6 +44,10 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    return sorted([*globals(), *LIBRARY])  # the lazy names too, for tab completion
+
+
 __all__ = ["UserError", "generate_data", *LIBRARY]
 
 

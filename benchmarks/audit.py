@@ -2,7 +2,7 @@
 
     # 1. generated shapes with planted problems, and the ground truth beside them
     python benchmarks/audit.py plant --work /tmp/audit-bench
-    # 2. a from-scratch training on those (noisy) labels (the offline quick start before issue 18)
+    # 2. a from-scratch training on those (noisy) labels (docs/audit.md: its figures had 16-px patches)
     python train.py --data /tmp/audit-bench/data --output-dir /tmp/audit-bench/run --model vit-tiny \
         --no-pretrained --image-size 64 --epochs 5 --batch-size 16 --no-rotate --no-color-jitter
     # 3. the audit with that checkpoint, scored against the ground truth

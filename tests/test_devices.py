@@ -49,8 +49,14 @@ def test_worker_default_leaves_small_cpus_to_the_model(monkeypatch):
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert devices.loader_workers(3, cpu) == 3
     for cores, on_cpu, on_gpu in ((2, 0, 1), (4, 0, 2), (16, 2, 8), (64, 2, 8)):
-        monkeypatch.setattr(devices.os, "cpu_count", lambda cores=cores: cores)
+        monkeypatch.setattr(devices, "usable_cores", lambda cores=cores: cores)
         assert (devices.loader_workers(None, cpu), devices.loader_workers(None, gpu)) == (on_cpu, on_gpu)
+
+
+def test_usable_cores_follow_the_affinity(monkeypatch):
+    monkeypatch.setattr(devices.os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(devices.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert devices.usable_cores() == 3  # taskset or a container's cpuset, not the machine's 64
 
 
 def test_bf16_on_cpus_runs_attention_and_activations_in_bf16_with_the_same_answers(tiny_vit):

@@ -134,6 +134,16 @@ def test_predict_explain_writes_maps_and_pictures(trained_run, odd_images, tmp_p
     assert (out / MARKER).is_file()
 
 
+def test_files_are_written_on_a_thread_only_where_a_core_or_a_gpu_is_free(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    for cores, device, kind in ((2, "cpu", explain.WriteAtOnce), (8, "cpu", ThreadPoolExecutor),
+                                (2, "cuda", ThreadPoolExecutor)):
+        monkeypatch.setattr(explain, "usable_cores", lambda cores=cores: cores)
+        with explain.writer_for(torch.device(device)) as writer:
+            assert isinstance(writer, kind)
+            assert writer.submit(lambda a, b: a + b, 2, 3).result() == 5
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("writer", [explain.WriteAtOnce, lambda: ThreadPoolExecutor(max_workers=1)])
 def test_a_failed_write_stops_the_run_with_its_own_error(trained_run, pattern_data, tmp_path, monkeypatch,

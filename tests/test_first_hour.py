@@ -21,7 +21,7 @@ import predict
 import train
 from vitclassifier.cli import shell_word
 from vitclassifier.errors import UserError
-from vitclassifier.files import atomic_write_text, give_default_mode
+from vitclassifier.files import atomic_write_text, current_umask, give_default_mode
 from vitclassifier.model.checkpoint import fold_temperature, load_checkpoint, read_info, save_model
 from vitclassifier.model.vit import create_model
 from vitclassifier.reporting.report import calibrate
@@ -363,4 +363,6 @@ def test_generating_data_loads_no_torch_and_the_front_door_still_hands_out_the_l
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
-    assert len(list((tmp_path / "data").rglob("*.jpg"))) == 2 * 5
+    generated = list((tmp_path / "data").rglob("*.jpg"))
+    assert len(generated) == 2 * 5
+    assert {path.stat().st_mode & 0o777 for path in generated} == {0o666 & ~current_umask()}

@@ -128,13 +128,22 @@ def keep_freed_memory() -> bool:
     )
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity where the system has one (taskset, a
+    container's cpuset), else every core."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 def loader_workers(requested: int | None, device: torch.device) -> int:
     """DataLoader worker processes: ``requested``, or by default none on a CPU with up to 4 cores
     (the model needs every core: a worker takes one from it and training slows down, see
     docs/performance.md), 2 on bigger CPUs, and up to 8 feeding a GPU."""
     if requested is not None:
         return requested
-    cores = os.cpu_count() or 2
+    cores = usable_cores()
     if device.type == "cpu":
         return 0 if cores <= 4 else 2
     return min(8, cores // 2)

@@ -131,7 +131,8 @@ def written_by_us(path: Path) -> bool:
 
 def save_ours(image: Image.Image, path: Path) -> None:
     """A generated JPEG, marked as ours, through a temporary file (not fsynced: it can be redrawn)."""
-    write_via_temp(path, lambda tmp: image.save(tmp, format="JPEG", quality=92, comment=MARK), durable=False)
+    write_via_temp(path, lambda tmp: image.save(tmp, format="JPEG", quality=92, comment=MARK), durable=False,
+                   opened=True)  # Pillow's save is a plain open: the umask's mode, no chmod from threads
 
 
 def check_generate_outputs(out: Path, classes: list[str], per_class: int, samples_dir: Path) -> None:
@@ -186,10 +187,14 @@ def generate_data(
 
     # one thread per core: Pillow and NumPy do most of the work outside the GIL
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        for name in classes:
-            (out / name).mkdir(parents=True, exist_ok=True)
-            list(pool.map(draw_and_save, [name] * per_class, range(per_class)))  # raises what a thread raised
-            print(f"  {name:<10} {per_class} images -> {out / name}")
+        try:
+            for name in classes:
+                (out / name).mkdir(parents=True, exist_ok=True)
+                list(pool.map(draw_and_save, [name] * per_class, range(per_class)))  # raises a thread's error
+                print(f"  {name:<10} {per_class} images -> {out / name}")
+        except BaseException:  # a full disk, Ctrl-C: stop at once, not after the class's queued images
+            pool.shutdown(cancel_futures=True)
+            raise
     loose = samples_dir / "samples"
     loose.mkdir(parents=True, exist_ok=True)
     for name in classes:  # a different seed stream: these are not copies of training images

@@ -20,7 +20,6 @@ fsynced (thousands of fsyncs would cost more than the explaining, and the files 
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -36,6 +35,7 @@ from tqdm import tqdm
 
 from vitclassifier.data.images import DECODE_ERRORS, FULL_SIZE, load_image
 from vitclassifier.data.transforms import Preprocessing, eval_transform
+from vitclassifier.devices import usable_cores
 from vitclassifier.errors import UserError, printable
 from vitclassifier.files import atomic_write_text, check_output_folder, refuse_inside, write_via_temp
 from vitclassifier.inference.loading import LoadedModel
@@ -194,7 +194,7 @@ def write_explanation(folder: Path, name: str, item: ExplainedImage, prep: Prepr
 
 class WriteAtOnce:
     """An executor that runs each task as it is submitted: writing files on a thread of its own only
-    pays where a core is free (measured: docs/performance.md, "Explanations")."""
+    pays where a core is free (measured: docs/explain.md, "Measured")."""
 
     def __enter__(self) -> WriteAtOnce:
         return self
@@ -212,7 +212,7 @@ def writer_for(device: torch.device) -> ThreadPoolExecutor | WriteAtOnce:
     """A writer thread, so that a batch's pictures and maps are written while the next batch is
     explained (Pillow's encoder and NumPy release the GIL; at most two batches are held), where a
     GPU explains or the CPU has a core PyTorch does not use; else the files are written in turn."""
-    if device.type != "cpu" or (os.cpu_count() or 1) > torch.get_num_threads():
+    if device.type != "cpu" or usable_cores() > torch.get_num_threads():
         return ThreadPoolExecutor(max_workers=1)
     return WriteAtOnce()
 
