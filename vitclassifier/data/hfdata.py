@@ -14,7 +14,7 @@ from pathlib import Path
 
 from vitclassifier.data.folders import stratified_split
 from vitclassifier.data.images import open_regular
-from vitclassifier.data.labelfile import IMAGE_COLUMNS, LABEL_COLUMNS
+from vitclassifier.data.labelfile import IMAGE_COLUMNS, LABEL_COLUMNS, find_column
 from vitclassifier.errors import UserError, printable
 from vitclassifier.hub import hub_reachable
 
@@ -78,21 +78,16 @@ def open_splits_of(path: Path) -> dict:
 
 
 def _column(features: dict, wanted: str | None, kinds: tuple, names: tuple, option: str, where: str) -> str:
-    if wanted is not None:
-        if wanted not in features:
-            raise UserError(f"{option} {printable(wanted)!r} is not a column of "
-                            f"{printable(str(where))}; its columns are: "
-                            f"{', '.join(map(printable, features))}")
-        return wanted
     typed = [name for name, feature in features.items() if isinstance(feature, kinds)]
-    lowered = {name.lower(): name for name in features}
-    found = typed[:1] or [lowered[n] for n in names if n in lowered][:1]
+    # a column of the right type comes first, unless one is named; then the usual names
+    found = (typed[0] if wanted is None and typed else
+             find_column(list(features), wanted, names, option, where))
     if not found:
         what = "image" if option == "--image-column" else "label"
         raise UserError(f"the Hugging Face dataset {printable(str(where))} has no {what} column (its "
                         f"columns: "
                         f"{', '.join(map(printable, features))}); name it with {option}")
-    return found[0]
+    return found
 
 
 @dataclass(eq=False)

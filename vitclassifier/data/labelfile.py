@@ -55,12 +55,13 @@ def read_rows(path: Path) -> tuple[list[str], list[dict]]:
     return [c for c in (reader.fieldnames or []) if c], rows
 
 
-def _find(columns: list[str], wanted: str | None, known: tuple[str, ...], option: str,
-          path: Path) -> str | None:
-    """The column named by ``option`` (refused when absent), else the first of ``known`` present."""
+def find_column(columns: list[str], wanted: str | None, known: tuple[str, ...], option: str,
+                where: str | Path) -> str | None:
+    """The column named by ``option`` (refused when absent), else the first of ``known`` present.
+    Label files and Hugging Face datasets (data/hfdata.py) both pick their columns so."""
     if wanted is not None:
         if wanted not in columns:
-            raise UserError(f"{option} {printable(wanted)!r} is not a column of {printable(str(path))}; "
+            raise UserError(f"{option} {printable(wanted)!r} is not a column of {printable(str(where))}; "
                             f"its columns are: "
                             f"{', '.join(map(printable, columns))}")
         return wanted
@@ -72,9 +73,10 @@ def pick_columns(columns: list[str], path: Path, image_column: str | None,
                  label_column: str | None) -> tuple[str, str, str | None]:
     """(image column, label column, split column or None), named or recognised by name; with two
     columns left unrecognised, the first is the image and the second the label."""
-    split = _find(columns, None, SPLIT_COLUMNS, "", path)
-    image = _find(columns, image_column, IMAGE_COLUMNS, "--image-column", path)
-    label = _find([c for c in columns if c != image], label_column, LABEL_COLUMNS, "--label-column", path)
+    split = find_column(columns, None, SPLIT_COLUMNS, "", path)
+    image = find_column(columns, image_column, IMAGE_COLUMNS, "--image-column", path)
+    label = find_column([c for c in columns if c != image], label_column, LABEL_COLUMNS, "--label-column",
+                        path)
     rest = [c for c in columns if c not in (image, label, split)]
     if image is None and label is None and len(rest) == 2:
         image, label = rest
