@@ -17,7 +17,7 @@ from vitclassifier.inference.runtimes import OnnxModel, OpenVinoModel, TorchScri
 from vitclassifier.model.checkpoint import load_checkpoint, read_info
 from vitclassifier.model.exporters import quantize_int8, read_meta
 from vitclassifier.model.runnable import Runnable
-from vitclassifier.model.validation import check_temperature
+from vitclassifier.model.trust import check_temperature
 
 EXPORT_SUFFIXES = (".onnx", ".xml", ".pt")  # files made by export.py; anything else is a checkpoint directory
 CPU_ONLY_SUFFIXES = (".xml", ".pt")  # OpenVINO and our TorchScript exports run on the CPU

@@ -13,7 +13,7 @@ from vitclassifier.errors import UserError
 from vitclassifier.model.exporters import EXTRAS, TORCHSCRIPT_META
 from vitclassifier.model.openvino import convert, import_openvino
 from vitclassifier.model.runnable import ClassifierOutput, FixedRuntime
-from vitclassifier.model.validation import first_line, refusal
+from vitclassifier.model.trust import first_line, refusal
 
 
 class ExportRuntime(FixedRuntime):

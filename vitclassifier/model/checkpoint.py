@@ -16,7 +16,7 @@ from vitclassifier.cli import printable, shell_word
 from vitclassifier.data.transforms import Preprocessing
 from vitclassifier.errors import UserError
 from vitclassifier.files import atomic_write_dir, atomic_write_text, recover_interrupted_save
-from vitclassifier.model.validation import (
+from vitclassifier.model.trust import (
     check_preprocessing,
     check_processor_sizes,
     check_temperature,
@@ -37,7 +37,7 @@ HEAD_WEIGHT = "classifier.weight"  # our head's weight: (number of labels, featu
 def load_checkpoint(directory: str | Path) -> tuple[nn.Module, Preprocessing, list[str]]:
     """Load a saved classifier for inference: model in eval mode, its preprocessing and labels.
 
-    A checkpoint is input (model/validation.py): weights are read from safetensors only (no pickle),
+    A checkpoint is input (model/trust.py): weights are read from safetensors only (no pickle),
     the label map, preprocessing and the weights header are checked against the config before the
     network is built, and weights missing or left over are refused, never filled in at random."""
     from transformers import AutoConfig

@@ -53,7 +53,7 @@ def read_meta(meta: dict, path: Path) -> tuple[Preprocessing, list[str]]:
     """The preprocessing and labels an export carries in its metadata (see describe), checked: labels
     a list of distinct strings, image size a whole number within bounds, crop in (0, 1], three finite
     means, three stds above 0. The graph's own sizes are compared by inference/runtimes.py."""
-    from vitclassifier.model.validation import check_labels, preprocessing_from_meta
+    from vitclassifier.model.trust import check_labels, preprocessing_from_meta
     where = f"export {path}"
     missing = [key for key in META_KEYS if key not in meta]
     if missing:
