@@ -21,8 +21,9 @@ from pathlib import Path
 from vitclassifier.cli import add_device_option, new_parser
 from vitclassifier.config import DATA_FORMATS
 from vitclassifier.data.synthetic import DEFAULT_CLASSES, SHAPES, at_least, generate_data, parse_classes
-from vitclassifier.errors import UserError, printable, report_user_error
+from vitclassifier.errors import UserError, report_user_error
 from vitclassifier.files import atomic_write_bytes, check_output_file
+from vitclassifier.text import printable
 
 # The library this module hands to scripts and notebooks, imported on first use (PEP 562), so that
 # --generate-data starts without loading torch and transformers (seconds on a small machine).

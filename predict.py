@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from vitclassifier.cli import add_device_option, add_precision_option, new_parser, printable
+from vitclassifier.cli import add_device_option, add_precision_option, new_parser
 from vitclassifier.devices import keep_freed_memory
 from vitclassifier.errors import UserError, report_user_error
 from vitclassifier.files import check_output_file, refuse_inside
@@ -27,6 +27,7 @@ from vitclassifier.inference.loading import (
 from vitclassifier.inference.predict import expand_inputs, predict, predictions_json, print_table, write_json
 from vitclassifier.model.relevance import METHODS
 from vitclassifier.reporting.plots import MAX_PICTURES, write_predictions
+from vitclassifier.text import printable
 
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg", ".webp", ".tif", ".tiff")  # --visualize
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vitclassifier.cli import printable
 from vitclassifier.data.transforms import Preprocessing
 from vitclassifier.devices import autocast_dtype, pick_device, run_in_bf16
 from vitclassifier.errors import UserError
@@ -18,6 +17,7 @@ from vitclassifier.model.checkpoint import load_checkpoint, read_info
 from vitclassifier.model.exporters import quantize_int8, read_meta
 from vitclassifier.model.runnable import Runnable
 from vitclassifier.model.trust import check_temperature
+from vitclassifier.text import printable
 
 EXPORT_SUFFIXES = (".onnx", ".xml", ".pt")  # files made by export.py; anything else is a checkpoint directory
 CPU_ONLY_SUFFIXES = (".xml", ".pt")  # OpenVINO and our TorchScript exports run on the CPU

@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vitclassifier.cli import printable, shell_word
 from vitclassifier.data.transforms import Preprocessing
 from vitclassifier.errors import UserError
 from vitclassifier.files import atomic_write_dir, atomic_write_text, recover_interrupted_save
@@ -30,6 +29,7 @@ from vitclassifier.model.trust import (
     refusal,
 )
 from vitclassifier.model.vit import classifier_head, quiet_transformers
+from vitclassifier.text import printable, shell_word
 
 HEAD_WEIGHT = "classifier.weight"  # our head's weight: (number of labels, features)
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
-from vitclassifier.cli import printable
 from vitclassifier.model.checkpoint import fold_temperature, load_checkpoint
 from vitclassifier.model.relevance import mistake_maps
 from vitclassifier.reporting.report import calibrate, write_report
+from vitclassifier.text import printable
 from vitclassifier.training.loop import Run, evaluate
 
 
