@@ -14,7 +14,7 @@ from torch import nn
 
 from vitclassifier.data.transforms import Preprocessing
 from vitclassifier.errors import UserError
-from vitclassifier.files import atomic_write_dir, atomic_write_text, recover_interrupted_save
+from vitclassifier.files import atomic_write_dir, atomic_write_text, recover_interrupted_write
 from vitclassifier.model.trust import (
     check_preprocessing,
     check_processor_sizes,
@@ -32,6 +32,19 @@ from vitclassifier.model.vit import classifier_head, quiet_transformers
 from vitclassifier.text import printable, shell_word
 
 HEAD_WEIGHT = "classifier.weight"  # our head's weight: (number of labels, features)
+
+
+def is_complete_checkpoint(directory: Path) -> bool:
+    """Whether ``directory`` holds a whole saved checkpoint: its config, weights and preprocessing."""
+    weights = Path(directory) / "model.safetensors"
+    return (all((Path(directory) / name).is_file() for name in ("config.json", "preprocessor_config.json"))
+            and weights.is_file() and weights.stat().st_size > 0)
+
+
+def recover_interrupted_save(directory: Path) -> None:
+    """Before any load: a crash between the two renames of a save (where directories cannot be swapped
+    atomically) left the previous checkpoint in NAME.old; put it back if it is complete."""
+    recover_interrupted_write(directory, is_complete_checkpoint)
 
 
 def load_checkpoint(directory: str | Path) -> tuple[nn.Module, Preprocessing, list[str]]:
@@ -152,7 +165,7 @@ def save_model(
             torch.save(training_state, tmp / "training_state.pt")
 
     try:
-        atomic_write_dir(directory, write)
+        atomic_write_dir(directory, write, is_complete_checkpoint)
     except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
         reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
         raise UserError(f"could not write checkpoint {directory}: {reason}. The previous checkpoint there is "

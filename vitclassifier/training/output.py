@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 from vitclassifier.errors import UserError
-from vitclassifier.files import atomic_write_text, is_complete_checkpoint
+from vitclassifier.files import atomic_write_text
+from vitclassifier.model.checkpoint import is_complete_checkpoint
 from vitclassifier.text import first_few
 
 MARKER = ".vitclassifier-run.json"  # written into every output folder a run claims
