@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 from vitclassifier.data.transforms import Preprocessing
-from vitclassifier.devices import autocast_dtype, pick_device, run_in_bf16
+from vitclassifier.devices import autocast_dtype, pick_device
 from vitclassifier.errors import UserError
 from vitclassifier.inference.runtimes import OnnxModel, OpenVinoModel, TorchScriptModel
+from vitclassifier.model.attention import run_in_bf16
 from vitclassifier.model.checkpoint import load_checkpoint, read_info
 from vitclassifier.model.exporters import quantize_int8, read_meta
 from vitclassifier.model.runnable import Runnable
