@@ -23,7 +23,7 @@ from vitclassifier.errors import UserError
 from vitclassifier.files import atomic_write_text, current_umask, give_default_mode
 from vitclassifier.model.checkpoint import fold_temperature, load_checkpoint, read_info, save_model
 from vitclassifier.model.vit import create_model
-from vitclassifier.reporting.report import calibrate
+from vitclassifier.reporting.calibration import calibrate
 from vitclassifier.reporting.tracking import check_tracking_server, make_tracker
 from vitclassifier.text import shell_word
 from vitclassifier.training import trainer

@@ -21,7 +21,7 @@ from vitclassifier.devices import loader_workers
 from vitclassifier.errors import UserError
 from vitclassifier.inference.loading import is_export, load_for_prediction, prediction_device
 from vitclassifier.model.relevance import mistake_maps
-from vitclassifier.reporting.metrics import expected_calibration_error
+from vitclassifier.reporting.calibration import expected_calibration_error
 from vitclassifier.reporting.report import write_report
 from vitclassifier.text import printable
 from vitclassifier.training.distributed import World
