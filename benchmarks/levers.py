@@ -104,8 +104,8 @@ def prediction_runs(args, variant: str):
     from vitclassifier.inference.loading import prepare_model
     batch = torch.randn(32, 3, args.image_size, args.image_size)
     if variant.startswith("OpenVINO"):
-        from vitclassifier.inference.runtimes import OpenVinoModel
-        from vitclassifier.model.openvino import convert, quantize_static
+        from vitclassifier.export.openvino import convert, quantize_static
+        from vitclassifier.export.runtimes import OpenVinoModel
         converted = convert(fresh_model(args), args.image_size)
         if "int8" in variant:  # ranges measured on noise: fine for timing, not for predicting
             converted = quantize_static(converted, batch[:16])

@@ -318,7 +318,7 @@ def test_every_option_of_every_command_is_documented(capsys):
 
 # -- export speed lines -------------------------------------------------------------------------------------
 def test_export_speeds_are_timed_in_turns_and_a_noisy_speed_up_is_left_out():
-    from vitclassifier.inference.exporting import speed_report, timed_in_turns
+    from vitclassifier.export.check import speed_report, timed_in_turns
     calls = []
 
     def sleeper(name, seconds):

@@ -19,7 +19,8 @@ from vitclassifier.data.sources import detect_format, is_stream, load_source
 from vitclassifier.data.transforms import eval_transform
 from vitclassifier.devices import loader_workers
 from vitclassifier.errors import UserError
-from vitclassifier.inference.loading import is_export, load_for_prediction, prediction_device
+from vitclassifier.export.files import is_export
+from vitclassifier.inference.loading import load_for_prediction, prediction_device
 from vitclassifier.model.relevance import mistake_maps
 from vitclassifier.reporting.calibration import expected_calibration_error
 from vitclassifier.reporting.report import write_report
