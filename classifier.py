@@ -13,42 +13,32 @@ The code behind them lives in the vitclassifier package (project.md draws its la
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from pathlib import Path
 
+import vitclassifier
 from vitclassifier.cli import add_device_option, new_parser
 from vitclassifier.config import DATA_FORMATS
 from vitclassifier.data.synthetic import DEFAULT_CLASSES, SHAPES, at_least, generate_data, parse_classes
-from vitclassifier.errors import UserError, printable, report_user_error
+from vitclassifier.errors import UserError, report_user_error
 from vitclassifier.files import atomic_write_bytes, check_output_file
-
-# The library this module hands to scripts and notebooks, imported on first use (PEP 562), so that
-# --generate-data starts without loading torch and transformers (seconds on a small machine).
-LIBRARY = {
-    "PRESETS": "vitclassifier.model.vit", "create_model": "vitclassifier.model.vit",
-    "freeze": "vitclassifier.model.vit",
-    "ImageFolderDataset": "vitclassifier.data.dataset", "collate_skipping_bad": "vitclassifier.data.dataset",
-    "fill_caches": "vitclassifier.data.dataset",
-    "Preprocessing": "vitclassifier.data.transforms", "eval_transform": "vitclassifier.data.transforms",
-    "list_images": "vitclassifier.data.folders", "load_splits": "vitclassifier.data.folders",
-    "scan_class_folders": "vitclassifier.data.folders",
-    "train_decode": "vitclassifier.data.augment", "BatchAugment": "vitclassifier.data.augment",
-}
+from vitclassifier.text import printable
 
 
+# The library this module hands to scripts and notebooks: the package's public names, imported on
+# first use (PEP 562), so that --generate-data starts without loading torch and transformers.
 def __getattr__(name: str):
-    if name in LIBRARY:
-        return getattr(importlib.import_module(LIBRARY[name]), name)
+    if name in vitclassifier.PUBLIC:
+        return getattr(vitclassifier, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *LIBRARY])  # the lazy names too, for tab completion
+    return sorted({*globals(), *vitclassifier.PUBLIC})  # the lazy names too, for tab completion
 
 
-__all__ = ["UserError", "generate_data", *LIBRARY]
+__all__ = list(vitclassifier.__all__)
 
 
 def check_data(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ preprocessing, in a sidecar JSON (ARTEFACT.json) and inside the file itself (ONN
 the extra file "classifier.json" of a TorchScript archive, an OpenVINO IR's rt_info). Each export
 is reloaded, compared with the PyTorch model on preprocessed images, and timed against it at batch 32.
 predict.py runs every export as it runs checkpoints.
-This file only reads the command line; the work is in vitclassifier.inference.exporting.
+This file only reads the command line; the work is in vitclassifier.export.
 """
 from __future__ import annotations
 
@@ -22,15 +22,15 @@ import torch
 
 from vitclassifier.cli import new_parser
 from vitclassifier.errors import exit_code_of
-from vitclassifier.inference.exporting import (
+from vitclassifier.export.check import (
     BENCH_BATCH,
     CALIBRATION_IMAGES,
     CHECK_IMAGES,
-    FORMATS,
     ExportConfig,
     export_checkpoint,
 )
-from vitclassifier.model.exporters import ONNX_MIN_OPSET
+from vitclassifier.export.files import FORMATS
+from vitclassifier.export.writers import ONNX_MIN_OPSET
 
 
 def build_parser() -> argparse.ArgumentParser:

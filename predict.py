@@ -13,20 +13,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from vitclassifier.cli import add_device_option, add_precision_option, new_parser, printable
+from vitclassifier.cli import add_device_option, add_precision_option, new_parser
 from vitclassifier.devices import keep_freed_memory
 from vitclassifier.errors import UserError, report_user_error
+from vitclassifier.export.files import CPU_ONLY_SUFFIXES, is_export, model_files
 from vitclassifier.files import check_output_file, refuse_inside
 from vitclassifier.inference.explain import NEEDS_CHECKPOINT, check_explain_folder, explain_to_folder
-from vitclassifier.inference.loading import (
-    CPU_ONLY_SUFFIXES,
-    is_export,
-    load_for_prediction,
-    prediction_device,
-)
+from vitclassifier.inference.loading import load_for_prediction, prediction_device
 from vitclassifier.inference.predict import expand_inputs, predict, predictions_json, print_table, write_json
 from vitclassifier.model.relevance import METHODS
 from vitclassifier.reporting.plots import MAX_PICTURES, write_predictions
+from vitclassifier.text import printable
 
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg", ".webp", ".tif", ".tiff")  # --visualize
 
@@ -126,12 +123,8 @@ def check_outputs(args: argparse.Namespace) -> None:
             raise UserError(f"--visualize {args.visualize} needs a picture extension "
                             f"({', '.join(PICTURE_SUFFIXES)}), e.g. {args.visualize}.png")
         outputs.append(("--visualize", args.visualize))
-    model = args.model
-    model_files = [model] if model.is_dir() else [
-        model, model.with_name(model.name + ".json"), model.with_name(model.name + ".data"),
-        model.with_suffix(".bin")]
     for option, path in outputs:
-        for protected in model_files:
+        for protected in model_files(args.model):
             refuse_inside(path, protected, option, "the model")
         check_output_file(path, option)
 

@@ -18,12 +18,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from vitclassifier.cli import add_device_option, add_precision_option, new_parser, shell_word, typed_options
+from vitclassifier.cli import add_device_option, add_precision_option, new_parser, typed_options
 from vitclassifier.config import DATA_FORMATS, SELECT_BY_CHOICES, TrainConfig
 from vitclassifier.devices import keep_freed_memory
 from vitclassifier.errors import UserError, report_user_error
 from vitclassifier.evaluation import evaluate_checkpoint
 from vitclassifier.model.vit import PRESETS
+from vitclassifier.text import shell_word
 from vitclassifier.training.trainer import train
 
 TRAINED_MODEL = Path("checkpoints") / "best"  # where a run with the default --output-dir keeps its model

@@ -7,7 +7,7 @@ benchmarks/speed.py compares whole runs with Hugging Face's Trainer and pipeline
 isolates the levers behind them, on random inputs (no data needed), so each choice in train.py
 and predict.py can be checked on your own machine:
   * training step (forward, backward, AdamW): fp32 vs bf16 autocast; SDPA vs eager vs bf16-softmax
-    attention; bf16 activations between blocks (devices.run_in_bf16); fused vs foreach AdamW;
+    attention; bf16 activations between blocks (model/attention.run_in_bf16); fused vs foreach AdamW;
     torch.compile;
   * prediction at batch 32 and batch 1: fp32, bf16 autocast alone, predict.py's bf16 (the whole
     model in bf16, bf16-softmax attention), dynamic int8 (whole batches, and in chunks of 8 to keep
@@ -38,7 +38,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from vitclassifier.devices import autocast, keep_freed_memory, run_in_bf16  # noqa: E402
+from vitclassifier.devices import autocast, keep_freed_memory  # noqa: E402
+from vitclassifier.model.attention import BF16_SOFTMAX, register_bf16_softmax, run_in_bf16  # noqa: E402
 from vitclassifier.model.vit import PRESETS, create_model  # noqa: E402
 
 
@@ -71,7 +72,7 @@ def interleaved_medians(functions: dict, repeats: int, warmup: int = 1) -> dict[
 def fresh_model(args, attention: str = "sdpa") -> torch.nn.Module:
     torch.manual_seed(0)
     model, _ = create_model(args.model, ["a", "b", "c"], pretrained=False, image_size=args.image_size)
-    model.set_attn_implementation(attention)
+    model.set_attn_implementation(register_bf16_softmax() if attention == BF16_SOFTMAX else attention)
     return model
 
 
@@ -103,8 +104,8 @@ def prediction_runs(args, variant: str):
     from vitclassifier.inference.loading import prepare_model
     batch = torch.randn(32, 3, args.image_size, args.image_size)
     if variant.startswith("OpenVINO"):
-        from vitclassifier.inference.runtimes import OpenVinoModel
-        from vitclassifier.model.openvino import convert, quantize_static
+        from vitclassifier.export.openvino import convert, quantize_static
+        from vitclassifier.export.runtimes import OpenVinoModel
         converted = convert(fresh_model(args), args.image_size)
         if "int8" in variant:  # ranges measured on noise: fine for timing, not for predicting
             converted = quantize_static(converted, batch[:16])

@@ -43,7 +43,7 @@ from vitclassifier.data.dataset import ImageFolderDataset  # noqa: E402
 from vitclassifier.data.folders import load_splits  # noqa: E402
 from vitclassifier.data.synthetic import generate_data  # noqa: E402
 from vitclassifier.devices import autocast_dtype, keep_freed_memory, pick_device  # noqa: E402
-from vitclassifier.inference.exporting import FORMATS  # noqa: E402
+from vitclassifier.export.files import FORMATS  # noqa: E402
 from vitclassifier.inference.loading import load_for_prediction  # noqa: E402
 from vitclassifier.inference.predict import predict  # noqa: E402
 from vitclassifier.model.vit import PRESETS, create_model  # noqa: E402

@@ -43,10 +43,15 @@ def test_a_failed_save_leaves_the_previous_checkpoint_intact(trained_run, tmp_pa
     load_checkpoint(target)
 
 
+def whole(old) -> bool:
+    """What a whole copy of the directories written below holds (atomic_write_dir asks)."""
+    return (old / "weights.bin").is_file()
+
+
 @pytest.mark.slow
 def test_a_writer_killed_mid_save_leaves_the_previous_checkpoint(tmp_path):
     target = tmp_path / "ckpt"
-    atomic_write_dir(target, lambda d: (d / "weights.bin").write_bytes(b"old" * 1000))
+    atomic_write_dir(target, lambda d: (d / "weights.bin").write_bytes(b"old" * 1000), whole)
     writer = subprocess.Popen([sys.executable, "-c", f"""
 import sys, time
 sys.path.insert(0, {str(ROOT)!r})
@@ -57,14 +62,14 @@ def slow(d):
             f.write(b"new" * 10_000)
             print("writing", flush=True)
             time.sleep(0.01)
-atomic_write_dir({str(target)!r}, slow)
+atomic_write_dir({str(target)!r}, slow, lambda old: (old / "weights.bin").is_file())
 """], stdout=subprocess.PIPE, text=True)
     assert writer.stdout.readline().strip() == "writing"
     writer.kill()  # SIGKILL: no cleanup code runs
     writer.wait()
     assert (target / "weights.bin").read_bytes() == b"old" * 1000
     # the leftover .tmp is cleared
-    atomic_write_dir(target, lambda d: (d / "weights.bin").write_bytes(b"next"))
+    atomic_write_dir(target, lambda d: (d / "weights.bin").write_bytes(b"next"), whole)
     assert (target / "weights.bin").read_bytes() == b"next"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
 

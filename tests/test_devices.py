@@ -1,5 +1,5 @@
-"""devices.py: bf16 on CPUs (attention and activations in bf16, the same answers), the allocator
-setting that keeps freed memory, and the DataLoader worker defaults."""
+"""devices.py and model/attention.py: bf16 on CPUs (attention and activations in bf16, the same
+answers), the allocator setting that keeps freed memory, and the DataLoader worker defaults."""
 from __future__ import annotations
 
 import copy
@@ -13,6 +13,7 @@ import torch
 from helpers import ROOT
 
 from vitclassifier import devices
+from vitclassifier.model import attention
 from vitclassifier.model.vit import create_model
 
 ALLOCATOR_PROBE = """
@@ -68,17 +69,17 @@ def test_bf16_on_cpus_runs_attention_and_activations_in_bf16_with_the_same_answe
         expected = reference(pixel_values=images).logits
     for device, dtype in ((torch.device("cuda"), bf16), (cpu, None)):  # GPUs and fp32 are left alone
         untouched = copy.deepcopy(reference)
-        devices.run_in_bf16(untouched, device, dtype, training=True)
+        attention.run_in_bf16(untouched, device, dtype, training=True)
         assert untouched.config._attn_implementation == "sdpa" and not untouched.vit.embeddings._forward_hooks
 
     same_maths = copy.deepcopy(reference)  # the attention function alone, in fp32: transformers' eager maths
-    same_maths.set_attn_implementation("bf16_softmax")
+    same_maths.set_attn_implementation(attention.register_bf16_softmax())
     with torch.no_grad():
         assert torch.allclose(same_maths(pixel_values=images).logits, expected, atol=1e-5)
 
     trained, served = copy.deepcopy(reference).train(), copy.deepcopy(reference)
-    devices.run_in_bf16(trained, cpu, bf16, training=True)
-    devices.run_in_bf16(served, cpu, bf16, training=False)
+    attention.run_in_bf16(trained, cpu, bf16, training=True)
+    attention.run_in_bf16(served, cpu, bf16, training=False)
     assert trained.config._attn_implementation == served.config._attn_implementation == "bf16_softmax"
     assert {p.dtype for p in trained.parameters()} == {torch.float32}  # AdamW updates fp32 weights
     assert {p.dtype for p in served.parameters()} == {bf16}

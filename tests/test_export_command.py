@@ -1,4 +1,4 @@
-"""export.py (inference/exporting.py): ONNX, TorchScript and int8 artefacts agree with PyTorch, carry
+"""export.py (export/check.py): ONNX, TorchScript and int8 artefacts agree with PyTorch, carry
 their labels and preprocessing, and predict.py runs the ONNX one through onnxruntime with the same results."""
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ import export
 import predict
 from vitclassifier.data.images import load_image
 from vitclassifier.data.transforms import eval_transform
-from vitclassifier.inference.exporting import FORMATS
-from vitclassifier.inference.loading import load_export
+from vitclassifier.export.files import FORMATS
+from vitclassifier.export.runtimes import load_export
+from vitclassifier.export.writers import read_meta
 from vitclassifier.model.checkpoint import load_checkpoint
-from vitclassifier.model.exporters import read_meta
 from vitclassifier.model.runnable import LogitsOnly
 
 pytestmark = pytest.mark.slow  # every test here exports the trained checkpoint, or runs the export

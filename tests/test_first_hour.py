@@ -19,13 +19,13 @@ from helpers import CLASSES, ROOT, make_pattern_folder, read_rows, run_args, wri
 
 import predict
 import train
-from vitclassifier.cli import shell_word
 from vitclassifier.errors import UserError
 from vitclassifier.files import atomic_write_text, current_umask, give_default_mode
 from vitclassifier.model.checkpoint import fold_temperature, load_checkpoint, read_info, save_model
 from vitclassifier.model.vit import create_model
-from vitclassifier.reporting.report import calibrate
+from vitclassifier.reporting.calibration import calibrate
 from vitclassifier.reporting.tracking import check_tracking_server, make_tracker
+from vitclassifier.text import shell_word
 from vitclassifier.training import trainer
 from vitclassifier.training.resume import RESUME_FREE
 
@@ -318,7 +318,7 @@ def test_every_option_of_every_command_is_documented(capsys):
 
 # -- export speed lines -------------------------------------------------------------------------------------
 def test_export_speeds_are_timed_in_turns_and_a_noisy_speed_up_is_left_out():
-    from vitclassifier.inference.exporting import speed_report, timed_in_turns
+    from vitclassifier.export.check import speed_report, timed_in_turns
     calls = []
 
     def sleeper(name, seconds):

@@ -1,5 +1,5 @@
-"""OpenVINO exports (export.py --format openvino | openvino-int8; model/openvino.py and
-inference/runtimes.py): what the IR carries, int8 where calibrated, predict.py, the web page and
+"""OpenVINO exports (export.py --format openvino | openvino-int8; export/openvino.py and
+export/runtimes.py): what the IR carries, int8 where calibrated, predict.py, the web page and
 train.py --evaluate running the .xml like a checkpoint, and one-line errors for the mistakes.
 (Agreement of int8 predictions with fp32 on 1200 images is in test_speed_levers.py.)"""
 from __future__ import annotations
@@ -13,9 +13,9 @@ from helpers import CLASSES
 
 import export
 import predict
-from vitclassifier.inference.loading import load_export
+from vitclassifier.export.runtimes import load_export
+from vitclassifier.export.writers import read_meta
 from vitclassifier.inference.webapp import make_classify
-from vitclassifier.model.exporters import read_meta
 
 openvino = pytest.importorskip("openvino", reason="needs the extras: pip install -r requirements-extras.txt")
 pytest.importorskip("nncf", reason="needs the extras: pip install -r requirements-extras.txt")

@@ -12,12 +12,8 @@ from helpers import TRAIN_OPTIONS
 
 from vitclassifier.config import TrainConfig
 from vitclassifier.errors import UserError
-from vitclassifier.files import (
-    atomic_write_dir,
-    exchange_paths,
-    recover_interrupted_save,
-    remove_save_leftovers,
-)
+from vitclassifier.files import atomic_write_dir, exchange_paths, remove_write_leftovers
+from vitclassifier.model.checkpoint import is_complete_checkpoint, recover_interrupted_save
 from vitclassifier.training.loop import step_seed
 from vitclassifier.training.output import LOCK, MARKER, OutputLock, claim_output_dir
 
@@ -107,12 +103,12 @@ def test_a_swap_never_leaves_the_name_missing(tmp_path, monkeypatch):
     if not exchange_paths(tmp_path / "a", tmp_path / "b"):
         pytest.skip("this system cannot exchange two directories atomically (renameat2)")
     target = tmp_path / "best"
-    atomic_write_dir(target, lambda d: (d / "v").write_text("1"))
+    atomic_write_dir(target, lambda d: (d / "v").write_text("1"), is_complete_checkpoint)
 
     def no_rename(self, other):
         raise AssertionError(f"renamed {self} -> {other}: the name was missing for a moment")
     monkeypatch.setattr(type(target), "rename", no_rename)
-    atomic_write_dir(target, lambda d: (d / "v").write_text("2"))
+    atomic_write_dir(target, lambda d: (d / "v").write_text("2"), is_complete_checkpoint)
     assert (target / "v").read_text() == "2"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "best"]
 
@@ -133,7 +129,7 @@ def test_leftovers_of_a_crash_are_cleaned_before_the_next_save_but_never_on_load
     fake_checkpoint(tmp_path / "best.old", weights=b"")  # a removal that never finished
     recover_interrupted_save(tmp_path / "best")  # what every load does: nothing is deleted
     assert (tmp_path / "best.tmp").exists() and (tmp_path / "best.old").exists()
-    remove_save_leftovers(tmp_path / "best")
+    remove_write_leftovers(tmp_path / "best", is_complete_checkpoint)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
 
 

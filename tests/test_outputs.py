@@ -17,6 +17,7 @@ import predict
 from vitclassifier.data.folders import load_splits, stratified_split
 from vitclassifier.data.synthetic import MARK, generate_data
 from vitclassifier.errors import UserError
+from vitclassifier.export.check import ExportConfig, check_export_outputs
 from vitclassifier.files import (
     atomic_write_bytes,
     check_output_file,
@@ -25,7 +26,6 @@ from vitclassifier.files import (
     write_files_via_temp,
     write_via_temp,
 )
-from vitclassifier.inference.exporting import ExportConfig, check_export_outputs
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -168,7 +168,7 @@ def must_not_load(*_args, **_kwargs):
 
 
 def test_export_refuses_bad_outputs_before_loading(tiny_vit, tmp_path, monkeypatch, capsys):
-    import vitclassifier.inference.exporting as exporting
+    import vitclassifier.export.check as exporting
     monkeypatch.setattr(exporting, "load_checkpoint", must_not_load)
     model = ["--model", str(tiny_vit), "--format", "torchscript"]
     (tmp_path / "old.torchscript.pt").write_bytes(b"an earlier export")
@@ -221,7 +221,7 @@ class FakeProgram:
 
 def test_an_opset_the_exporter_did_not_write_is_an_error(tmp_path, monkeypatch):
     pytest.importorskip("onnxscript", reason="export_onnx needs onnx and onnxscript")
-    from vitclassifier.model.exporters import export_onnx
+    from vitclassifier.export.writers import export_onnx
     monkeypatch.setattr(torch.onnx, "export", lambda *a, **k: FakeProgram(18))
     net, out = torch.nn.Linear(2, 2), tmp_path / "m.onnx"
     with pytest.raises(UserError, match="cannot convert this model to opset 17 .* nothing was written"):
@@ -233,7 +233,7 @@ def test_an_opset_the_exporter_did_not_write_is_an_error(tmp_path, monkeypatch):
 
 def test_a_failed_onnx_write_keeps_the_previous_export(tmp_path, monkeypatch):
     pytest.importorskip("onnxscript", reason="export_onnx needs onnx and onnxscript")
-    from vitclassifier.model.exporters import export_onnx
+    from vitclassifier.export.writers import export_onnx
     out = tmp_path / "m.onnx"
     out.write_bytes(b"the good old export")
 
@@ -249,7 +249,7 @@ def test_a_failed_onnx_write_keeps_the_previous_export(tmp_path, monkeypatch):
 
 def test_a_failed_openvino_write_keeps_the_previous_export(tmp_path, monkeypatch):
     openvino = pytest.importorskip("openvino", reason="needs the extras (requirements-extras.txt)")
-    from vitclassifier.model.openvino import save_ir
+    from vitclassifier.export.openvino import save_ir
     out = tmp_path / "m.openvino.xml"
     out.write_text("old graph")
     out.with_suffix(".bin").write_text("old weights")

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import train
-from vitclassifier.reporting.metrics import expected_calibration_error, fit_temperature
+from vitclassifier.reporting.calibration import expected_calibration_error, fit_temperature
 from vitclassifier.reporting.plots import mistakes_figure, pyplot, write_confusion
 from vitclassifier.reporting.report import normalised_confusion
 

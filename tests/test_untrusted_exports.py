@@ -25,7 +25,7 @@ RAW = object()  # marks a metadata value written as it is, not as JSON
 @pytest.fixture(scope="module")
 def exported(tiny_vit, tmp_path_factory) -> tuple[Path, torch.nn.Module, dict]:
     """A good ONNX export of a tiny 3-class checkpoint; returns (the .onnx, the model, its metadata)."""
-    from vitclassifier.model.exporters import describe
+    from vitclassifier.export.writers import describe
     from vitclassifier.model.runnable import LogitsOnly
     from vitclassifier.model.vit import create_model
     model, prep = create_model(str(tiny_vit), CLASSES)
@@ -108,7 +108,7 @@ def test_openvino_labels_are_checked_against_its_output_shape(exported, images, 
 
 def test_torchscript_labels_are_checked_against_the_first_answer(exported, images, tmp_path, capsys):
     """A traced graph doesn't say its output width: the first batch's answer is checked instead."""
-    from vitclassifier.model.exporters import TORCHSCRIPT_META
+    from vitclassifier.export.writers import TORCHSCRIPT_META
     _, net, meta = exported
     with warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore")

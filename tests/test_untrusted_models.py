@@ -17,8 +17,8 @@ from safetensors.torch import load_file, save_file
 import export
 import predict
 import train
-from vitclassifier.cli import printable
 from vitclassifier.errors import UserError
+from vitclassifier.text import printable
 
 
 @pytest.fixture(scope="module")

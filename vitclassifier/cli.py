@@ -3,14 +3,9 @@ which options a user typed."""
 from __future__ import annotations
 
 import argparse
-import shlex
-from pathlib import Path
-
-from vitclassifier.errors import printable
 
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 PRECISIONS = ["auto", "fp32", "bf16", "fp16"]
-# Unicode's bidirectional overrides and isolates reorder what a terminal shows (hidden text, swapped names)
 PRECISION_HELP = "autocast precision; auto: bf16 where the device supports it, else fp16 on CUDA, else fp32"
 
 
@@ -49,14 +44,3 @@ def typed_options(parser: argparse.ArgumentParser, argv: list[str] | None,
     untouched = object()
     again = parser.parse_args(argv, namespace=argparse.Namespace(**dict.fromkeys(vars(parsed), untouched)))
     return {dest for dest, value in vars(again).items() if value is not untouched}
-
-
-def shell_word(path: str | Path) -> str:
-    """A path as it must be typed in a command we suggest: quoted when it holds spaces or characters the
-    shell would read (shlex.quote), control characters escaped (printable), so it can be copied."""
-    return printable(shlex.quote(str(path)))
-
-
-def counted(count: int, noun: str) -> str:
-    """``1 epoch``, ``5 epochs``: a count with its noun in the right number."""
-    return f"{count} {noun}{'' if count == 1 else 's'}"

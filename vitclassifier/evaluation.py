@@ -18,11 +18,13 @@ from vitclassifier.data.shards import ShardStream, open_shards
 from vitclassifier.data.sources import detect_format, is_stream, load_source
 from vitclassifier.data.transforms import eval_transform
 from vitclassifier.devices import loader_workers
-from vitclassifier.errors import UserError, printable
-from vitclassifier.inference.loading import is_export, load_for_prediction, prediction_device
+from vitclassifier.errors import UserError
+from vitclassifier.export.files import is_export
+from vitclassifier.inference.loading import load_for_prediction, prediction_device
 from vitclassifier.model.relevance import mistake_maps
-from vitclassifier.reporting.metrics import expected_calibration_error
+from vitclassifier.reporting.calibration import expected_calibration_error
 from vitclassifier.reporting.report import write_report
+from vitclassifier.text import printable
 from vitclassifier.training.distributed import World
 from vitclassifier.training.loop import Run, evaluate
 

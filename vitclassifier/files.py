@@ -12,29 +12,23 @@ from pathlib import Path
 from vitclassifier.errors import UserError
 
 
-def is_complete_checkpoint(directory: Path) -> bool:
-    """Whether ``directory`` holds a whole saved checkpoint: its config, weights and preprocessing."""
-    weights = Path(directory) / "model.safetensors"
-    return (all((Path(directory) / name).is_file() for name in ("config.json", "preprocessor_config.json"))
-            and weights.is_file() and weights.stat().st_size > 0)
-
-
-def recover_interrupted_save(directory: Path) -> None:
+def recover_interrupted_write(directory: Path, is_whole: Callable[[Path], bool]) -> None:
     """Where directories cannot be swapped atomically, a crash between atomic_write_dir's two renames
-    leaves the previous checkpoint in NAME.old and nothing at NAME: put it back, if it is complete
-    (a partial NAME.old is what a crash while removing it leaves). Safe before any load: it only ever
-    renames a whole checkpoint back to the name it had."""
+    leaves the previous copy in NAME.old and nothing at NAME: put it back, if ``is_whole`` says it is
+    complete (a partial NAME.old is what a crash while removing it leaves). Safe before any read: it
+    only ever renames a whole copy back to the name it had."""
     directory = Path(directory)
     old = directory.with_name(directory.name + ".old")
-    if not directory.exists() and old.is_dir() and is_complete_checkpoint(old):
+    if not directory.exists() and old.is_dir() and is_whole(old):
         old.rename(directory)
 
 
-def remove_save_leftovers(directory: Path) -> None:
-    """Before saving into our own output folder: remove NAME.tmp (a save that never finished) and, when
-    NAME is in place, NAME.old (a copy a crash left half-removed). Only for folders this tool writes."""
+def remove_write_leftovers(directory: Path, is_whole: Callable[[Path], bool]) -> None:
+    """Before writing into our own output folder: remove NAME.tmp (a write that never finished) and,
+    when NAME is in place, NAME.old (a copy a crash left half-removed). Only for folders this tool
+    writes."""
     directory = Path(directory)
-    recover_interrupted_save(directory)
+    recover_interrupted_write(directory, is_whole)
     old, tmp = directory.with_name(directory.name + ".old"), directory.with_name(directory.name + ".tmp")
     for leftover in ([tmp, old] if directory.is_dir() else [tmp]):
         if leftover.is_dir():
@@ -91,14 +85,16 @@ def give_default_mode(path: Path) -> None:
             os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~mask)
 
 
-def atomic_write_dir(directory: Path, write: Callable[[Path], None]) -> None:
+def atomic_write_dir(
+    directory: Path, write: Callable[[Path], None], is_whole: Callable[[Path], bool]
+) -> None:
     """Call ``write(tmp_dir)``, then put tmp_dir in place of ``directory``. On Linux the two are
     exchanged in one atomic step, so ``directory`` always exists, whole, for any reader (e.g.
     transformers.pipeline) and any crash. Elsewhere two renames are used, with the complete old copy
-    in ``NAME.old`` between them (put back by recover_interrupted_save). If writing fails (disk full,
-    ...), the temporary copy is removed and the old one stays."""
+    in ``NAME.old`` between them (put back by recover_interrupted_write, if ``is_whole`` says it is
+    complete). If writing fails (disk full, ...), the temporary copy is removed and the old one stays."""
     directory = Path(directory)
-    remove_save_leftovers(directory)
+    remove_write_leftovers(directory, is_whole)
     tmp, old = directory.with_name(directory.name + ".tmp"), directory.with_name(directory.name + ".old")
     try:
         tmp.mkdir(parents=True)

@@ -18,9 +18,9 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from vitclassifier.cli import printable
 from vitclassifier.data.folders import utf8_safe
 from vitclassifier.data.images import DECODE_ERRORS, load_image, open_regular
+from vitclassifier.text import printable
 
 IMBALANCE_THRESHOLD = 3.0  # largest / smallest class from which class weighting is worth it
 HEAD_BYTES = 64 * 1024  # same-size files are compared on this much first, before a full read
@@ -316,5 +316,5 @@ def _full(report: dict) -> list[str]:
 
 def format_report(report: dict, brief: bool = False) -> str:
     """The report as text: the full tables, or (``brief``) a few lines for the start of training.
-    Control characters in class and file names are escaped (cli.printable): one entry, one line."""
+    Control characters in class and file names are escaped (text.printable): one entry, one line."""
     return "\n".join(printable(line) for line in (_brief(report) if brief else _full(report)))

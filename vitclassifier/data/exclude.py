@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 
 from vitclassifier.data.folders import utf8_safe
-from vitclassifier.errors import UserError, printable
+from vitclassifier.errors import UserError
+from vitclassifier.text import printable
 
 CSV_SUFFIXES = (".csv", ".tsv")
 NAMED = 3  # entries that matched nothing, named in the warning

@@ -15,8 +15,9 @@ from pathlib import Path
 from vitclassifier.data.folders import stratified_split
 from vitclassifier.data.images import open_regular
 from vitclassifier.data.labelfile import IMAGE_COLUMNS, LABEL_COLUMNS, find_column
-from vitclassifier.errors import UserError, printable
+from vitclassifier.errors import UserError
 from vitclassifier.hub import hub_reachable
+from vitclassifier.text import printable
 
 HUB_PREFIX = "hf:"
 INSTALL = "pip install datasets (or pip install -r requirements-extras.txt)"

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from vitclassifier.data.folders import stratified_split, utf8_safe
 from vitclassifier.data.images import IMAGE_EXTENSIONS
-from vitclassifier.errors import UserError, printable
+from vitclassifier.errors import UserError
+from vitclassifier.text import printable
 
 LABEL_FILE_SUFFIXES = (".csv", ".tsv", ".jsonl")
 # Column names recognised without --image-column / --label-column, in order of preference.

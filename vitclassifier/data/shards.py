@@ -31,7 +31,8 @@ from pathlib import Path
 from torch.utils.data import IterableDataset, get_worker_info
 
 from vitclassifier.data.images import DECODE_ERRORS, IMAGE_EXTENSIONS, load_image
-from vitclassifier.errors import UserError, printable
+from vitclassifier.errors import UserError
+from vitclassifier.text import printable
 
 INDEX_NAME = "index.json"
 INSTALL = "pip install webdataset (or pip install -r requirements-extras.txt)"

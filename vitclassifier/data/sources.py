@@ -16,7 +16,8 @@ from vitclassifier.data.folders import load_splits
 from vitclassifier.data.hfdata import HUB_PREFIX, is_hf_data, load_hf
 from vitclassifier.data.labelfile import LABEL_FILE_SUFFIXES, load_label_file
 from vitclassifier.data.shards import ShardSet, is_shards, open_shards
-from vitclassifier.errors import UserError, printable
+from vitclassifier.errors import UserError
+from vitclassifier.text import printable
 
 
 def detect_format(data: Path, data_format: str = "auto") -> str:

@@ -19,8 +19,8 @@ import numpy as np
 from tqdm import tqdm
 
 from vitclassifier.deep_audit.embedding import THUMBNAIL, Embedder, content_hash, embed_samples
-from vitclassifier.errors import printable
 from vitclassifier.files import write_via_temp
+from vitclassifier.text import printable
 
 CACHE_PREFIX = "embeddings-"  # embeddings-<identity>.npz
 HASH_BYTES = 16  # embedding.content_hash's digest size

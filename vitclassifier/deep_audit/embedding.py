@@ -31,9 +31,8 @@ from vitclassifier.data.images import DECODE_ERRORS, load_image, open_regular
 from vitclassifier.data.transforms import Preprocessing, eval_transform
 from vitclassifier.devices import autocast, loader_workers, pick_device
 from vitclassifier.errors import UserError
-from vitclassifier.files import is_complete_checkpoint
 from vitclassifier.inference.loading import prepare_model
-from vitclassifier.model.checkpoint import load_checkpoint
+from vitclassifier.model.checkpoint import is_complete_checkpoint, load_checkpoint
 from vitclassifier.model.vit import create_model
 
 EMBEDDING_VERSION = 1  # what an embedding means; raised when that changes, so old caches are ignored

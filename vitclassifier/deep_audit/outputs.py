@@ -15,8 +15,9 @@ from pathlib import Path
 
 from vitclassifier.data.images import DECODE_ERRORS, load_image
 from vitclassifier.deep_audit.cache import CACHE_PREFIX
-from vitclassifier.errors import UserError, printable
+from vitclassifier.errors import UserError
 from vitclassifier.files import atomic_write_text, check_output_folder, refuse_inside, write_via_temp
+from vitclassifier.text import printable
 
 MARKER = ".vitclassifier-audit"  # in every folder the deep audit writes
 KINDS = ("label_issues", "near_duplicates", "outliers")

@@ -36,12 +36,13 @@ from tqdm import tqdm
 from vitclassifier.data.images import DECODE_ERRORS, FULL_SIZE, load_image
 from vitclassifier.data.transforms import Preprocessing, eval_transform
 from vitclassifier.devices import usable_cores
-from vitclassifier.errors import UserError, printable
+from vitclassifier.errors import UserError
 from vitclassifier.files import atomic_write_text, check_output_folder, refuse_inside, write_via_temp
 from vitclassifier.inference.loading import LoadedModel
 from vitclassifier.inference.predict import ranked, top_k_results
 from vitclassifier.model.relevance import explain_batch, image_weights, upsample
 from vitclassifier.reporting.heatmaps import explanation_picture, panel_image, panel_size
+from vitclassifier.text import first_few, printable
 
 MARKER = ".vitclassifier-explanations.json"  # written into every folder --explain claims
 STRIP_ELEMENTS = 1 << 22  # the maps of a big image are written a strip of rows (16 MB) at a time
@@ -70,10 +71,9 @@ def check_explain_folder(folder: Path, model: Path, inputs: list[str]) -> None:
     if folder.is_dir() and not (folder / MARKER).is_file():
         others = sorted(path.name for path in folder.iterdir())
         if others:
-            shown = ", ".join(map(printable, others[:5])) + (f", … ({len(others) - 5} more)"
-                                                             if len(others) > 5 else "")
             raise UserError(f"--explain {printable(str(folder))} holds files this tool did not write "
-                            f"({shown}); nothing was changed. Give an empty or new folder")
+                            f"({first_few([printable(name) for name in others])}); nothing was changed. "
+                            f"Give an empty or new folder")
 
 
 def claim_folder(folder: Path) -> None:

@@ -1,6 +1,7 @@
 """One loader for every runnable form of a trained classifier: a checkpoint directory, or an
-.onnx, OpenVINO .xml or TorchScript .pt export. predict.py, app.py and train.py --evaluate all
-load through ``load_for_prediction``, so they run a model the same way and agree."""
+.onnx, OpenVINO .xml or TorchScript .pt export (read by export/runtimes.load_export). predict.py,
+app.py and train.py --evaluate all load through ``load_for_prediction``, so they run a model the
+same way and agree."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,18 +10,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vitclassifier.cli import printable
 from vitclassifier.data.transforms import Preprocessing
-from vitclassifier.devices import autocast_dtype, pick_device, run_in_bf16
+from vitclassifier.devices import autocast_dtype, pick_device
 from vitclassifier.errors import UserError
-from vitclassifier.inference.runtimes import OnnxModel, OpenVinoModel, TorchScriptModel
+from vitclassifier.export.files import CPU_ONLY_SUFFIXES, EXPORT_SUFFIXES, is_export
+from vitclassifier.export.runtimes import OpenVinoModel, load_export
+from vitclassifier.export.writers import quantize_int8, read_meta
+from vitclassifier.model.attention import run_in_bf16
 from vitclassifier.model.checkpoint import load_checkpoint, read_info
-from vitclassifier.model.exporters import quantize_int8, read_meta
 from vitclassifier.model.runnable import Runnable
-from vitclassifier.model.validation import check_temperature
-
-EXPORT_SUFFIXES = (".onnx", ".xml", ".pt")  # files made by export.py; anything else is a checkpoint directory
-CPU_ONLY_SUFFIXES = (".xml", ".pt")  # OpenVINO and our TorchScript exports run on the CPU
+from vitclassifier.model.trust import check_temperature
+from vitclassifier.text import printable
 
 
 @dataclass
@@ -32,10 +32,6 @@ class LoadedModel:
     temperature: float  # the calibrated softmax temperature: confidences are softmax(logits / T)
     dtype: torch.dtype | None  # autocast precision (None: fp32, or a runtime that chose its own)
     device: torch.device
-
-
-def is_export(path: Path) -> bool:
-    return Path(path).suffix in EXPORT_SUFFIXES
 
 
 def prediction_device(model_path: Path, device: str, runtime: str = "pytorch") -> torch.device:
@@ -72,18 +68,6 @@ def prepare_model(
         inductor_config.freezing = True  # inference only: constant-fold the weights into the kernels
         model = torch.compile(model)
     return model, dtype
-
-
-def load_export(
-    path: Path, bf16: bool, threads: int | None = None
-) -> OnnxModel | OpenVinoModel | TorchScriptModel:
-    """An export made by export.py, by its suffix. ``bf16``: OpenVINO may compute in bf16;
-    ``threads``: onnxruntime's thread count (None: one per core)."""
-    if path.suffix == ".onnx":
-        return OnnxModel(path, threads)
-    if path.suffix == ".xml":
-        return OpenVinoModel.from_ir(path, bf16)
-    return TorchScriptModel(path)
 
 
 def load_for_prediction(

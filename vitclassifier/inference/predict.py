@@ -12,13 +12,13 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
-from vitclassifier.cli import printable
 from vitclassifier.data.dataset import ImageFolderDataset, collate_skipping_bad
 from vitclassifier.data.folders import list_images, utf8_safe
 from vitclassifier.data.transforms import eval_transform
 from vitclassifier.devices import autocast
 from vitclassifier.files import atomic_write_text
 from vitclassifier.inference.loading import LoadedModel
+from vitclassifier.text import printable
 
 UNKNOWN = "unknown"  # the answer below --min-confidence
 
@@ -122,7 +122,7 @@ def top_k_results(paths: list[str], top: tuple[torch.Tensor, torch.Tensor], labe
 
 
 def print_table(results: list[dict], file: TextIO = sys.stdout) -> None:
-    """The results as text; labels and paths with control characters escaped (cli.printable): a
+    """The results as text; labels and paths with control characters escaped (text.printable): a
     name from a model file or a file name must not drive the terminal or split the table."""
     width = max((len(printable(p["label"])) for r in results for p in r["predictions"]), default=5)
     for result in results:

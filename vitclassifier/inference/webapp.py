@@ -18,8 +18,9 @@ import numpy as np
 from PIL import Image
 
 from vitclassifier.devices import keep_freed_memory
+from vitclassifier.export.files import is_export
 from vitclassifier.inference.explain import explained_batches
-from vitclassifier.inference.loading import is_export, load_for_prediction, prediction_device
+from vitclassifier.inference.loading import load_for_prediction, prediction_device
 from vitclassifier.inference.predict import predict
 from vitclassifier.model.relevance import upsample
 from vitclassifier.reporting.heatmaps import overlay

@@ -12,11 +12,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vitclassifier.cli import printable, shell_word
 from vitclassifier.data.transforms import Preprocessing
 from vitclassifier.errors import UserError
-from vitclassifier.files import atomic_write_dir, atomic_write_text, recover_interrupted_save
-from vitclassifier.model.validation import (
+from vitclassifier.files import atomic_write_dir, atomic_write_text, recover_interrupted_write
+from vitclassifier.model.trust import (
     check_preprocessing,
     check_processor_sizes,
     check_temperature,
@@ -30,14 +29,28 @@ from vitclassifier.model.validation import (
     refusal,
 )
 from vitclassifier.model.vit import classifier_head, quiet_transformers
+from vitclassifier.text import printable, shell_word
 
 HEAD_WEIGHT = "classifier.weight"  # our head's weight: (number of labels, features)
+
+
+def is_complete_checkpoint(directory: Path) -> bool:
+    """Whether ``directory`` holds a whole saved checkpoint: its config, weights and preprocessing."""
+    weights = Path(directory) / "model.safetensors"
+    return (all((Path(directory) / name).is_file() for name in ("config.json", "preprocessor_config.json"))
+            and weights.is_file() and weights.stat().st_size > 0)
+
+
+def recover_interrupted_save(directory: Path) -> None:
+    """Before any load: a crash between the two renames of a save (where directories cannot be swapped
+    atomically) left the previous checkpoint in NAME.old; put it back if it is complete."""
+    recover_interrupted_write(directory, is_complete_checkpoint)
 
 
 def load_checkpoint(directory: str | Path) -> tuple[nn.Module, Preprocessing, list[str]]:
     """Load a saved classifier for inference: model in eval mode, its preprocessing and labels.
 
-    A checkpoint is input (model/validation.py): weights are read from safetensors only (no pickle),
+    A checkpoint is input (model/trust.py): weights are read from safetensors only (no pickle),
     the label map, preprocessing and the weights header are checked against the config before the
     network is built, and weights missing or left over are refused, never filled in at random."""
     from transformers import AutoConfig
@@ -152,7 +165,7 @@ def save_model(
             torch.save(training_state, tmp / "training_state.pt")
 
     try:
-        atomic_write_dir(directory, write)
+        atomic_write_dir(directory, write, is_complete_checkpoint)
     except (OSError, RuntimeError) as error:  # torch.save reports a full disk as a RuntimeError
         reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
         raise UserError(f"could not write checkpoint {directory}: {reason}. The previous checkpoint there is "

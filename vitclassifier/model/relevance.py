@@ -32,7 +32,7 @@ from vitclassifier.devices import autocast
 
 METHODS = ("relevance", "rollout")
 # attention implementations that return the softmax probabilities: kept for the explaining pass (our
-# bf16_softmax is eager attention with a bf16 softmax, devices.py); any other (SDPA, flash) is swapped
+# bf16_softmax is eager attention with a bf16 softmax, model/attention.py); any other (SDPA, flash) is swapped
 RETURNS_PROBABILITIES = ("eager", "bf16_softmax")
 
 

@@ -3,7 +3,7 @@
 A checkpoint's Hugging Face model has it already. The other forms are wrapped to match, so that
 validation, prediction and the web page run any of them the same way:
   * ``HeadOnly``: the classification head alone, on cached backbone features (training/features.py);
-  * ``TorchScriptModel``, ``OnnxModel``, ``OpenVinoModel`` (inference/runtimes.py): exports.
+  * ``TorchScriptModel``, ``OnnxModel``, ``OpenVinoModel`` (export/runtimes.py): exports.
 ``LogitsOnly`` goes the other way: a plain tensor in and out, which exporters and tracing need.
 """
 from __future__ import annotations

@@ -15,7 +15,7 @@ from torch import nn
 from vitclassifier.data.transforms import Preprocessing
 from vitclassifier.errors import UserError
 from vitclassifier.hub import hub_reachable
-from vitclassifier.model.validation import (
+from vitclassifier.model.trust import (
     check_preprocessing,
     check_weights_fit,
     first_line,

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from vitclassifier.errors import printable
+from vitclassifier.text import printable
 
 PANEL = 224  # each panel's longer side, in pixels: small images are enlarged to it, big ones reduced
 GAP = 6  # pixels between panels

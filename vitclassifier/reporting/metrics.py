@@ -42,54 +42,6 @@ def macro_f1(confusion: torch.Tensor) -> float:
     return scores["f1"][present].mean().item() if present.any() else 0.0
 
 
-def expected_calibration_error(probabilities: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
-    """How far confidence is from accuracy: the gap per confidence bin, weighted by the bin's share."""
-    confidence, predicted = probabilities.max(dim=1)
-    correct = (predicted == labels).double()
-    edges = torch.linspace(0, 1, bins + 1)
-    error = 0.0
-    for low, high in zip(edges[:-1], edges[1:]):
-        in_bin = (confidence > low) & (confidence <= high)
-        if in_bin.any():
-            error += in_bin.double().mean().item() * abs(confidence[in_bin].double().mean().item()
-                                                         - correct[in_bin].mean().item())
-    return error
-
-
-TEMPERATURE_BOUNDS = (0.05, 20.0)  # beyond these the confidences are all ~100% or all ~1/classes anyway
-
-
-def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """The temperature T that minimises the validation NLL of softmax(logits / T) (Guo et al., 2017).
-    Dividing by one positive number never changes which class is on top, only how sure it sounds."""
-    return fit_temperatures(logits, labels, torch.ones(1, len(labels)))[0].item()
-
-
-def fit_temperatures(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
-                     steps: int = 60) -> torch.Tensor:
-    """For each row of ``weights`` (B, n: how often each of the n validation rows counts, e.g. a bootstrap
-    resample), the T in TEMPERATURE_BOUNDS minimising the weighted NLL, all rows at once. The NLL is
-    convex in 1/T, so Newton's method on 1/T inside a bracket that shrinks by the gradient's sign
-    converges in a few steps, with no learning rate to tune."""
-    z = logits.float()
-    true = z.gather(1, labels[:, None]).squeeze(1)
-    share = weights.float() / weights.float().sum(1, keepdim=True).clamp(min=1e-12)
-    low = torch.full((len(weights),), 1 / TEMPERATURE_BOUNDS[1])
-    high = torch.full_like(low, 1 / TEMPERATURE_BOUNDS[0])
-    beta = torch.ones_like(low)
-    for _ in range(steps):
-        p = torch.softmax(beta[:, None, None] * z, dim=2)
-        mean = (p * z).sum(2)
-        slope = (share * (mean - true)).sum(1)  # d NLL / d beta
-        curvature = (share * ((p * z * z).sum(2) - mean**2)).sum(1)
-        low, high = torch.where(slope < 0, beta, low), torch.where(slope > 0, beta, high)
-        newton = beta - slope / curvature.clamp(min=1e-12)
-        previous, beta = beta, torch.where((newton > low) & (newton < high), newton, (low + high) / 2)
-        if ((beta - previous).abs() <= 1e-5 * beta).all():  # every row converged
-            break
-    return 1 / beta
-
-
 def read_metrics(path: Path, up_to_epoch: int) -> list[dict]:
     """Rows of an earlier metrics.csv up to ``up_to_epoch`` (to continue it on --resume)."""
     if not path.is_file():

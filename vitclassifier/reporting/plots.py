@@ -10,9 +10,9 @@ from PIL import Image
 
 from vitclassifier.data.folders import utf8_safe
 from vitclassifier.data.images import DECODE_ERRORS, load_image
-from vitclassifier.errors import printable
 from vitclassifier.files import write_via_temp
 from vitclassifier.reporting.heatmaps import overlay
+from vitclassifier.text import printable
 
 MAX_PICTURES = 24  # predict.py --visualize draws at most this many images, to keep the figure readable
 # how class and file names are drawn: literally, never as mathtext ("x^2_$y$") or through TeX

@@ -15,18 +15,10 @@ from pathlib import Path
 
 import torch
 
-from vitclassifier.reporting.metrics import (
-    expected_calibration_error,
-    fit_temperature,
-    fit_temperatures,
-    per_class_scores,
-)
+from vitclassifier.reporting.metrics import per_class_scores
 from vitclassifier.reporting.plots import write_confusion, write_curves, write_mistakes
 
 MAX_MISTAKES = 16
-BOOTSTRAP = 100  # resamples of the validation set that show which temperatures it supports
-BOOTSTRAP_ELEMENTS = 2**22  # logits x resamples: the work above which the set is large enough without it
-SUPPORTED = (0.05, 0.95)  # the range of the resampled fits taken as supported: 90%
 
 
 def normalised_confusion(confusion: torch.Tensor) -> torch.Tensor:
@@ -80,48 +72,3 @@ def write_report(directory: Path, labels: list[str], evaluation: dict, temperatu
         write_curves(rows, directory / "curves.png")
         written.append(directory / "curves.png")
     return written
-
-
-def supported_range(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float] | None:
-    """The temperatures the validation set supports: the 90% range of the fit over BOOTSTRAP resamples
-    of it (seeded: the same outputs give the same range). None for a set so large that the fit alone
-    is precise (and resampling it would cost more than the fit is worth)."""
-    count, classes = logits.shape
-    if count * classes * BOOTSTRAP > BOOTSTRAP_ELEMENTS:
-        return None
-    draws = torch.randint(0, count, (BOOTSTRAP, count), generator=torch.Generator().manual_seed(0))
-    weights = torch.zeros(BOOTSTRAP, count).scatter_add_(1, draws, torch.ones(BOOTSTRAP, count))
-    low, high = fit_temperatures(logits, labels, weights).quantile(torch.tensor(SUPPORTED)).tolist()
-    return low, high
-
-
-def calibrate(evaluation: dict) -> dict:
-    """Fit the softmax temperature on the validation outputs, limited to what the validation set
-    supports: T moves away from 1 only as far as the 90% range of its bootstrap fits allows (a tiny set
-    or a few confident mistakes can ask for T = 20, which turns every confidence into 1/classes). Returns
-    the temperature, the fit, the range, the expected calibration error before/after and a sentence
-    saying what was done, for the run's summary and training_info.json."""
-    logits, labels = evaluation["logits"], evaluation["labels"]
-    fitted = fit_temperature(logits, labels)
-    supported = supported_range(logits, labels)
-    temperature = fitted if supported is None else min(max(1.0, supported[0]), supported[1])
-    before = expected_calibration_error(logits.softmax(1), labels)
-    after = expected_calibration_error((logits / temperature).softmax(1), labels)
-    images = f"{len(labels)} validation images"
-    if after > before:  # e.g. a model near chance, where the best fit is "know nothing": keep it as it was
-        temperature, after = 1.0, before
-        note = f"temperature left at 1: fitting it on the {images} would not lower the calibration error"
-    elif supported is None:
-        note = f"temperature {temperature:.3f}, fitted on the {images}"
-    else:
-        low, high = supported
-        note = (f"temperature {temperature:.3f} (fitted {fitted:.3f}; the {images} support {low:.3f} to "
-                f"{high:.3f} in 90% of {BOOTSTRAP} resamples, and T moves from 1 only that far)")
-    confidence = (logits / temperature).softmax(1).max(1).values.mean().item()
-    classes = logits.shape[1]
-    if confidence < 1.5 / classes:
-        note += (f"; the confidences stay near 1/{classes}: the model barely tells the classes apart "
-                 f"(validation accuracy {evaluation['acc']:.1%})")
-    return {"temperature": temperature, "temperature_fitted": fitted,
-            "temperature_range": list(supported) if supported else None, "ece_before": before,
-            "ece_after": after, "calibration": note}

@@ -23,8 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
-from vitclassifier.cli import printable, shell_word
 from vitclassifier.errors import UserError
+from vitclassifier.text import printable, shell_word
 
 KINDS = ("mlflow", "tensorboard")
 EXPERIMENT = "vit-classifier"

@@ -6,10 +6,10 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
-from vitclassifier.cli import printable
 from vitclassifier.model.checkpoint import fold_temperature, load_checkpoint
 from vitclassifier.model.relevance import mistake_maps
-from vitclassifier.reporting.report import calibrate, write_report
+from vitclassifier.reporting.calibration import calibrate_run, calibration_line
+from vitclassifier.reporting.report import write_report
 from vitclassifier.training.loop import Run, evaluate
 
 
@@ -23,14 +23,11 @@ def report_run(
     evaluation = evaluate(run, model.to(run.device), val_loader, len(labels), "report", keep_outputs=True)
     if "logits" not in evaluation:
         return {}
-    calibration = calibrate(evaluation) if fit else {"temperature": 1.0, "calibration": "--no-calibrate"}
+    calibration = calibrate_run(evaluation, fit)
     fold_temperature(directory / "best", calibration)
     write_report(directory, labels, evaluation, calibration["temperature"], rows,
                  explain=lambda mistakes: mistake_maps(model, prep, mistakes, run.device, run.dtype))
     if fit:
-        folded = (f". Folded into {printable(directory / 'best')}'s head: every tool that loads it gives "
-                  f"these confidences" if calibration["temperature"] != 1.0 else "")
-        print(f"Calibration: {calibration['calibration']}; expected calibration error "
-              f"{calibration['ece_before'] * 100:.1f}% -> {calibration['ece_after'] * 100:.1f}%{folded}")
+        print(calibration_line(calibration, directory / "best"))
     print(f"Pictures and tables: {directory}/curves.png, confusion_matrix.png, per_class.csv, mistakes.png")
     return calibration

@@ -20,7 +20,9 @@ import time
 from pathlib import Path
 
 from vitclassifier.errors import UserError
-from vitclassifier.files import atomic_write_text, is_complete_checkpoint
+from vitclassifier.files import atomic_write_text
+from vitclassifier.model.checkpoint import is_complete_checkpoint
+from vitclassifier.text import first_few
 
 MARKER = ".vitclassifier-run.json"  # written into every output folder a run claims
 LOCK = ".vitclassifier.lock"
@@ -142,9 +144,9 @@ def claim_output_dir(output_dir: Path, data_dir: Path, resuming: bool, overwrite
 def claim_locked(output_dir: Path, resuming: bool, overwrite: bool, needed_bytes: int) -> None:
     foreign = foreign_entries(output_dir)
     if foreign:
-        shown = ", ".join(foreign[:5]) + (f", … ({len(foreign) - 5} more)" if len(foreign) > 5 else "")
-        raise UserError(f"--output-dir {output_dir} holds files this tool did not write ({shown}); nothing "
-                        f"was changed. Train into an empty or new --output-dir")
+        raise UserError(f"--output-dir {output_dir} holds files this tool did not write "
+                        f"({first_few(foreign)}); nothing was changed. Train into an empty or new "
+                        f"--output-dir")
     has_run = any((output_dir / name).exists() for name in CHECKPOINTS)
     if has_run and not resuming:
         if not overwrite:

@@ -15,11 +15,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from vitclassifier.cli import printable
 from vitclassifier.config import TrainConfig
 from vitclassifier.errors import UserError
 from vitclassifier.model.checkpoint import load_training_state
-from vitclassifier.model.validation import check_labels, is_number, refusal
+from vitclassifier.model.trust import check_labels, is_number, refusal
+from vitclassifier.text import printable
 
 # Options that may change when a run is resumed; any other option given on the command line must
 # match the interrupted run (options not given are taken from it).

@@ -20,8 +20,9 @@ from vitclassifier.data.exclude import apply_exclude
 from vitclassifier.data.shards import NameIndex, ShardStream, TrainStream
 from vitclassifier.data.sources import describe_source, is_stream, load_source
 from vitclassifier.data.transforms import eval_transform
-from vitclassifier.devices import autocast_dtype, configure_backends, loader_workers, run_in_bf16
+from vitclassifier.devices import autocast_dtype, configure_backends, loader_workers
 from vitclassifier.errors import UserError
+from vitclassifier.model.attention import run_in_bf16
 from vitclassifier.model.runnable import HeadOnly
 from vitclassifier.model.vit import create_model, freeze, set_backbone_dropout
 from vitclassifier.reporting.metrics import new_totals, read_metrics

@@ -18,13 +18,13 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from vitclassifier.cli import counted, printable, shell_word
 from vitclassifier.config import TrainConfig
 from vitclassifier.devices import pick_device
 from vitclassifier.errors import UserError
 from vitclassifier.model.checkpoint import save_model
 from vitclassifier.reporting.metrics import SELECT_BY, metrics_row, new_totals, write_metrics
 from vitclassifier.reporting.tracking import check_tracking_server, make_tracker
+from vitclassifier.text import counted, printable, shell_word
 from vitclassifier.training.distributed import World, close_world, init_world, merge_dicts_across, sum_across
 from vitclassifier.training.final_report import report_run
 from vitclassifier.training.loop import check_classes_readable, evaluate, train_epoch

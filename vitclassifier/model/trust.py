@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vitclassifier.cli import printable
 from vitclassifier.data.transforms import Preprocessing
 from vitclassifier.errors import UserError
+from vitclassifier.text import printable
 
 MAX_IMAGE_SIZE = 4096  # the largest input side a model file may ask for (one image: 200 MB as float)
 MAX_RESIZE = 2 * MAX_IMAGE_SIZE  # image_size / crop_pct: what images are resized to before the crop

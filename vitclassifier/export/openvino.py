@@ -1,5 +1,5 @@
 """Converting a classifier to OpenVINO, the fastest way we have found to predict on CPUs, and
-writing it as an IR (inference/runtimes.py runs both).
+writing it as an IR (runtimes.py runs both).
 
 Two ways in:
   * predict.py --runtime openvino converts a checkpoint in memory (a few seconds) and runs it in

@@ -1,5 +1,6 @@
 """Running exported models: ONNX Runtime, OpenVINO and TorchScript, each wrapped in the one
-interface of model/runnable.py, with the metadata the export carries as ``.meta``."""
+interface of model/runnable.py, with the metadata the export carries as ``.meta``; ``load_export``
+picks one by the file's suffix."""
 from __future__ import annotations
 
 import json
@@ -10,10 +11,11 @@ import torch
 from torch import nn
 
 from vitclassifier.errors import UserError
-from vitclassifier.model.exporters import EXTRAS, TORCHSCRIPT_META
-from vitclassifier.model.openvino import convert, import_openvino
+from vitclassifier.export.files import ir_weights
+from vitclassifier.export.openvino import convert, import_openvino
+from vitclassifier.export.writers import EXTRAS, TORCHSCRIPT_META
 from vitclassifier.model.runnable import ClassifierOutput, FixedRuntime
-from vitclassifier.model.validation import first_line, refusal
+from vitclassifier.model.trust import first_line, refusal
 
 
 class ExportRuntime(FixedRuntime):
@@ -117,7 +119,7 @@ class OpenVinoModel(ExportRuntime):
     def from_ir(cls, path: Path, bf16: bool) -> OpenVinoModel:
         """An IR written by export.py, compiled for the CPU, with its rt_info metadata as ``.meta``."""
         openvino = import_openvino(f"{path} is an OpenVINO model; running it")
-        if not path.is_file() or not path.with_suffix(".bin").is_file():
+        if not path.is_file() or not ir_weights(path).is_file():
             raise UserError(
                 f"OpenVINO model {path} (and its .bin beside it) not found. "
                 f"Export one with `python export.py --format openvino-int8`"
@@ -179,3 +181,15 @@ class TorchScriptModel(ExportRuntime):
         if not isinstance(logits, torch.Tensor):
             raise refusal(self.where, f"it answers with a {type(logits).__name__}, not a tensor of logits")
         return self.answer(logits)
+
+
+def load_export(
+    path: Path, bf16: bool, threads: int | None = None
+) -> OnnxModel | OpenVinoModel | TorchScriptModel:
+    """An export made by export.py, by its suffix. ``bf16``: OpenVINO may compute in bf16;
+    ``threads``: onnxruntime's thread count (None: one per core)."""
+    if path.suffix == ".onnx":
+        return OnnxModel(path, threads)
+    if path.suffix == ".xml":
+        return OpenVinoModel.from_ir(path, bf16)
+    return TorchScriptModel(path)

@@ -1,5 +1,5 @@
-"""Exporting a checkpoint: write the artefact, load it back through the one loader, compare it
-with PyTorch on real or drawn images, time both. export.py parses its options into an
+"""Exporting a checkpoint: write the artefact, load it back as predict.py would (load_export),
+compare it with PyTorch on real or drawn images, time both. export.py parses its options into an
 ``ExportConfig`` and calls ``export_checkpoint``."""
 from __future__ import annotations
 
@@ -19,15 +19,14 @@ from vitclassifier.data.folders import list_images
 from vitclassifier.data.transforms import Preprocessing, eval_transform
 from vitclassifier.devices import cpu_supports_bf16
 from vitclassifier.errors import UserError
+from vitclassifier.export.files import export_files, sidecar
+from vitclassifier.export.openvino import convert, import_openvino, quantize_static, save_ir
+from vitclassifier.export.runtimes import load_export
+from vitclassifier.export.writers import describe, export_onnx, quantize_int8, trace
 from vitclassifier.files import atomic_write_bytes, check_output_file, refuse_inside
-from vitclassifier.inference.loading import load_export
 from vitclassifier.model.checkpoint import load_checkpoint, read_info
-from vitclassifier.model.exporters import describe, export_onnx, quantize_int8, trace
-from vitclassifier.model.openvino import convert, import_openvino, quantize_static, save_ir
 from vitclassifier.model.runnable import LogitsOnly
 
-FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "int8": ".int8.pt",
-           "openvino": ".openvino.xml", "openvino-int8": ".openvino-int8.xml"}
 EXACT_FORMATS = ("onnx", "torchscript")  # fp32 as PyTorch runs it; the others round to int8 or bf16
 TOLERANCE = 1e-3  # max |logit difference| accepted for the exact formats
 MIN_AGREEMENT = 0.99  # top-1 agreement with PyTorch below which the other formats get a warning
@@ -36,13 +35,12 @@ CALIBRATION_IMAGES = 64  # and from --calibration-images calibrate openvino-int8
 BENCH_BATCH = 32
 TURN_PAUSE = 0.05  # seconds before each timed call (see timed_in_turns)
 SPREAD_LIMIT = 0.25  # per-round speed-ups further apart than this (max / min - 1) are noise
-EXTRAS = "pip install -r requirements-extras.txt"
 
 
 @dataclass
 class ExportConfig:
     model: Path  # the checkpoint directory
-    format: str  # a key of FORMATS
+    format: str  # a key of export/files.FORMATS
     out: Path
     check_images: Path | None = None
     calibration_images: Path = Path("data")
@@ -50,13 +48,6 @@ class ExportConfig:
     bench_rounds: int = 5
     threads: int | None = None
     overwrite: bool = False  # replace an existing export at ``out``
-
-
-def export_files(out: Path, fmt: str) -> list[Path]:
-    """Every file an export writes: the artefact first, its sidecar JSON, any weights beside it."""
-    beside = {"onnx": [out.with_name(out.name + ".data")], "openvino": [out.with_suffix(".bin")],
-              "openvino-int8": [out.with_suffix(".bin")]}
-    return [out, out.with_name(out.name + ".json"), *beside.get(fmt, [])]
 
 
 def check_export_outputs(config: ExportConfig) -> None:
@@ -204,9 +195,9 @@ def export_checkpoint(config: ExportConfig) -> bool:
     meta = describe(prep, labels, config.model, config.format, temperature)
     # batch 2 as the example: tracing or exporting with 1 could bake that size into the graph
     engine = write_artefact(net, images[:2], prep, meta, config)
-    sidecar = json.dumps(meta, indent=2) + "\n"
-    atomic_write_bytes(config.out.with_name(config.out.name + ".json"), sidecar.encode())
-    print(f"Wrote {config.out} and {config.out.name}.json ({len(labels)} labels, {prep.image_size}px input)")
+    described_json = sidecar(config.out)
+    atomic_write_bytes(described_json, (json.dumps(meta, indent=2) + "\n").encode())
+    print(f"Wrote {config.out} and {described_json.name} ({len(labels)} labels, {prep.image_size}px input)")
 
     exported = load_export(
         config.out, bf16=cpu_supports_bf16(), threads=config.threads

@@ -1,6 +1,6 @@
 """Writing a classifier in the export formats: ONNX, TorchScript (fp32 or dynamic int8), each
 carrying its label map and preprocessing (``describe``) so it can be used without this code.
-OpenVINO's writer is in openvino.py; inference/runtimes.py reads every format back."""
+OpenVINO's writer is in openvino.py; runtimes.py reads every format back."""
 from __future__ import annotations
 
 import contextlib
@@ -52,8 +52,8 @@ def describe(prep: Preprocessing, labels: list[str], source: Path, fmt: str, tem
 def read_meta(meta: dict, path: Path) -> tuple[Preprocessing, list[str]]:
     """The preprocessing and labels an export carries in its metadata (see describe), checked: labels
     a list of distinct strings, image size a whole number within bounds, crop in (0, 1], three finite
-    means, three stds above 0. The graph's own sizes are compared by inference/runtimes.py."""
-    from vitclassifier.model.validation import check_labels, preprocessing_from_meta
+    means, three stds above 0. The graph's own sizes are compared by runtimes.py."""
+    from vitclassifier.model.trust import check_labels, preprocessing_from_meta
     where = f"export {path}"
     missing = [key for key in META_KEYS if key not in meta]
     if missing:
