@@ -2,7 +2,7 @@
 choices, bounds, metavar and --help group (``option``). From those fields one generator builds each
 command's argparse parser (``build_parser``, in the spirit of transformers' HfArgumentParser), one
 function checks values against them (``field_problems``), and ``markdown`` writes the README's option
-tables. ``python -m vitclassifier.options --markdown`` prints those tables.
+tables (tests/test_options.py checks README.md's "Options reference" against them).
 """
 from __future__ import annotations
 
@@ -195,3 +195,8 @@ def markdown_table(*kinds: type) -> str:
         text = " ".join(f.metadata["help"].split()).replace("|", "\\|")
         rows.append(f"| `{' / '.join(flags(f))}` | {shown} | {text} |")
     return "\n".join(rows)
+
+
+def reference(commands: dict[str, tuple[type, ...]]) -> str:
+    """README.md's "Options reference": a table per command, from the fields of its configs."""
+    return "\n\n".join(f"### {command}\n\n{markdown_table(*kinds)}" for command, kinds in commands.items())

@@ -1,0 +1,82 @@
+"""Every option is declared once, as a config field: the commands' parsers, the checks and README.md's
+option tables all come from the fields (vitclassifier/options.py). Run as a script, this prints the
+README's "Options reference" section as the fields give it."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import pytest
+from helpers import ROOT
+
+import export
+import predict
+import train
+from vitclassifier.config import PRESET_NAMES, TrainCommand, TrainConfig
+from vitclassifier.errors import UserError
+from vitclassifier.inference.exporting import ExportConfig
+from vitclassifier.inference.options import AppConfig, PredictConfig
+from vitclassifier.model.vit import PRESETS
+from vitclassifier.options import default_of, dest, flags, options_of, reference
+
+COMMANDS = {"train.py": (TrainConfig, TrainCommand), "predict.py": (PredictConfig,),
+            "export.py": (ExportConfig,), "app.py": (AppConfig,)}
+HEADING = "## Options reference"
+
+
+def parser_of(command: str) -> argparse.ArgumentParser:
+    if command == "app.py":
+        from vitclassifier.options import build_parser
+        return build_parser("", AppConfig)
+    return {"train.py": train, "predict.py": predict, "export.py": export}[command].build_parser()
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_each_parser_is_its_fields(command):
+    """Same options, in the same order, with the fields' defaults, choices and help."""
+    actions = [a for a in parser_of(command)._actions if a.dest != "help"]
+    fields = options_of(*COMMANDS[command])
+    assert [a.option_strings for a in actions] == [list(flags(f)) for f, _ in fields]
+    for action, (f, _) in zip(actions, fields):
+        declared = (dest(f), f.metadata["help"], f.metadata.get("choices"))
+        assert (action.dest, action.help, action.choices) == declared
+        assert action.required or action.default == default_of(f)
+
+
+def test_train_py_help_keeps_its_groups_and_flags():
+    help_text = train.build_parser().format_help()
+    assert "fine-tuning recipe:" in help_text and "validation, imbalance and calibration:" in help_text
+    args = train.build_parser().parse_args(["--no-calibrate", "--no-crop", "--resume"])
+    assert (args.calibrate, args.no_crop, args.resume) == (False, True, "")
+
+
+def test_the_checks_come_from_the_fields():
+    with pytest.raises(UserError, match="--epochs must be at least 1"):
+        TrainConfig().replace(epochs=0)
+    with pytest.raises(UserError, match="--image-size must be from 16 to 4096"):
+        TrainConfig().replace(image_size=8)
+    assert PredictConfig(image=["a.jpg"], top_k=0).problems() == ["--top-k must be at least 1"]
+    assert ExportConfig(format="onnx", threads=0).problems() == ["--threads must be at least 1"]
+    assert AppConfig(port=0).problems() == ["--port must be from 1 to 65535"]
+
+
+def test_types_are_checked_against_the_annotations():
+    assert PredictConfig(image=["a.jpg"], top_k=True).problems() == ["--top-k 'True' is not int"]
+    config = dataclasses.replace(TrainConfig(), recipe=dataclasses.replace(TrainConfig().recipe, lr="x"))
+    assert config.problems() == ["--lr 'x' is not float or None"]
+
+
+def test_the_model_help_names_the_presets():
+    assert PRESET_NAMES == tuple(PRESETS)
+
+
+def test_readme_option_tables_are_the_fields():
+    readme = (ROOT / "README.md").read_text()
+    regenerate = "PYTHONPATH=.:tests python tests/test_options.py prints it"
+    assert HEADING in readme, f"README.md needs a section {HEADING!r}: {regenerate}"
+    section = readme.split(HEADING, 1)[1].split("\n## ", 1)[0].strip()
+    assert section == reference(COMMANDS), f"README.md's options differ from the fields: {regenerate}"
+
+
+if __name__ == "__main__":
+    print(f"{HEADING}\n\n{reference(COMMANDS)}")
