@@ -13,21 +13,21 @@ import export
 import predict
 import train
 from vitclassifier.config import PRESET_NAMES, TrainCommand, TrainConfig
+from vitclassifier.data.options import CheckDataConfig
 from vitclassifier.errors import UserError
 from vitclassifier.inference.exporting import ExportConfig
 from vitclassifier.inference.options import AppConfig, PredictConfig
 from vitclassifier.model.vit import PRESETS
-from vitclassifier.options import default_of, dest, flags, options_of, reference
+from vitclassifier.options import build_parser, default_of, dest, flags, options_of, reference
 
-COMMANDS = {"train.py": (TrainConfig, TrainCommand), "predict.py": (PredictConfig,),
-            "export.py": (ExportConfig,), "app.py": (AppConfig,)}
+COMMANDS = {"classifier.py": (CheckDataConfig,), "train.py": (TrainConfig, TrainCommand),
+            "predict.py": (PredictConfig,), "export.py": (ExportConfig,), "app.py": (AppConfig,)}
 HEADING = "## Options reference"
 
 
 def parser_of(command: str) -> argparse.ArgumentParser:
-    if command == "app.py":
-        from vitclassifier.options import build_parser
-        return build_parser("", AppConfig)
+    if command in ("app.py", "classifier.py"):  # they build theirs in parse_args and main
+        return build_parser("", *COMMANDS[command])
     return {"train.py": train, "predict.py": predict, "export.py": export}[command].build_parser()
 
 
@@ -58,6 +58,7 @@ def test_the_checks_come_from_the_fields():
     assert PredictConfig(image=["a.jpg"], top_k=0).problems() == ["--top-k must be at least 1"]
     assert ExportConfig(format="onnx", threads=0).problems() == ["--threads must be at least 1"]
     assert AppConfig(port=0).problems() == ["--port must be from 1 to 65535"]
+    assert CheckDataConfig(val_split=0.0).problems() == ["--val-split must be between 0 and 1, got 0.0"]
 
 
 def test_types_are_checked_against_the_annotations():

@@ -24,8 +24,8 @@ def option(help: str, default: Any = dataclasses.MISSING, **spec: Any) -> Any:
     field's name), type (an argparse type, default from the annotation), action, choices, metavar,
     nargs, const, required, group (its --help section), exclusive (a mutually exclusive group's name),
     place (its rank in --help where fields of several sections interleave), the bounds at_least, above,
-    at_most, below, problem (the sentence when a bound or choice is broken), resume ("free": may change
-    when a run is resumed; "session": and is never taken from the save)."""
+    at_most, below, problem (the sentence when a bound or choice is broken; ``{value}`` shows the value),
+    resume ("free": may change when a run is resumed; "session": and is never taken from the save)."""
     if isinstance(default, list):  # a dataclass takes no mutable default: a fresh copy per instance
         return dataclasses.field(default_factory=lambda: list(default), metadata={"help": help, **spec})
     return dataclasses.field(default=default, metadata={"help": help, **spec})
@@ -178,6 +178,7 @@ def field_problems(config: Any) -> list[str]:
             problem = spec.get("problem") or (
                 f"{flags(f)[0]}: choose from {', '.join(spec['choices'])}" if not chosen else
                 f"{flags(f)[0]} {bound_phrase(spec)}")
+            problem = problem.format(value=value)  # a problem may show the value: "{value}"
             problems += [] if problem in problems else [problem]
     return problems
 
