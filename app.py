@@ -7,41 +7,28 @@ This file only reads the command line; the page is vitclassifier.inference.webap
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import os
 import sys
-from pathlib import Path
 
 # Gradio reports usage and checks for new versions over the network unless told not to.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from vitclassifier.cli import add_device_option, new_parser  # noqa: E402  (after the environment is set)
-from vitclassifier.errors import UserError, report_user_error  # noqa: E402
+from vitclassifier.errors import UserError, report_user_error  # noqa: E402  (after the environment is set)
+from vitclassifier.inference.options import AppConfig  # noqa: E402
+from vitclassifier.options import build_parser  # noqa: E402
 
 EXTRAS = "pip install -r requirements-extras.txt"
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = new_parser("Serve a web page that classifies uploaded images.")
-    p.add_argument("--model", type=Path, default=Path("checkpoints/best"),
-                   help="checkpoint directory, or an .onnx or .xml model made by export.py")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on; 0.0.0.0 makes the page reachable from other machines")
-    p.add_argument("--port", type=int, default=7860, help="port to listen on")
-    p.add_argument("--share", action="store_true",
-                   help="also publish the page through a temporary public gradio.live link")
-    p.add_argument(
-        "--top-k", type=int, default=3, help="labels shown per image at first (a slider changes it)"
-    )
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
-    add_device_option(p, "where to run")
-    args = p.parse_args(argv)
-    if args.top_k < 1 or args.batch_size < 1:
-        p.error("--top-k and --batch-size must be at least 1")
-    if not 0 < args.port < 65536:
-        p.error("--port must be from 1 to 65535")
-    return args
+def parse_args(argv: list[str] | None = None) -> AppConfig:
+    """AppConfig's options (vitclassifier/inference/options.py declares them), checked."""
+    parser = build_parser("Serve a web page that classifies uploaded images.", AppConfig)
+    config = AppConfig(**vars(parser.parse_args(argv)))
+    problems = config.problems()
+    if problems:
+        parser.error("; ".join(problems))
+    return config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def startup_text(args: argparse.Namespace) -> str:
+def startup_text(args: AppConfig) -> str:
     """Where the page is, in this command's terms."""
     text = f"* Running on http://{args.host}:{args.port} (Ctrl+C stops it)"
     if not args.share:

@@ -12,17 +12,16 @@ The code behind them lives in the vitclassifier package (project.md draws its la
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 import vitclassifier
-from vitclassifier.cli import add_device_option, new_parser
-from vitclassifier.config import DATA_FORMATS
-from vitclassifier.data.synthetic import DEFAULT_CLASSES, SHAPES, at_least, generate_data, parse_classes
+from vitclassifier.data.options import CheckDataConfig
+from vitclassifier.data.synthetic import generate_data
 from vitclassifier.errors import UserError, report_user_error
 from vitclassifier.files import atomic_write_bytes, check_output_file
+from vitclassifier.options import build_parser
 from vitclassifier.text import printable
 
 
@@ -41,7 +40,7 @@ def __dir__() -> list[str]:
 __all__ = list(vitclassifier.__all__)
 
 
-def check_data(args: argparse.Namespace) -> int:
+def check_data(args: CheckDataConfig) -> int:
     """``--check-data DIR``: print (and optionally write as JSON) the audit; 1 if training is impossible."""
     from vitclassifier.data.audit import audit_dataset, format_report
     from vitclassifier.data.folders import load_splits
@@ -50,8 +49,9 @@ def check_data(args: argparse.Namespace) -> int:
     from vitclassifier.deep_audit.outputs import format_findings
     root = args.check_data
     try:
-        if not 0 < args.val_split < 1:
-            raise UserError(f"--val-split must be between 0 and 1, got {args.val_split}")
+        problems = args.problems()
+        if problems:
+            raise UserError("; ".join(problems))
         if args.json and args.json != "-":  # before the audit, which can take a while
             check_output_file(Path(args.json), "--json")
         if args.audit_out and not args.model:
@@ -88,7 +88,7 @@ def check_data(args: argparse.Namespace) -> int:
     return 1 if report["fatal"] else 0
 
 
-def describe_split(root: Path, train, args: argparse.Namespace) -> str:
+def describe_split(root: Path, train, args: CheckDataConfig) -> str:
     """Where the audit's train/val split came from, as train.py makes it for this form of --data."""
     from vitclassifier.data.folders import validation_folder
     from vitclassifier.data.shards import INDEX_NAME
@@ -106,7 +106,7 @@ def describe_split(root: Path, train, args: argparse.Namespace) -> str:
     return f"the data's own train/val split when it has one, else {held_out}"
 
 
-def shards_command(args: argparse.Namespace) -> int:
+def shards_command(args: CheckDataConfig) -> int:
     """``--to-shards DIR OUT``: the folder DIR as tar shards in OUT; 2 if DIR or OUT is unusable."""
     from vitclassifier.data.shardwriter import to_shards
     source, out = args.to_shards
@@ -122,7 +122,7 @@ def shards_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def generate_command(args: argparse.Namespace) -> int:
+def generate_command(args: CheckDataConfig) -> int:
     """``--generate-data``: the synthetic data set; 2 if an output is unusable or not ours to replace."""
     try:
         generate_data(args.out, args.classes, args.per_class, args.image_size or 64, args.seed,
@@ -134,7 +134,7 @@ def generate_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_deep_audit(args: argparse.Namespace, labels: list[str], train, val) -> dict:
+def run_deep_audit(args: CheckDataConfig, labels: list[str], train, val) -> dict:
     """``--check-data DIR --model M``: the deep audit (vitclassifier/deep_audit, docs/audit.md)."""
     from vitclassifier.data.sources import is_stream
     from vitclassifier.deep_audit.run import AuditOptions, deep_audit
@@ -147,103 +147,9 @@ def run_deep_audit(args: argparse.Namespace, labels: list[str], train, val) -> d
     return deep_audit(args.check_data, labels, train, val, options)
 
 
-def add_check_options(parser: argparse.ArgumentParser) -> None:
-    """The options of --check-data, then those of its deep audit (--model)."""
-    check = parser.add_argument_group("--check-data options")
-    check.add_argument(
-        "--val-split",
-        type=float,
-        default=0.2,
-        help="fraction of each class held out for validation; must match train.py's "
-        "--val-split (ignored with train/ and val/ folders)",
-    )
-    check.add_argument(
-        "--split-seed",
-        type=int,
-        default=42,
-        help="seed of the train/validation split; must match train.py's --seed",
-    )
-    check.add_argument("--json", metavar="FILE", help="also write the report as JSON ('-' for stdout)")
-    add_audit_options(parser)
-
-
-def add_audit_options(parser: argparse.ArgumentParser) -> None:
-    """--model and the options of the deep audit (docs/audit.md)."""
-    deep = parser.add_argument_group("--check-data --model options: the deep audit (docs/audit.md)")
-    deep.add_argument("--model", metavar="CKPT|PRESET|HUB-ID",
-                      help="embed every image with this model (a trained checkpoint such as "
-                      "checkpoints/best, a preset or a Hugging Face id) and report near-duplicates, "
-                      "suspected label errors and outliers: suspects to review, not verdicts")
-    deep.add_argument("--audit-out", type=Path, metavar="DIR",
-                      help="where the CSV files, pictures, report.json and the embedding cache go "
-                      "(default: DIR-audit beside the data)")
-    deep.add_argument("--folds", type=at_least(2), default=5,
-                      help="folds of the out-of-fold linear classifier behind the suspected label errors")
-    deep.add_argument("--duplicate-threshold", type=float, default=0.995,
-                      help="near-duplicates: cosine similarity of the embeddings from which two images "
-                      "count")
-    deep.add_argument("--pixel-threshold", type=float, default=0.99,
-                      help="near-duplicates: cosine similarity of 8x8 colour thumbnails from which two "
-                      "images count (resized, recompressed or slightly cut copies)")
-    deep.add_argument("--batch-size", type=at_least(1), default=64, help="images embedded at once")
-    add_device_option(deep)
-
-
-def add_source_options(parser: argparse.ArgumentParser, command) -> None:
-    """--to-shards, and the options that read --check-data in any form (docs/data-formats.md)."""
-    command.add_argument(
-        "--to-shards", nargs=2, type=Path, metavar=("DIR", "OUT"),
-        help="write the class folder DIR as WebDataset tar shards into the new folder OUT (train-*.tar, "
-        "val-*.tar, index.json), split by --val-split and --split-seed as train.py splits it",
-    )
-    forms = parser.add_argument_group("data forms (--check-data) and --to-shards options")
-    forms.add_argument("--data-format", default="auto", choices=DATA_FORMATS,
-                       help="the form of the data (auto: told from the path; see docs/data-formats.md)")
-    forms.add_argument("--image-column", default=None, help="label files, HF datasets: the image column")
-    forms.add_argument("--label-column", default=None, help="label files, HF datasets: the label column")
-    forms.add_argument("--shard-size", type=at_least(1), default=1000, help="--to-shards: images per shard")
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = new_parser("Data tools for the ViT image classifier.")
-    command = parser.add_mutually_exclusive_group()
-    command.add_argument(
-        "--generate-data",
-        action="store_true",
-        help="write a synthetic shapes data set (one sub-folder per class) and sample images; files it "
-        "did not write itself are never replaced",
-    )
-    command.add_argument(
-        "--check-data",
-        type=Path,
-        metavar="DIR",
-        help="audit a data set as train.py will read it: class counts, unreadable, small "
-        "and duplicate files, class imbalance; with --model also near-duplicates, suspected label "
-        "errors and outliers. Exit code 1 if training is impossible",
-    )
-    add_source_options(parser, command)
-    parser.add_argument(
-        "--image-size",
-        type=at_least(16),
-        default=None,
-        metavar="N",
-        help="--generate-data: side of each image in pixels (default: 64); --check-data: "
-        "images with a shorter side are reported (default: the --model's input size; without "
-        "--model, sizes are not judged)",
-    )
-    generate = parser.add_argument_group("--generate-data options")
-    generate.add_argument("--out", type=Path, default=Path("data"), help="where to write the data set")
-    generate.add_argument(
-        "--classes",
-        type=parse_classes,
-        default=DEFAULT_CLASSES,
-        help=f"comma-separated shapes, or a count; available: {', '.join(SHAPES)}",
-    )
-    generate.add_argument("--per-class", type=at_least(2), default=1200, help="images per class")
-    generate.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files")
-    generate.add_argument("--samples-dir", type=Path, default=Path("."), help="where sample.jpg, samples/ go")
-    add_check_options(parser)
-    args = parser.parse_args(argv)
+    parser = build_parser("Data tools for the ViT image classifier.", CheckDataConfig)
+    args = CheckDataConfig(**vars(parser.parse_args(argv)))
     if args.to_shards or args.check_data:
         return shards_command(args) if args.to_shards else check_data(args)
     if not args.generate_data:

@@ -13,95 +13,37 @@ import argparse
 import sys
 from pathlib import Path
 
-from vitclassifier.cli import add_device_option, add_precision_option, new_parser
 from vitclassifier.devices import keep_freed_memory
 from vitclassifier.errors import UserError, report_user_error
-from vitclassifier.export.files import CPU_ONLY_SUFFIXES, is_export, model_files
+from vitclassifier.export.files import is_export, model_files
 from vitclassifier.files import check_output_file, refuse_inside
 from vitclassifier.inference.explain import NEEDS_CHECKPOINT, check_explain_folder, explain_to_folder
 from vitclassifier.inference.loading import load_for_prediction, prediction_device
+from vitclassifier.inference.options import PredictConfig
 from vitclassifier.inference.predict import expand_inputs, predict, predictions_json, print_table, write_json
-from vitclassifier.model.relevance import METHODS
-from vitclassifier.reporting.plots import MAX_PICTURES, write_predictions
+from vitclassifier.options import build_parser as build_options_parser
+from vitclassifier.reporting.plots import write_predictions
 from vitclassifier.text import printable
 
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg", ".webp", ".tif", ".tiff")  # --visualize
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = new_parser("Predict the top-k labels of images with a trained ViT classifier.")
-    p.add_argument("--image", nargs="+", required=True, metavar="PATH",
-                   help="image files, folders (searched recursively) or glob patterns")
-    p.add_argument("--model", type=Path, default=Path("checkpoints/best"),
-                   help="checkpoint directory, or a model made by export.py: .onnx (run with onnxruntime), "
-                        ".xml (OpenVINO IR, e.g. --format openvino-int8: the fastest on CPUs) or .pt "
-                        "(TorchScript)")
-    p.add_argument("--top-k", type=int, default=3, help="how many labels to show per image")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
-    p.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
-                   help="answer 'unknown' (with the best guess shown) when the top confidence is below P "
-                        "(0-1)")
-    p.add_argument("--tta", action="store_true",
-                   help="test-time augmentation: average over the image, its mirror and a zoomed centre "
-                        "(and its mirror); 4x the compute")
-    add_device_option(p, "where to run")
-    add_precision_option(p)
-    p.add_argument("--quantize", action="store_true",
-                   help="CPU only: int8 weights for every linear layer (dynamic quantization); the fastest "
-                        "on CPUs without an export step (export.py --format openvino-int8 is faster "
-                        "still); check agreement with benchmarks/speed.py")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the model first (a slow start, see docs/performance.md): pays for "
-                        "folders of thousands of images")
-    p.add_argument("--runtime", default="pytorch", choices=["pytorch", "openvino"],
-                   help="openvino (CPU, needs `pip install openvino`): convert the model in memory (a few "
-                        "seconds) and run it with OpenVINO, bf16 where the CPU has it; batches about as "
-                        "fast as --quantize, without int8 rounding; for int8 in OpenVINO export the model "
-                        "with export.py --format openvino-int8")
-    p.add_argument("--json", metavar="FILE", help="also write the predictions as JSON to FILE ('-': stdout)")
-    p.add_argument("--visualize", type=Path, metavar="OUT.png",
-                   help=f"save the images with their top-k labels and confidence bars (first {MAX_PICTURES})")
-    p.add_argument("--explain", type=Path, metavar="DIR",
-                   help="show where the model looked: for every image, DIR/NAME.jpg (the image and one "
-                        "heatmap per top-k class) and DIR/NAME.npy (the maps, float32, k x H x W); needs "
-                        "the checkpoint directory, not an export (see docs/explain.md)")
-    p.add_argument("--explain-method", default="relevance", choices=METHODS,
-                   help="relevance: gradient-weighted attention relevance (Chefer et al. 2021), one map per "
-                        "class; rollout: attention rollout (Abnar & Zuidema 2020), class-agnostic: the same "
-                        "map for every class")
-    return p
+    """PredictConfig's options (vitclassifier/inference/options.py declares them)."""
+    description = "Predict the top-k labels of images with a trained ViT classifier."
+    return build_options_parser(description, PredictConfig)
 
 
-def option_problems(args: argparse.Namespace) -> list[str]:
-    """What is wrong with these options, one sentence each naming the option."""
-    on_cpu_only = args.device not in ("auto", "cpu")
-    checks = [
-        (args.top_k >= 1, "--top-k must be at least 1"),
-        (args.batch_size >= 1, "--batch-size must be at least 1"),
-        (0 <= args.min_confidence <= 1, "--min-confidence is a probability from 0 to 1"),
-        (args.runtime != "openvino" or not (args.quantize or args.compile or on_cpu_only),
-         "--runtime openvino runs on the CPU and does its own optimising: leave out --quantize, --compile "
-         "and --device cuda/mps (for int8 with OpenVINO, export once: python export.py --format "
-         "openvino-int8)"),
-        (not is_export(args.model) or not (args.quantize or args.compile or args.runtime != "pytorch"),
-         f"--model {args.model} is an export and runs as it was exported: leave out --quantize, "
-         f"--compile and --runtime"),
-        (args.model.suffix not in CPU_ONLY_SUFFIXES or not on_cpu_only,
-         f"--model {args.model} is an export that runs on the CPU: leave out --device"),
-    ]
-    return [message for ok, message in checks if not ok]
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> PredictConfig:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    problems = option_problems(args)
+    config = PredictConfig(**vars(parser.parse_args(argv)))
+    problems = config.problems()
     if problems:
         parser.error("; ".join(problems))
-    return args
+    return config
 
 
-def check_explain(args: argparse.Namespace) -> None:
+def check_explain(args: PredictConfig) -> None:
     """--explain runs the checkpoint in PyTorch, with gradients, on the plain view of each image."""
     if is_export(args.model):
         raise UserError(f"--explain: {NEEDS_CHECKPOINT}; --model {args.model} is an export: pass the "
@@ -112,7 +54,7 @@ def check_explain(args: argparse.Namespace) -> None:
     check_explain_folder(args.explain, args.model, args.image)
 
 
-def check_outputs(args: argparse.Namespace) -> None:
+def check_outputs(args: PredictConfig) -> None:
     """Before the model is loaded: --json and --visualize can be written (their folders exist, they
     are not folders, the disk takes them) and are not a file of the model; --explain can be too."""
     if args.explain:
@@ -129,7 +71,7 @@ def check_outputs(args: argparse.Namespace) -> None:
         check_output_file(path, option)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: PredictConfig) -> int:
     check_outputs(args)
     device = prediction_device(args.model, args.device, args.runtime)
     loaded = load_for_prediction(

@@ -1,5 +1,5 @@
-"""What the commands share on their command lines: the help format, the common options, and
-which options a user typed."""
+"""What the commands share on their command lines: the help format, the device and precision choices,
+and which options a user typed."""
 from __future__ import annotations
 
 import argparse
@@ -22,15 +22,6 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def new_parser(description: str) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
-
-
-def add_device_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
-                      help: str = "where to run; auto picks a GPU when there is one") -> None:
-    parser.add_argument("--device", default="auto", choices=DEVICES, help=help)
-
-
-def add_precision_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
 
 
 def typed_options(parser: argparse.ArgumentParser, argv: list[str] | None,

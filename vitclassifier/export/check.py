@@ -19,13 +19,14 @@ from vitclassifier.data.folders import list_images
 from vitclassifier.data.transforms import Preprocessing, eval_transform
 from vitclassifier.devices import cpu_supports_bf16
 from vitclassifier.errors import UserError
-from vitclassifier.export.files import export_files, sidecar
+from vitclassifier.export.files import FORMATS, export_files, sidecar
 from vitclassifier.export.openvino import convert, import_openvino, quantize_static, save_ir
 from vitclassifier.export.runtimes import load_export
-from vitclassifier.export.writers import describe, export_onnx, quantize_int8, trace
+from vitclassifier.export.writers import ONNX_MIN_OPSET, describe, export_onnx, quantize_int8, trace
 from vitclassifier.files import atomic_write_bytes, check_output_file, refuse_inside
 from vitclassifier.model.checkpoint import load_checkpoint, read_info
 from vitclassifier.model.runnable import LogitsOnly
+from vitclassifier.options import field_problems, option, type_problems
 
 EXACT_FORMATS = ("onnx", "torchscript")  # fp32 as PyTorch runs it; the others round to int8 or bf16
 TOLERANCE = 1e-3  # max |logit difference| accepted for the exact formats
@@ -37,17 +38,54 @@ TURN_PAUSE = 0.05  # seconds before each timed call (see timed_in_turns)
 SPREAD_LIMIT = 0.25  # per-round speed-ups further apart than this (max / min - 1) are noise
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ExportConfig:
-    model: Path  # the checkpoint directory
-    format: str  # a key of export/files.FORMATS
-    out: Path
-    check_images: Path | None = None
-    calibration_images: Path = Path("data")
-    opset: int | None = None
-    bench_rounds: int = 5
-    threads: int | None = None
-    overwrite: bool = False  # replace an existing export at ``out``
+    """export.py's options, declared once (vitclassifier/options.py builds the parser and checks them)."""
+    model: Path = option("checkpoint directory", Path("checkpoints/best"))
+    format: str = option(
+        "onnx: ONNX Runtime and other engines; torchscript: traced fp32 for PyTorch without Python model "
+        "code; int8: dynamically quantized Linear layers, traced; openvino: OpenVINO IR (runs bf16 on CPUs "
+        "that have it); openvino-int8: OpenVINO IR with int8 matmuls calibrated on --calibration-images, the "
+        "fastest on CPUs", required=True, choices=list(FORMATS))
+    out: Path | None = option("where to write (default: the checkpoint folder's name plus "
+                              + ", ".join(FORMATS.values()) + ", beside it; never inside it)", None)
+    overwrite: bool = option("replace an existing export at --out (it is replaced only once the new one is "
+                             "completely written)", False)
+    check_images: Path | None = option(
+        f"compare on images from this folder (up to {CHECK_IMAGES}; default: 16 synthetic shapes)", None,
+        metavar="DIR")
+    calibration_images: Path = option(
+        f"openvino-int8: images like those it will see (up to {CALIBRATION_IMAGES}, spread over the class "
+        "folders) to measure each layer's int8 range on; train.py's --data is best", Path("data"),
+        metavar="DIR")
+    opset: int | None = option(f"ONNX opset version, {ONNX_MIN_OPSET} or later (default: the exporter's)",
+                               None)
+    bench_rounds: int = option(f"timed batches of {BENCH_BATCH} per model for the speed comparison (0: skip "
+                               "it)", 5, at_least=0, problem="--bench-rounds must not be negative")
+    threads: int | None = option("CPU threads for PyTorch and onnxruntime (default: theirs, one per core); 1 "
+                                 "gives steadier timings on a busy machine", None, at_least=1)
+
+    def problems(self) -> list[str]:
+        """What is wrong with these options, one sentence each naming the option."""
+        wrong = type_problems(self) or field_problems(self)
+        if wrong or self.opset is None:
+            return wrong
+        if self.format != "onnx":
+            return [f"--opset is for --format onnx only, not {self.format}"]
+        if not ONNX_MIN_OPSET <= self.opset <= newest_opset():
+            return [f"--opset must be from {ONNX_MIN_OPSET} (the first with ViT's LayerNormalization) to "
+                    f"{newest_opset()} (the newest this onnx package knows), got {self.opset}"]
+        return []
+
+
+def newest_opset() -> int:
+    """The newest ONNX opset the installed onnx package knows (without onnx: no upper bound here,
+    the export stops on the missing package)."""
+    try:
+        import onnx
+    except ImportError:
+        return sys.maxsize
+    return onnx.defs.onnx_opset_version()
 
 
 def check_export_outputs(config: ExportConfig) -> None:

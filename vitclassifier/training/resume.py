@@ -19,30 +19,20 @@ from vitclassifier.config import TrainConfig
 from vitclassifier.errors import UserError
 from vitclassifier.model.checkpoint import load_training_state
 from vitclassifier.model.trust import check_labels, is_number, refusal
+from vitclassifier.options import dest, options_of
 from vitclassifier.text import printable
 
-# Options that may change when a run is resumed; any other option given on the command line must
-# match the interrupted run (options not given are taken from it).
-RESUME_FREE = {
-    "device",
-    "num_workers",
-    "precision",
-    "patience",
-    "cache_mb",
-    "compile",
-    "output_dir",
-    "resume",
-    "overwrite",
-    "track",
-    "tracking_uri",
-}
+# Options that may change when a run is resumed (their field says resume="free" or "session"); any
+# other option given on the command line must match the interrupted run (options not given are taken
+# from it).
+RESUME_FREE = {dest(f) for f, _ in options_of(TrainConfig) if f.metadata.get("resume")}
 
-# Options of one session, not of the run: a resumed run takes them from its own command line only,
-# never from the save, so a run folder from elsewhere can't choose the tracking server our metrics,
-# pictures and model go to, nor the device, workers, memory or compiler we use. (--patience and
-# --precision may change too, but they shape the run's numbers: when not typed, the saved value
-# holds, so that a resumed run repeats the uninterrupted one.)
-SESSION_OPTIONS = RESUME_FREE - {"patience", "precision"}
+# Options of one session, not of the run (resume="session"): a resumed run takes them from its own
+# command line only, never from the save, so a run folder from elsewhere can't choose the tracking
+# server our metrics, pictures and model go to, nor the device, workers, memory or compiler we use.
+# (--patience and --precision may change too, but they shape the run's numbers: when not typed, the
+# saved value holds, so that a resumed run repeats the uninterrupted one.)
+SESSION_OPTIONS = {dest(f) for f, _ in options_of(TrainConfig) if f.metadata.get("resume") == "session"}
 # What a training state holds (training/trainer.py save_last), with its type; OPTIONAL_FIELDS may be absent
 STATE_FIELDS = {"epoch": int, "step": int, "stale_epochs": int, "labels": list, "data": str, "options": dict,
                 "best": dict, "totals": dict, "bad_files": dict, "optimizer": dict, "scheduler": dict,

@@ -1,0 +1,96 @@
+"""The options of predict.py and app.py, declared once as fields (vitclassifier/options.py builds their
+parsers and checks them), with the checks that involve several options."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from vitclassifier.cli import DEVICES, PRECISION_HELP, PRECISIONS
+from vitclassifier.export.files import CPU_ONLY_SUFFIXES, is_export
+from vitclassifier.model.relevance import METHODS
+from vitclassifier.options import field_problems, option, type_problems
+from vitclassifier.reporting.plots import MAX_PICTURES
+
+RUN_WHERE = "where to run"
+CHECKPOINT = Path("checkpoints/best")
+
+
+@dataclass(kw_only=True)
+class PredictConfig:
+    """What predict.py is asked: which images, which model, how, and which outputs."""
+    image: list[str] = option("image files, folders (searched recursively) or glob patterns", nargs="+",
+                              required=True, metavar="PATH")
+    model: Path = option("checkpoint directory, or a model made by export.py: .onnx (run with onnxruntime), "
+                         ".xml (OpenVINO IR, e.g. --format openvino-int8: the fastest on CPUs) or .pt "
+                         "(TorchScript)", CHECKPOINT)
+    top_k: int = option("how many labels to show per image", 3, at_least=1)
+    batch_size: int = option("images per forward pass", 32, at_least=1)
+    min_confidence: float = option(
+        "answer 'unknown' (with the best guess shown) when the top confidence is below P (0-1)", 0.0,
+        metavar="P", at_least=0, at_most=1, problem="--min-confidence is a probability from 0 to 1")
+    tta: bool = option("test-time augmentation: average over the image, its mirror and a zoomed centre (and "
+                       "its mirror); 4x the compute", False)
+    device: str = option(RUN_WHERE, "auto", choices=DEVICES)
+    precision: str = option(PRECISION_HELP, "auto", choices=PRECISIONS)
+    quantize: bool = option(
+        "CPU only: int8 weights for every linear layer (dynamic quantization); the fastest on CPUs without "
+        "an export step (export.py --format openvino-int8 is faster still); check agreement with "
+        "benchmarks/speed.py", False)
+    compile: bool = option("torch.compile the model first (a slow start, see docs/performance.md): pays for "
+                           "folders of thousands of images", False)
+    runtime: str = option("openvino (CPU, needs `pip install openvino`): convert the model in memory (a few "
+                          "seconds) and run it with OpenVINO, bf16 where the CPU has it; batches about as "
+                          "fast as --quantize, without int8 rounding; for int8 in OpenVINO export the model "
+                          "with export.py --format openvino-int8", "pytorch", choices=["pytorch", "openvino"])
+    json: str | None = option("also write the predictions as JSON to FILE ('-': stdout)", None,
+                              metavar="FILE")
+    visualize: Path | None = option(
+        f"save the images with their top-k labels and confidence bars (first {MAX_PICTURES})", None,
+        metavar="OUT.png")
+    explain: Path | None = option(
+        "show where the model looked: for every image, DIR/NAME.jpg (the image and one heatmap per top-k "
+        "class) and DIR/NAME.npy (the maps, float32, k x H x W); needs the checkpoint directory, not an "
+        "export (see docs/explain.md)", None, metavar="DIR")
+    explain_method: str = option(
+        "relevance: gradient-weighted attention relevance (Chefer et al. 2021), one map per class; rollout: "
+        "attention rollout (Abnar & Zuidema 2020), class-agnostic: the same map for every class",
+        "relevance", choices=METHODS)
+
+    def problems(self) -> list[str]:
+        """What is wrong with these options, one sentence each naming the option."""
+        wrong_types = type_problems(self)
+        if wrong_types:
+            return wrong_types
+        on_cpu_only = self.device not in ("auto", "cpu")
+        checks = [
+            (self.runtime != "openvino" or not (self.quantize or self.compile or on_cpu_only),
+             "--runtime openvino runs on the CPU and does its own optimising: leave out --quantize, "
+             "--compile and --device cuda/mps (for int8 with OpenVINO, export once: python export.py "
+             "--format openvino-int8)"),
+            (not is_export(self.model) or not (self.quantize or self.compile or self.runtime != "pytorch"),
+             f"--model {self.model} is an export and runs as it was exported: leave out --quantize, "
+             f"--compile and --runtime"),
+            (self.model.suffix not in CPU_ONLY_SUFFIXES or not on_cpu_only,
+             f"--model {self.model} is an export that runs on the CPU: leave out --device"),
+        ]
+        return field_problems(self) + [message for ok, message in checks if not ok]
+
+
+@dataclass(kw_only=True)
+class AppConfig:
+    """What app.py serves, where, and how."""
+    model: Path = option("checkpoint directory, or an .onnx or .xml model made by export.py", CHECKPOINT)
+    host: str = option("address to listen on; 0.0.0.0 makes the page reachable from other machines",
+                       "127.0.0.1")
+    port: int = option("port to listen on", 7860, at_least=1, at_most=65535,
+                       problem="--port must be from 1 to 65535")
+    share: bool = option("also publish the page through a temporary public gradio.live link", False)
+    top_k: int = option("labels shown per image at first (a slider changes it)", 3, at_least=1,
+                        problem="--top-k and --batch-size must be at least 1")
+    batch_size: int = option("images per forward pass", 32, at_least=1,
+                             problem="--top-k and --batch-size must be at least 1")
+    device: str = option(RUN_WHERE, "auto", choices=DEVICES)
+
+    def problems(self) -> list[str]:
+        """What is wrong with these options, one sentence each naming the option."""
+        return type_problems(self) or field_problems(self)
