@@ -259,14 +259,14 @@ def test_stopped_twice_and_resumed_over_shards_the_run_is_the_uninterrupted_one(
 
     import classifier
     import train
-    from vitclassifier.training import loop, trainer
+    from vitclassifier.training import trainer
     root = make_pattern_folder(tmp_path / "images", per_class=12, size=32)
     assert classifier.main(["--to-shards", str(root), str(tmp_path / "shards"), "--val-split", "0.25",
                             "--split-seed", "1", "--shard-size", "10"]) == 0
     pattern = f"{tmp_path / 'shards'}/train-{{000000..000002}}.tar"  # 27 images: steps of 8, 8, 8, 3
     straight, out = tmp_path / "straight", tmp_path / "stopped"
     assert train.main(run_args(straight, pattern, tiny_vit)) == 0
-    write_metrics, finish_step = trainer.write_metrics, loop.finish_step
+    write_metrics, forward_backward = trainer.write_metrics, trainer.Trainer.forward_backward
 
     def write_then_interrupt(path, rows):
         write_metrics(path, rows)
@@ -277,17 +277,17 @@ def test_stopped_twice_and_resumed_over_shards_the_run_is_the_uninterrupted_one(
     monkeypatch.setattr(trainer, "write_metrics", write_metrics)
     steps = []
 
-    def step_then_signal(run, images):  # Ctrl-C after the second step of the resumed epoch
-        finish_step(run, images)
-        steps.append(images)
-        if len(steps) == 2:
+    def signal_in_second_step(self, *batch):  # Ctrl-C inside the second step of the resumed epoch
+        steps.append(len(steps))
+        if len(steps) == 2:  # one micro-batch a step: the run stops when that step is taken
             os.kill(os.getpid(), signal.SIGINT)
+        return forward_backward(self, *batch)
 
-    monkeypatch.setattr(loop, "finish_step", step_then_signal)
+    monkeypatch.setattr(trainer.Trainer, "forward_backward", signal_in_second_step)
     capsys.readouterr()
     assert train.main(["--resume", str(out)]) == 130
     assert "Stopped in epoch 2 after step 2 of 4" in capsys.readouterr().err
-    monkeypatch.setattr(loop, "finish_step", finish_step)
+    monkeypatch.setattr(trainer.Trainer, "forward_backward", forward_backward)
     assert train.main(["--resume", str(out)]) == 0
     assert "Resuming" in capsys.readouterr().out
     assert_same_metrics(out, straight)

@@ -18,7 +18,7 @@ from vitclassifier.files import (
     recover_interrupted_save,
     remove_save_leftovers,
 )
-from vitclassifier.training.loop import step_seed
+from vitclassifier.training.distributed import step_seed
 from vitclassifier.training.output import LOCK, MARKER, OutputLock, claim_output_dir
 
 

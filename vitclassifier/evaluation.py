@@ -18,8 +18,7 @@ from vitclassifier.inference.loading import is_export, load_for_prediction, pred
 from vitclassifier.model.relevance import mistake_maps
 from vitclassifier.reporting.metrics import expected_calibration_error
 from vitclassifier.reporting.report import write_report
-from vitclassifier.training.distributed import World
-from vitclassifier.training.loop import Run, evaluate
+from vitclassifier.training.evaluate import EvalContext, evaluate
 
 
 def evaluate_checkpoint(config: TrainConfig, output_dir: Path | None = None) -> dict:
@@ -35,7 +34,7 @@ def evaluate_checkpoint(config: TrainConfig, output_dir: Path | None = None) -> 
                          data.label_column)  # the seed changes nothing: without its own val part, all of it
     root, dataset = source.evaluation_source(loaded.labels, model_path, eval_transform(loaded.prep),
                                              loaded.prep.resize_size, data.batch_size)
-    run = Run(loaded.model, loaded.model, loaded.device, loaded.dtype, World(), config.recipe)
+    ctx = EvalContext(loaded.device, loaded.dtype)
     loader = DataLoader(
         dataset,
         batch_size=config.data.batch_size,
@@ -43,7 +42,7 @@ def evaluate_checkpoint(config: TrainConfig, output_dir: Path | None = None) -> 
         num_workers=loader_workers(config.data.num_workers, loaded.device),
     )
     evaluation = evaluate(
-        run, loaded.model, loader, len(loaded.labels), f"evaluating {root}", keep_outputs=True
+        ctx, loaded.model, loader, len(loaded.labels), f"evaluating {root}", keep_outputs=True
     )
     if "logits" not in evaluation:
         raise UserError(f"no readable image in {root}")
@@ -60,6 +59,6 @@ def evaluate_checkpoint(config: TrainConfig, output_dir: Path | None = None) -> 
         f"calibration error {ece * 100:.1f}% "
         f"(temperature {loaded.temperature:.3f})\nPictures and tables: {out}"
     )
-    for path, reason in sorted(run.bad_files.items()):
+    for path, reason in sorted(ctx.bad_files.items()):
         print(f"warning: skipped {path}: {reason}", file=sys.stderr)
     return evaluation
