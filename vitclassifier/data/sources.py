@@ -310,6 +310,7 @@ class ShardSource(Source):
         return self.train().fingerprint()
 
     def excluding(self, exclude: Path, quiet: bool = False) -> Source:
+        self._read_once()  # what is wrong with the shards is said first, as for the listed forms
         raise UserError("--exclude works on images listed one by one (folders, label files, datasets), "
                         "not on streamed tar shards: leave the files out of the shards instead")
 
