@@ -352,21 +352,3 @@ def open_source(data: Path, data_format: str = "auto", val_split: float = 0.2, s
     are refused (--check-data reports a single class instead)."""
     return FORMS[detect_format(data, data_format)](data, val_split, seed, (image_column, label_column),
                                                    min_classes)
-
-
-def load_source(data: Path, val_split: float, seed: int, data_format: str = "auto",
-                image_column: str | None = None, label_column: str | None = None,
-                ) -> tuple[list[str], object, object]:
-    """(labels, train, val) of --data in its form: lists of (path or RowRef, label), or ShardSets."""
-    source = open_source(data, data_format, val_split, seed, image_column, label_column)
-    return source.labels, source.train(), source.val()
-
-
-def describe_source(data: Path, data_format: str = "auto") -> dict:
-    """Which source a run trained on (recorded in its checkpoint): the form and the path or Hub id."""
-    return {"form": detect_format(data, data_format), "data": str(data)}
-
-
-def is_stream(samples: object) -> bool:
-    """Shards are streamed; every other form is a list of samples."""
-    return isinstance(samples, ShardSet)
