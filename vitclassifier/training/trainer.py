@@ -58,21 +58,25 @@ class Trainer:
         self.say = main_print(world)
         self.parts = build_components(config, world, device, saved)
         parts, options = self.parts, saved_options(config)
-        self.state = (RunState.from_checkpoint(saved, options, world.size, world.is_main,
-                                               self.output_dir / "metrics.csv") if saved is not None
-                      else RunState(parts.source.labels, parts.source.fingerprint(), options, world.size))
-        self.ctx = EvalContext(device, parts.dtype, world, self.state.bad_files)  # training's, validation's
-        self.net = parts.model  # what the batches go through: wrapped for the stage (enter_stage)
+        self.net = parts.model  # what the batches go through: wrapped for the stage (begin_epoch)
         self.head_only: bool | None = None  # the stage: the head alone (--freeze-epochs) or all trainable
         self.drawn: Counter = Counter()  # this epoch's draws of each training image so far
         self.last_val = {"count": 0}
         self.stopped = False  # a stop signal reached some process (decided together: stop_requested)
-        self.tracker = make_tracker(config.runtime.track if world.is_main else None,
-                                    config.runtime.tracking_uri, self.output_dir)
-        if saved is not None:
-            self.say(f"Resuming {saved['dir']} at epoch {saved['epoch']}, step {saved['step']} "
-                     f"of {parts.sampler.steps}")
-        self.say(announcement(config, world, device, parts))
+        try:  # the output folder is locked since build_components: released if the rest fails
+            self.state = (RunState.from_checkpoint(saved, options, world.size, world.is_main,
+                                                   self.output_dir / "metrics.csv") if saved is not None
+                          else RunState(parts.source.labels, parts.source.fingerprint(), options, world.size))
+            self.ctx = EvalContext(device, parts.dtype, world, self.state.bad_files)  # training's too
+            if saved is not None:
+                self.say(f"Resuming {saved['dir']} at epoch {saved['epoch']}, step {saved['step']} "
+                         f"of {parts.sampler.steps}")
+            self.say(announcement(config, world, device, parts))
+            self.tracker = make_tracker(config.runtime.track if world.is_main else None,
+                                        config.runtime.tracking_uri, self.output_dir)
+        except BaseException:
+            self.release()
+            raise
 
     def train(self) -> dict:
         """The whole run. Returns a summary: the best epoch's scores, time, skipped files, stop signal."""
