@@ -42,10 +42,8 @@ __all__ = list(vitclassifier.__all__)
 
 def check_data(args: CheckDataConfig) -> int:
     """``--check-data DIR``: print (and optionally write as JSON) the audit; 1 if training is impossible."""
-    from vitclassifier.data.audit import audit_dataset, format_report
-    from vitclassifier.data.folders import load_splits
-    from vitclassifier.data.shardaudit import audit_shards
-    from vitclassifier.data.sources import detect_format, is_stream, load_source
+    from vitclassifier.data.audit import format_report
+    from vitclassifier.data.sources import open_source
     from vitclassifier.deep_audit.outputs import format_findings
     root = args.check_data
     try:
@@ -56,18 +54,16 @@ def check_data(args: CheckDataConfig) -> int:
             check_output_file(Path(args.json), "--json")
         if args.audit_out and not args.model:
             raise UserError("--audit-out is where the deep audit writes: add --model CKPT|PRESET|HUB-ID")
-        labels, train, val = (  # a folder with a single class is reported (exit 1), not refused (exit 2)
-            load_splits(root, args.val_split, args.split_seed, min_classes=1)
-            if detect_format(root, args.data_format) == "folder" else
-            load_source(root, args.val_split, args.split_seed, args.data_format, args.image_column,
-                        args.label_column))
-        deep = run_deep_audit(args, labels, train, val) if args.model else None
+        # a folder with a single class is reported (exit 1), not refused (exit 2)
+        source = open_source(root, args.data_format, args.val_split, args.split_seed, args.image_column,
+                             args.label_column, min_classes=1)
+        deep = run_deep_audit(args, source) if args.model else None
         # Small images are judged against a size that is known: --image-size, or the --model's input.
         image_size = args.image_size or (deep and deep["image_size"])
         report = {
             "data": str(root),
-            "split": describe_split(root, train, args),
-            **(audit_shards if is_stream(train) else audit_dataset)(labels, train, val, image_size),
+            "split": source.split_origin(),
+            **source.full_audit(image_size),
             **({"deep": deep} if deep else {}),
         }
         as_json = (json.dumps(report, indent=2) + "\n").encode()
@@ -86,24 +82,6 @@ def check_data(args: CheckDataConfig) -> int:
     if args.json == "-":
         print(json.dumps(report, indent=2))
     return 1 if report["fatal"] else 0
-
-
-def describe_split(root: Path, train, args: CheckDataConfig) -> str:
-    """Where the audit's train/val split came from, as train.py makes it for this form of --data."""
-    from vitclassifier.data.folders import validation_folder
-    from vitclassifier.data.shards import INDEX_NAME
-    from vitclassifier.data.sources import detect_format, is_stream
-    held_out = f"{args.val_split * 100:g}% of each class held out, seed {args.split_seed}"
-    if is_stream(train):
-        return (f"the train-*.tar and val-*.tar shards of {INDEX_NAME}" if train.holdout is None else
-                f"{args.val_split * 100:g}% of the samples held out by a hash of their keys, seed "
-                f"{args.split_seed}")
-    if all(isinstance(p, Path) and p.is_relative_to(root / "train") for p, _ in train):
-        # load_splits took them exactly when all training files lie so
-        return f"the train/ and {validation_folder(root).name}/ folders"
-    if detect_format(root, args.data_format) == "folder":
-        return held_out
-    return f"the data's own train/val split when it has one, else {held_out}"
 
 
 def shards_command(args: CheckDataConfig) -> int:
@@ -134,11 +112,11 @@ def generate_command(args: CheckDataConfig) -> int:
     return 0
 
 
-def run_deep_audit(args: CheckDataConfig, labels: list[str], train, val) -> dict:
+def run_deep_audit(args: CheckDataConfig, source) -> dict:
     """``--check-data DIR --model M``: the deep audit (vitclassifier/deep_audit, docs/audit.md)."""
-    from vitclassifier.data.sources import is_stream
     from vitclassifier.deep_audit.run import AuditOptions, deep_audit
-    if is_stream(train):
+    labels, train, val = source.labels, source.train(), source.val()  # read (and refused) first
+    if source.streamed:
         raise UserError("--model: the deep audit reads images one by one, which streamed shards cannot do; "
                         "audit the folder the shards were made from")
     options = AuditOptions(model=args.model, out=args.audit_out, folds=args.folds,

@@ -56,19 +56,17 @@ def read_epoch(form: str, work: Path, workers: int, size: int) -> dict:
     from torch.utils.data import DataLoader
 
     from vitclassifier.data.augment import train_decode
-    from vitclassifier.data.dataset import ImageFolderDataset, collate_skipping_bad
-    from vitclassifier.data.shards import TrainStream
-    from vitclassifier.data.sources import load_source
+    from vitclassifier.data.dataset import collate_skipping_bad
+    from vitclassifier.data.sources import open_source
     from vitclassifier.data.transforms import Preprocessing
     prep = Preprocessing(size)
     decode = train_decode(prep, True, False)
     start = time.perf_counter()
-    if form == "folder":
-        _, train, _ = load_source(work / "folder", 0.2, 42)
-        dataset, options = ImageFolderDataset(train, decode, prep.resize_size), {"shuffle": True}
+    source = open_source(work / form)
+    if source.streamed:
+        dataset, options = source.training_stream(decode, prep.resize_size, 64, 64, lambda e: e), {}
     else:
-        _, train, _ = load_source(work / "shards", 0.2, 42)
-        dataset, options = TrainStream(train, decode, prep.resize_size, 64, 64, lambda e: e), {}
+        dataset, options = source.training_data(decode, prep.resize_size), {"shuffle": True}
     loader = DataLoader(dataset, batch_size=64, num_workers=workers, collate_fn=collate_skipping_bad,
                         **options)
     images = sum(len(batch[1]) for batch in loader if batch[1] is not None)

@@ -78,11 +78,11 @@ def model_seconds_per_step(trainer: Trainer, batch_size: int) -> float:
     """Forward + backward + optimizer step of the model on a ready normalised batch, on the device."""
     pixels = torch.randn(batch_size, 3, 224, 224, device=trainer.device)
     labels = torch.zeros(batch_size, dtype=torch.long, device=trainer.device)
-    net, optimizer = trainer.model, trainer.shared.optimizer
+    net, optimizer = trainer.parts.model, trainer.parts.optimizer
     seconds = []
     for _ in range(12):
         start = time.perf_counter()
-        with trainer.shared.autocast():
+        with trainer.ctx.autocast():
             loss = torch.nn.functional.cross_entropy(net(pixel_values=pixels).logits.float(), labels)
         loss.backward()
         optimizer.zero_grad(set_to_none=True)
@@ -97,17 +97,16 @@ def time_ours(data: Path, model: Path, out: Path, workers: int, args: argparse.N
     config = TrainConfig.from_options({"data": data, "model": str(model), "epochs": 2,
                                        "batch_size": args.batch_size, "num_workers": workers,
                                        "output_dir": out, "patience": 0, "device": args.device, "seed": 0})
-    trainer = Trainer(config, World(), pick_device(args.device))
-    trainer.set_up()
+    trainer = Trainer(config, World(), pick_device(args.device))  # set up: the cache filled
     with StopSignal(announce=False) as stop:
-        trainer.train_one_epoch(stop)  # fills nothing more: the cache was filled in set_up; warms up
+        trainer.train_epoch(stop)  # warms up
         trainer.state.epoch, trainer.state.step = 2, 0
         start = time.perf_counter()
-        trainer.train_one_epoch(stop)
+        trainer.train_epoch(stop)
         if trainer.device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
-    steps, images = trainer.sampler.steps, trainer.sampler.steps * args.batch_size
+    steps, images = trainer.parts.sampler.steps, trainer.parts.sampler.steps * args.batch_size
     model_step = model_seconds_per_step(trainer, args.batch_size)
     return {"images_per_s": images / seconds, "step_ms": 1000 * seconds / steps,
             "outside_model_ms": 1000 * (seconds / steps - model_step), "model_step_ms": 1000 * model_step}

@@ -97,13 +97,13 @@ def train_with_ours(args, out: Path, extra: list[str]) -> dict:
         return wrapper
 
     # The training phase: the epochs' training loops plus decoding into the cache (validation's too)
-    originals = trainer.train_epoch, ImageFolderDataset.fill_cache
-    trainer.train_epoch, ImageFolderDataset.fill_cache = (timed_phase(f) for f in originals)
+    originals = trainer.Trainer.train_epoch, ImageFolderDataset.fill_cache
+    trainer.Trainer.train_epoch, ImageFolderDataset.fill_cache = (timed_phase(f) for f in originals)
     start = time.perf_counter()
     try:
         summary = train_script.train(config, given)
     finally:
-        trainer.train_epoch, ImageFolderDataset.fill_cache = originals
+        trainer.Trainer.train_epoch, ImageFolderDataset.fill_cache = originals
     return {"seconds": time.perf_counter() - start, **phases, "val_acc": summary["val_acc"],
             "lr": config.recipe.lr}
 

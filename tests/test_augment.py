@@ -2,6 +2,8 @@
 replaced, exact when switched off, and a pure function of the seed."""
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
 import torch
@@ -141,11 +143,10 @@ def test_each_draw_of_an_image_gets_a_view_of_its_own_and_a_resume_counts_as_bef
     """--balanced-sampler draws with replacement: the second draw of an image in an epoch is seeded
     apart from the first; a resumed epoch counts the draws of the batches it skips."""
     from vitclassifier.config import RecipeOptions
-    from vitclassifier.training.distributed import EpochSampler, World
-    from vitclassifier.training.loop import Run, augmentation_seeds, image_seed
+    from vitclassifier.training.distributed import EpochSampler, World, image_seed
+    from vitclassifier.training.trainer import augmentation_seeds
     recipe = RecipeOptions()
-    run = Run(None, None, torch.device("cpu"), None, World(), recipe, sample_index={"a": 0, "b": 1})
-    seeds = augmentation_seeds(run, 3, ["a", "b", "a"])
+    seeds = augmentation_seeds(recipe, 3, ["a", "b", "a"], {"a": 0, "b": 1}, Counter())
     assert seeds[0] == image_seed(recipe, 3, 0) and seeds[1] == image_seed(recipe, 3, 1)
     assert len(set(seeds)) == 3
     sampler = EpochSampler(40, 4, seed=1, world=World(), weights=torch.ones(40))

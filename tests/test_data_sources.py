@@ -14,6 +14,7 @@ import pytest
 from helpers import CLASSES, COMPARED, ROOT, assert_same_metrics, make_pattern_folder, read_rows, run_args
 
 from vitclassifier.data.folders import load_splits
+from vitclassifier.errors import UserError
 
 datasets = pytest.importorskip("datasets")
 pytest.importorskip("webdataset")
@@ -114,6 +115,44 @@ def write_shards(tmp_path, per_class=8):
     return tmp_path / "shards"
 
 
+def test_every_form_answers_the_source_protocol_alike(tmp_path):
+    """The four forms of one folder and its split: the same labels and class counts, a fingerprint
+    that names the data, --exclude on what is listed, and the model's label map for --evaluate."""
+    from vitclassifier.data.sources import open_source
+    from vitclassifier.data.transforms import Preprocessing, eval_transform
+    shards = write_shards(tmp_path)
+    root = tmp_path / "images"
+    labels, train, val = load_splits(root, 0.2, 42)
+    rows = [f"{p.relative_to(tmp_path)},{labels[i]},{part}"
+            for part, samples in (("train", train), ("val", val)) for p, i in samples]
+    (tmp_path / "labels.csv").write_text("file,label,split\n" + "\n".join(rows) + "\n")
+    datasets.DatasetDict({"train": hf_split(train, labels), "validation": hf_split(val, labels)}
+                         ).save_to_disk(str(tmp_path / "saved"))
+    counts = sorted(label for _, label in train)
+    for data, form in ((root, "folder"), (tmp_path / "labels.csv", "labels"), (tmp_path / "saved", "hf"),
+                       (shards, "shards")):
+        source = open_source(data)
+        assert (source.form, source.streamed, source.labels) == (form, form == "shards", labels)
+        assert sorted(source.train_labels()) == counts and len(source.val()) == len(val)
+        assert source.describe_split() == {"form": form, "data": str(data)}
+        assert source.fingerprint() == open_source(data).fingerprint()
+        model_labels = labels[::-1]  # --evaluate: the model's label map, in its own order
+        _, dataset = source.evaluation_source(model_labels, Path("model"), eval_transform(Preprocessing(32)),
+                                              32, 4)
+        scored = train + val if form == "folder" else val  # the others have their own validation part
+        assert sorted(item[1] for item in dataset) == sorted(model_labels.index(labels[i]) for _, i in scored)
+        with pytest.raises(UserError, match="not in the checkpoint"):
+            source.evaluation_source(labels[1:], Path("model"), eval_transform(Preprocessing(32)), 32, 4)
+    listed = tmp_path / "exclude.txt"
+    listed.write_text(f"{train[0][0].relative_to(root)}\n")
+    with pytest.raises(UserError, match="not on streamed tar shards"):
+        open_source(shards).excluding(listed)
+    kept = open_source(root).excluding(listed, quiet=True)
+    assert len(kept.train()) == len(train) - 1 and train[0] not in kept.train()
+    assert kept.describe_split()["exclude"]["left_out"] == {"train": 1, "val": 0}
+    assert kept.fingerprint() != open_source(root).fingerprint()
+
+
 def names_of(stream, workers=0) -> list[str]:
     from torch.utils.data import DataLoader
     loader = DataLoader(stream, batch_size=stream.batch_size, num_workers=workers,
@@ -122,12 +161,12 @@ def names_of(stream, workers=0) -> list[str]:
 
 
 def test_a_shard_stream_resumes_at_a_step_and_ignores_the_worker_count(tmp_path):
-    from vitclassifier.data.shards import TrainStream
-    from vitclassifier.data.sources import load_source
+    from vitclassifier.data.sources import open_source
     from vitclassifier.data.transforms import Preprocessing, eval_transform
     shards = write_shards(tmp_path)
-    _, train, _ = load_source(shards, 0.2, 42)
-    stream = TrainStream(train, eval_transform(Preprocessing(32)), 32, 2, 4, lambda e: 7 * e)
+    source = open_source(shards)
+    train = source.train()
+    stream = source.training_stream(eval_transform(Preprocessing(32)), 32, 2, 4, lambda e: 7 * e)
     stream.set_epoch(3)
     whole = names_of(stream)
     assert len(whole) == len(train) == len(set(whole))  # every image once, the last step smaller
@@ -140,14 +179,14 @@ def test_a_shard_stream_resumes_at_a_step_and_ignores_the_worker_count(tmp_path)
 
 
 def test_uneven_shards_over_two_processes_take_the_smallest_share_and_say_what_is_left_out(tmp_path):
-    from vitclassifier.data.shards import TrainStream
-    from vitclassifier.data.sources import load_source
+    from vitclassifier.data.sources import open_source
     from vitclassifier.data.transforms import Preprocessing, eval_transform
     shards = write_shards(tmp_path)  # shards of 6 images and a smaller last one
-    _, train, _ = load_source(shards, 0.2, 42)
+    source = open_source(shards)
+    train = source.train()
     shares = [sum(train.counts[0::2]), sum(train.counts[1::2])]
     assert shares[0] != shares[1]
-    streams = [TrainStream(train, eval_transform(Preprocessing(32)), 32, 2, 4, lambda e: e, rank, 2)
+    streams = [source.training_stream(eval_transform(Preprocessing(32)), 32, 2, 4, lambda e: e, rank, 2)
                for rank in (0, 1)]
     taken = [names_of(stream) for stream in streams]
     assert [len(names) for names in taken] == [min(shares)] * 2 and not set(taken[0]) & set(taken[1])
@@ -197,14 +236,14 @@ def test_check_data_decodes_shards_and_label_files_as_the_folder(tmp_path, capsy
 
 
 def test_a_truncated_shard_is_skipped_with_a_warning_and_the_steps_stay(tmp_path, capsys):
-    from vitclassifier.data.shards import TrainStream
-    from vitclassifier.data.sources import load_source
+    from vitclassifier.data.sources import open_source
     from vitclassifier.data.transforms import Preprocessing, eval_transform
     shards = write_shards(tmp_path)
-    _, train, _ = load_source(shards, 0.2, 42)
+    source = open_source(shards)
+    train = source.train()
     first = shards / "train-000000.tar"
     first.write_bytes(first.read_bytes()[:first.stat().st_size // 2])
-    stream = TrainStream(train, eval_transform(Preprocessing(32)), 32, 2, 2, lambda e: e)
+    stream = source.training_stream(eval_transform(Preprocessing(32)), 32, 2, 2, lambda e: e)
     items = list(stream)
     assert len(items) == len(train)  # as many steps as planned: what the shard lacks is unreadable
     assert any(item[0] is None for item in items) and any(item[0] is not None for item in items)
@@ -220,14 +259,14 @@ def test_stopped_twice_and_resumed_over_shards_the_run_is_the_uninterrupted_one(
 
     import classifier
     import train
-    from vitclassifier.training import loop, trainer
+    from vitclassifier.training import trainer
     root = make_pattern_folder(tmp_path / "images", per_class=12, size=32)
     assert classifier.main(["--to-shards", str(root), str(tmp_path / "shards"), "--val-split", "0.25",
                             "--split-seed", "1", "--shard-size", "10"]) == 0
     pattern = f"{tmp_path / 'shards'}/train-{{000000..000002}}.tar"  # 27 images: steps of 8, 8, 8, 3
     straight, out = tmp_path / "straight", tmp_path / "stopped"
     assert train.main(run_args(straight, pattern, tiny_vit)) == 0
-    write_metrics, finish_step = trainer.write_metrics, loop.finish_step
+    write_metrics, forward_backward = trainer.write_metrics, trainer.Trainer.forward_backward
 
     def write_then_interrupt(path, rows):
         write_metrics(path, rows)
@@ -238,17 +277,17 @@ def test_stopped_twice_and_resumed_over_shards_the_run_is_the_uninterrupted_one(
     monkeypatch.setattr(trainer, "write_metrics", write_metrics)
     steps = []
 
-    def step_then_signal(run, images):  # Ctrl-C after the second step of the resumed epoch
-        finish_step(run, images)
-        steps.append(images)
-        if len(steps) == 2:
+    def signal_in_second_step(self, *batch):  # Ctrl-C inside the second step of the resumed epoch
+        steps.append(len(steps))
+        if len(steps) == 2:  # one micro-batch a step: the run stops when that step is taken
             os.kill(os.getpid(), signal.SIGINT)
+        return forward_backward(self, *batch)
 
-    monkeypatch.setattr(loop, "finish_step", step_then_signal)
+    monkeypatch.setattr(trainer.Trainer, "forward_backward", signal_in_second_step)
     capsys.readouterr()
     assert train.main(["--resume", str(out)]) == 130
     assert "Stopped in epoch 2 after step 2 of 4" in capsys.readouterr().err
-    monkeypatch.setattr(loop, "finish_step", finish_step)
+    monkeypatch.setattr(trainer.Trainer, "forward_backward", forward_backward)
     assert train.main(["--resume", str(out)]) == 0
     assert "Resuming" in capsys.readouterr().out
     assert_same_metrics(out, straight)

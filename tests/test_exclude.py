@@ -12,7 +12,7 @@ from vitclassifier.data.exclude import apply_exclude, read_exclude_list
 from vitclassifier.data.folders import load_splits
 from vitclassifier.errors import UserError
 from vitclassifier.training.distributed import World
-from vitclassifier.training.setup import TrainerSetUp
+from vitclassifier.training.setup import load_data
 
 
 @pytest.fixture
@@ -73,7 +73,7 @@ def test_a_run_records_the_list_and_a_resume_refuses_a_changed_one(small_data, t
 
     config = TrainConfig.from_options(vars(train.build_parser().parse_args(args)))
     saved = {"labels": state["labels"], "data": state["data"], "dir": out / "last"}
-    TrainerSetUp(config, World(), torch.device("cpu"), saved).load_data()  # the same list: accepted
+    load_data(config, World(), torch.device("cpu"), saved)  # the same list: accepted
     exclude.write_text(f"path\n{train_samples[1][0].relative_to(small_data)}\n")
     with pytest.raises(UserError, match="--exclude list changed"):
-        TrainerSetUp(config, World(), torch.device("cpu"), saved).load_data()
+        load_data(config, World(), torch.device("cpu"), saved)

@@ -29,9 +29,9 @@ from PIL import Image
 from vitclassifier.data import images
 from vitclassifier.data.folders import list_images, utf8_safe
 from vitclassifier.data.images import ImageTooLarge, load_image, pixel_budget, to_rgb
+from vitclassifier.data.sources import data_fingerprint
 from vitclassifier.errors import UserError
 from vitclassifier.inference.predict import expand_inputs, predictions_json
-from vitclassifier.training.resume import data_fingerprint
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux",
                                 reason="named pipes, /dev/zero, byte file names, ru_maxrss in KiB")

@@ -14,7 +14,7 @@ from vitclassifier.config import TrainConfig
 from vitclassifier.errors import UserError
 from vitclassifier.files import atomic_write_dir, exchange_paths, remove_write_leftovers
 from vitclassifier.model.checkpoint import is_complete_checkpoint, recover_interrupted_save
-from vitclassifier.training.loop import step_seed
+from vitclassifier.training.distributed import step_seed
 from vitclassifier.training.output import LOCK, MARKER, OutputLock, claim_output_dir
 
 

@@ -323,7 +323,7 @@ def test_predict_writes_exactly_the_files_named(tiny_vit, tmp_path, capsys):
 # ---- classifier.py --check-data and --generate-data ---------------------------------------------
 
 def test_check_data_json_is_checked_before_the_audit(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("vitclassifier.data.audit.audit_dataset", must_not_load)  # imported when used
+    monkeypatch.setattr("vitclassifier.data.sources.ListSource.full_audit", must_not_load)  # the audit
     generate_data(tmp_path / "data", ["circle", "star"], 2, 16, 0, tmp_path)
     capsys.readouterr()
     for target, message in ((tmp_path / "none" / "r.json", "does not exist"), (Path("/dev/full"), "regular")):

@@ -19,6 +19,7 @@ else from one scan of the shards. Without validation shards, a seeded hash of ea
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import random
@@ -229,6 +230,12 @@ class ShardStream(IterableDataset):
     def __len__(self) -> int:
         return max(0, self.plan.take - self.plan.skip) // self.every
 
+    def share(self, rank: int, size: int) -> ShardStream:
+        """Process ``rank``'s share of this stream (every ``size``-th item): this one stays whole."""
+        part = copy.copy(self)
+        part.every, part.offset = size, rank
+        return part
+
     def _samples(self):
         """(name, image bytes, label) of this process's stream in order, the shuffle buffer applied."""
         buffer, rng = [], random.Random(self.plan.shuffle_seed)
@@ -315,7 +322,7 @@ class TrainStream(ShardStream):
 
 
 class NameIndex(dict):
-    """Training image name -> its index for the augmentation seeds (training/loop.image_seed): for a
+    """Training image name -> its index for the augmentation seeds (training/distributed.image_seed): for a
     stream, a stable hash of the name, so no list of every sample is kept."""
 
     def __missing__(self, name: str) -> int:

@@ -29,11 +29,12 @@ from tqdm import tqdm
 
 from vitclassifier.data.images import DECODE_ERRORS, load_image, open_regular
 from vitclassifier.data.transforms import Preprocessing, eval_transform
-from vitclassifier.devices import autocast, loader_workers, pick_device
+from vitclassifier.devices import loader_workers, pick_device
 from vitclassifier.errors import UserError
 from vitclassifier.inference.loading import prepare_model
 from vitclassifier.model.checkpoint import is_complete_checkpoint, load_checkpoint
 from vitclassifier.model.vit import create_model
+from vitclassifier.training.evaluate import EvalContext
 
 EMBEDDING_VERSION = 1  # what an embedding means; raised when that changes, so old caches are ignored
 THUMBNAIL = 8  # side of the thumbnail vector: 8 x 8 x 3 = 192 numbers
@@ -45,8 +46,7 @@ class Embedder:
     """A model ready to embed images, and the name of exactly what it computes (the cache key)."""
     model: nn.Module
     prep: Preprocessing
-    device: torch.device
-    dtype: torch.dtype | None
+    context: EvalContext  # where it runs: device, autocast dtype (one process)
     identity: str
     features: dict  # the latest batch's head input and backbone tokens, filled by the hooks
 
@@ -81,7 +81,7 @@ def load_embedder(name: str, labels: list[str], device_name: str = "auto",
     features: dict = {}
     head.register_forward_pre_hook(lambda module, inputs: features.update(head=inputs[0]))
     model.base_model.register_forward_hook(lambda module, inputs, output: features.update(tokens=output[0]))
-    return Embedder(model, prep, device, dtype, identity, features)
+    return Embedder(model, prep, EvalContext(device, dtype), identity, features)
 
 
 def batch_embeddings(features: dict) -> np.ndarray:
@@ -149,17 +149,18 @@ def collate(batch: list) -> tuple:
 
 def embed_samples(embedder: Embedder, samples: list, batch_size: int) -> tuple[dict, list]:
     """Embed ``samples``: ({position: (embedding, thumbnail vector)}, [(position, reason)])."""
-    workers = loader_workers(None, embedder.device)
+    device = embedder.context.device
+    workers = loader_workers(None, device)
     loader = DataLoader(EmbedDataset(samples, embedder.prep), batch_size=batch_size, collate_fn=collate,
-                        num_workers=workers, pin_memory=embedder.device.type == "cuda")
+                        num_workers=workers, pin_memory=device.type == "cuda")
     done, unreadable = {}, []
     with torch.inference_mode(), tqdm(total=len(samples), desc="embedding", unit="img", disable=None,
                                       file=sys.stderr) as progress:
         for pixels, thumbnails, indices, bad in loader:
             unreadable += bad
             if pixels is not None:
-                with autocast(embedder.device, embedder.dtype):
-                    embedder.model(pixel_values=pixels.to(embedder.device, non_blocking=True))
+                with embedder.context.autocast():
+                    embedder.model(pixel_values=pixels.to(device, non_blocking=True))
                 done.update(zip(indices, zip(batch_embeddings(embedder.features), thumbnails)))
             progress.update(len(indices) + len(bad))
     return done, unreadable

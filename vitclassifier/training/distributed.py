@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from vitclassifier.config import RecipeOptions
 from vitclassifier.errors import UserError
 
 T = TypeVar("T")
@@ -26,6 +27,20 @@ def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of epoch ``epoch`` of a run seeded with ``seed``: its shuffling, augmentation and
     dropout all derive from it, so a resumed run repeats them."""
     return (seed * 1000 + epoch) % 2**63  # any --seed: torch takes seeds below 2**64
+
+
+def step_seed(recipe: RecipeOptions, epoch: int, step: int, micro: int, rank: int) -> int:
+    """Dropout and mixing of a micro-batch depend only on (seed, epoch, step, micro-batch, process):
+    a resumed run repeats them."""
+    return ((((epoch_seed(recipe.seed, epoch)) * 100_003 + step) * 64 + micro) * 101 + rank) % 2**63
+
+
+def image_seed(recipe: RecipeOptions, epoch: int, index: int, occurrence: int = 0) -> int:
+    """The augmentation of training image ``index`` in ``epoch`` depends on (seed, epoch, image) only:
+    the same whatever batch or micro-batch the image lands in, and on a resume. ``occurrence``: how
+    often this process drew the image before in this epoch (--balanced-sampler draws with
+    replacement), so that each draw gets a view of its own."""
+    return ((epoch_seed(recipe.seed, epoch) * 1_000_003 + index) * 1_000_003 + occurrence) % 2**63
 
 
 @dataclass
@@ -112,6 +127,7 @@ class EpochSampler(Sampler[int]):
         self.per_process = -(-n // world.size)  # rounded up: no image left out
         self.padding = self.per_process * world.size - n
         self.steps = max(1, -(-self.per_process // batch_size))
+        self.left_out = 0  # every image is used every epoch (streamed shards may leave a few out)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch

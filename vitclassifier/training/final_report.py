@@ -10,23 +10,23 @@ from vitclassifier.model.checkpoint import fold_temperature, load_checkpoint
 from vitclassifier.model.relevance import mistake_maps
 from vitclassifier.reporting.calibration import calibrate_run, calibration_line
 from vitclassifier.reporting.report import write_report
-from vitclassifier.training.loop import Run, evaluate
+from vitclassifier.training.evaluate import EvalContext, evaluate
 
 
 def report_run(
-    run: Run, directory: Path, labels: list[str], val_loader: DataLoader, rows: list[dict], fit: bool
+    ctx: EvalContext, directory: Path, labels: list[str], val_loader: DataLoader, rows: list[dict], fit: bool
 ) -> dict:
     """After training: evaluate best/ once more on the whole validation set, calibrate it (``fit``),
     fold the temperature into best/'s head (recorded in its training_info.json), and write every
     picture and table; mistakes.png shows where the model looked (model/relevance.py)."""
     model, prep, _ = load_checkpoint(directory / "best")
-    evaluation = evaluate(run, model.to(run.device), val_loader, len(labels), "report", keep_outputs=True)
+    evaluation = evaluate(ctx, model.to(ctx.device), val_loader, len(labels), "report", keep_outputs=True)
     if "logits" not in evaluation:
         return {}
     calibration = calibrate_run(evaluation, fit)
     fold_temperature(directory / "best", calibration)
     write_report(directory, labels, evaluation, calibration["temperature"], rows,
-                 explain=lambda mistakes: mistake_maps(model, prep, mistakes, run.device, run.dtype))
+                 explain=lambda mistakes: mistake_maps(model, prep, mistakes, ctx.device, ctx.dtype))
     if fit:
         print(calibration_line(calibration, directory / "best"))
     print(f"Pictures and tables: {directory}/curves.png, confusion_matrix.png, per_class.csv, mistakes.png")

@@ -7,7 +7,6 @@ scheduler and scaler, the position (epoch, step) and the epoch's running sums; n
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import sys
@@ -18,9 +17,10 @@ from tqdm import tqdm
 from vitclassifier.config import TrainConfig
 from vitclassifier.errors import UserError
 from vitclassifier.model.checkpoint import load_training_state
-from vitclassifier.model.trust import check_labels, is_number, refusal
+from vitclassifier.model.trust import refusal
 from vitclassifier.options import dest, options_of
 from vitclassifier.text import printable
+from vitclassifier.training.state import RunState
 
 # Options that may change when a run is resumed (their field says resume="free" or "session"); any
 # other option given on the command line must match the interrupted run (options not given are taken
@@ -33,27 +33,11 @@ RESUME_FREE = {dest(f) for f, _ in options_of(TrainConfig) if f.metadata.get("re
 # (--patience and --precision may change too, but they shape the run's numbers: when not typed, the
 # saved value holds, so that a resumed run repeats the uninterrupted one.)
 SESSION_OPTIONS = {dest(f) for f, _ in options_of(TrainConfig) if f.metadata.get("resume") == "session"}
-# What a training state holds (training/trainer.py save_last), with its type; OPTIONAL_FIELDS may be absent
-STATE_FIELDS = {"epoch": int, "step": int, "stale_epochs": int, "labels": list, "data": str, "options": dict,
-                "best": dict, "totals": dict, "bad_files": dict, "optimizer": dict, "scheduler": dict,
-                "scaler": dict}
-OPTIONAL_FIELDS = {"ema": dict, "rows": list, "finished": bool, "world_size": int}
 
 
 def saved_options(config: TrainConfig) -> dict:
     """The run's options as plain data, saved with the training state (all but --resume)."""
     return {name: value for name, value in config.as_options().items() if name != "resume"}
-
-
-def data_fingerprint(samples: list[tuple[Path, int]], root: Path) -> str:
-    """Which files, with which labels, make up the training set (to notice a changed folder on resume).
-    Paths are hashed as the bytes of their names (os.fsencode), so a name that is not UTF-8 (a Latin-1
-    ``café.jpg``) works too; UTF-8 names hash as they always did."""
-    digest = hashlib.sha1()
-    for path, label in samples:  # a dataset row (data/hfdata.RowRef) is named by its text
-        name = os.fsencode(os.path.relpath(path, root)) if isinstance(path, Path) else str(path).encode()
-        digest.update(name + f"\t{label}\n".encode())
-    return digest.hexdigest()
 
 
 def resume_conflicts(saved: dict, current: dict, given: set[str]) -> list[str]:
@@ -70,7 +54,7 @@ def prepare_resume(config: TrainConfig, given: set[str]) -> tuple[TrainConfig, d
     """The configuration to run and the saved training state to continue from (None: start afresh).
     Options not given on this command line come from the interrupted run (except SESSION_OPTIONS,
     which come from this command line only); ones that differ are refused. The saved state is input:
-    it is checked like a command line (check_state, then TrainConfig.from_options's checks)."""
+    it is checked like a command line (RunState.check, then TrainConfig.from_options's checks)."""
     runtime = config.runtime
     if runtime.resume is None:
         return config, None
@@ -83,7 +67,7 @@ def prepare_resume(config: TrainConfig, given: set[str]) -> tuple[TrainConfig, d
         return config, None
     where = f"training state {resume_dir / 'training_state.pt'}"
     state = load_training_state(resume_dir)
-    check_state(state, where)
+    RunState.check(state, where)
     saved, current = state["options"], config.as_options()
     conflicts = resume_conflicts(saved, current, given)
     if conflicts:
@@ -103,39 +87,6 @@ def prepare_resume(config: TrainConfig, given: set[str]) -> tuple[TrainConfig, d
         print(f"Options restored from the interrupted run: {printable(shown)}")
     state["dir"] = resume_dir
     return resumed, state
-
-
-def check_state(state: dict, where: str) -> None:
-    """A loaded training state checked like user input: every field there, of its type, in range."""
-    missing = sorted(set(STATE_FIELDS) - set(state))
-    if missing:
-        raise refusal(where, f"it has no {', '.join(missing)} (damaged, or not a training state)")
-    for name, kind in {**STATE_FIELDS, **OPTIONAL_FIELDS}.items():
-        value = state.get(name, kind())
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise refusal(where, f"its {name} is a {type(value).__name__}, not a {kind.__name__}")
-    if state["epoch"] < 1 or state["step"] < 0 or state["stale_epochs"] < 0:
-        raise refusal(where, "its position (epoch, step) or its count of stale epochs is out of range")
-    check_labels(state["labels"], where)
-    best, totals = state["best"], state["totals"]
-    checks = [
-        (all(isinstance(k, str) and isinstance(v, str) for k, v in state["bad_files"].items()),
-         "its list of unreadable files is not text"),
-        (all(is_number(totals.get(k)) for k in ("loss", "top1", "count")),
-         "its running sums are not numbers"),
-        (isinstance(best.get("epoch"), int) and is_number(best["epoch"]) and best["epoch"] >= 0,
-         "its best epoch is not a whole number"),
-        (best.get("score") is None
-         or (isinstance(best["score"], list) and all(map(is_number, best["score"]))),
-         "its best score is not a list of numbers"),
-        (not best.get("epoch") or (best.get("weights") in ("raw", "ema") and all(
-            is_number(best.get(k)) for k in ("val_acc", "val_loss", "val_macro_f1"))),
-         "its best epoch's scores are not numbers"),
-        (all(isinstance(k, str) for k in state["options"]), "its options are not named by text"),
-    ]
-    for ok, reason in checks:
-        if not ok:
-            raise refusal(where, reason)
 
 
 class StopSignal:

@@ -1,35 +1,31 @@
-"""The set-up steps of a training run, before the first epoch: the data and its split, the model
-(frozen as asked, on the device), the output folder claimed, the loaders (decoded once into the
-cache; batches augmented on the device), the optimizer and schedule, and a saved run restored.
-``Trainer`` (trainer.py) builds on these and runs the epochs."""
+"""A training run's set-up, before the first epoch, as plain functions: the data (its Source, checked
+against a run being resumed), the model (frozen as asked, on the device), the output folder claimed,
+the loaders (decoded once into the cache; batches augmented on the device), the optimizer and
+schedule, and a saved run's optimizer states restored. ``build_components`` returns them all as one
+``Components``, which the Trainer (trainer.py) runs the epochs with."""
 from __future__ import annotations
 
-import copy
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vitclassifier.config import TrainConfig
-from vitclassifier.data.audit import audit_dataset, format_report
 from vitclassifier.data.augment import BatchAugment, train_decode
-from vitclassifier.data.dataset import ImageFolderDataset, collate_skipping_bad, fill_caches
-from vitclassifier.data.exclude import apply_exclude
-from vitclassifier.data.shards import NameIndex, ShardStream, TrainStream
-from vitclassifier.data.sources import describe_source, is_stream, load_source
-from vitclassifier.data.transforms import eval_transform
+from vitclassifier.data.dataset import collate_skipping_bad, fill_caches
+from vitclassifier.data.sources import Source, open_source
+from vitclassifier.data.transforms import Preprocessing, eval_transform
 from vitclassifier.devices import autocast_dtype, configure_backends, loader_workers
 from vitclassifier.errors import UserError
 from vitclassifier.model.attention import run_in_bf16
 from vitclassifier.model.runnable import HeadOnly
 from vitclassifier.model.vit import create_model, freeze, set_backbone_dropout
-from vitclassifier.reporting.metrics import new_totals, read_metrics
 from vitclassifier.training.distributed import EpochSampler, ShardSampler, World, epoch_seed, on_main_process
 from vitclassifier.training.features import can_cache_features, extract_features
-from vitclassifier.training.loop import Run
-from vitclassifier.training.output import claim_output_dir
+from vitclassifier.training.output import OutputLock, claim_output_dir
 from vitclassifier.training.recipe import (
     EMA,
     class_weights,
@@ -37,243 +33,228 @@ from vitclassifier.training.recipe import (
     mix_batches,
     staged_warmup_cosine,
 )
-from vitclassifier.training.resume import data_fingerprint, ignore_stop_signals
-
-RESUMED_PARTS = ("optimizer", "scheduler", "scaler")  # Run attributes saved with the training state
+from vitclassifier.training.resume import ignore_stop_signals
+from vitclassifier.training.state import RESUMED_PARTS
 
 
 @dataclass
-class TrainState:
-    """Where a run is: the next (epoch, step), that epoch's running sums, the best model so far."""
-    epoch: int = 1
-    step: int = 0
-    totals: dict = field(default_factory=new_totals)
-    best: dict = field(default_factory=lambda: {"epoch": 0, "score": None})
-    stale_epochs: int = 0
-    rows: list[dict] = field(default_factory=list)  # metrics.csv so far (saved with the state too)
-    finished: bool = False  # all epochs done, or stopped early: a resume has nothing left to do
+class Components:
+    """Everything a run trains with; built once by build_components."""
+    source: Source
+    model: torch.nn.Module  # the plain model: trained, evaluated and saved
+    prep: Preprocessing
+    dtype: torch.dtype | None  # autocast's
+    trainable: set[int]  # ids of the parameters --freeze leaves trainable
+    lock: OutputLock | None  # the output folder's, held by the main process
+    ema: EMA | None
+    mix: Callable | None  # mixup/cutmix batch transform
+    loss_weight: torch.Tensor | None  # --class-weights auto
+    augment: Callable | None  # on-device augmentation; None on cached features
+    as_net: Callable  # model -> what the loaders' batches go through (HeadOnly on cached features)
+    sample_index: dict  # training image name -> its index (augmentation seeds)
+    sampler: object  # EpochSampler, or a TrainStream (streamed): steps, set_epoch, already_drawn
+    train_loader: DataLoader
+    val_loader: DataLoader  # this process's share of the validation set
+    report_loader: DataLoader  # the whole validation set, for the report on best/
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    head_epochs: int  # --freeze-epochs, at most --epochs
 
 
-class TrainerSetUp:
-    """A run's configuration, its place among the processes, and the set-up steps."""
+def main_print(world: World) -> Callable:
+    """print on the main process; nothing on the others."""
+    return print if world.is_main else (lambda *a, **k: None)
 
-    def __init__(self, config: TrainConfig, world: World, device: torch.device, saved: dict | None = None):
-        self.config, self.world, self.device, self.saved = config, world, device, saved
-        self.output_dir = config.runtime.output_dir
-        self.dtype = autocast_dtype(device, config.runtime.precision)
-        self.state = TrainState()
-        self.say = print if world.is_main else (lambda *a, **k: None)
-        self.lock = None  # the output folder's, held by the main process from set-up to the end
-        self.stopped = False  # a stop signal reached some process (decided together: stop_requested)
 
-    # -- set-up ---------------------------------------------------------------------------------
-    def load_data(self) -> None:
-        """Labels and the train/val split; on a resume, the data must be what that run trained on."""
-        data = self.config.data
-        self.labels, self.train_samples, self.val_samples = load_source(
-            data.folder, data.val_split, self.config.recipe.seed, data.data_format, data.image_column,
-            data.label_column)
-        self.source = describe_source(data.folder, data.data_format)  # recorded in the checkpoint
-        self.fingerprint = (self.train_samples.fingerprint() if is_stream(self.train_samples)
-                            else data_fingerprint(self.train_samples, data.folder))
-        if data.exclude is not None:
-            self.leave_out_excluded()
-        saved = self.saved
-        if saved is not None and (saved["labels"] != self.labels or saved["data"] != self.fingerprint):
-            raise UserError(f"cannot resume {saved['dir']}: the data in {data.folder} changed since that run "
-                            f"(classes then: {saved['labels']}, now: {self.labels}; "
-                            f"or training files added/removed, or the --exclude list changed)")
-        on_main_process(self.world, self.device, self.audit)
+def load_data(config: TrainConfig, world: World, device: torch.device, saved: dict | None) -> Source:
+    """--data as its Source (--exclude applied), audited; on a resume it must be what that run trained on."""
+    data = config.data
+    source = open_source(data.folder, data.data_format, data.val_split, config.recipe.seed, data.image_column,
+                         data.label_column)
+    if data.exclude is not None:
+        source = source.excluding(data.exclude, quiet=not world.is_main)
+    if saved is not None and (saved["labels"] != source.labels or saved["data"] != source.fingerprint()):
+        raise UserError(f"cannot resume {saved['dir']}: the data in {data.folder} changed since that run "
+                        f"(classes then: {saved['labels']}, now: {source.labels}; "
+                        f"or training files added/removed, or the --exclude list changed)")
+    on_main_process(world, device, source.quick_audit)
+    return source
 
-    def leave_out_excluded(self) -> None:
-        """--exclude: the listed images left out; what was left out goes into the checkpoint's
-        training_info.json (with the source) and into the data fingerprint, so a resume refuses a
-        changed list as it refuses changed data."""
-        data = self.config.data
-        if is_stream(self.train_samples):
-            raise UserError("--exclude works on images listed one by one (folders, label files, datasets), "
-                            "not on streamed tar shards: leave the files out of the shards instead")
-        self.train_samples, self.val_samples, record = apply_exclude(
-            data.exclude, data.folder, self.train_samples, self.val_samples, quiet=not self.world.is_main)
-        self.source = {**self.source, "exclude": record}
-        self.fingerprint = f"{data_fingerprint(self.train_samples, data.folder)}+exclude:{record['sha256']}"
 
-    def audit(self) -> None:
-        """The quick audit (no image decoded): notes printed, what makes training impossible refused.
-        Shards are not read before training (their counts come from the index): nothing to audit here."""
-        if is_stream(self.train_samples):
-            return
-        report = audit_dataset(self.labels, self.train_samples, self.val_samples, image_size=None,
-                               decode=False)
-        notes = format_report(report, brief=True)
-        if notes:
-            print(notes)
-        if report["fatal"]:
-            raise UserError("; ".join(report["fatal"]))
+def build_model(config: TrainConfig, labels: list[str], device: torch.device, dtype: torch.dtype | None,
+                saved: dict | None) -> tuple[torch.nn.Module, Preprocessing, set[int]]:
+    """The classifier for our labels (a resumed run's own weights), frozen as asked, on the device;
+    with the ids of its trainable parameters."""
+    options = config.model
+    torch.manual_seed(config.recipe.seed % 2**63)
+    name = str(saved["dir"]) if saved else options.name
+    model, prep = create_model(name, labels, pretrained=saved is not None or options.pretrained,
+                               dropout=options.dropout, image_size=options.image_size)
+    set_backbone_dropout(model, options.backbone_dropout)
+    freeze(model, options.freeze)
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}  # what --freeze leaves
+    if options.grad_checkpointing:  # renamed in transformers 5.x; the old name still works before that
+        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
+    model.to(device)
+    configure_backends(device)
+    run_in_bf16(model, device, dtype, training=True)
+    return model, prep, trainable
 
-    def build_model(self) -> None:
-        """The classifier for our labels, frozen as asked, on the device, and the Run the loops share."""
-        options, recipe, device = self.config.model, self.config.recipe, self.device
-        torch.manual_seed(recipe.seed % 2**63)
-        source = str(self.saved["dir"]) if self.saved else options.name
-        pretrained = self.saved is not None or options.pretrained
-        model, self.prep = create_model(source, self.labels, pretrained=pretrained, dropout=options.dropout,
-                                        image_size=options.image_size)
-        set_backbone_dropout(model, options.backbone_dropout)
-        freeze(model, options.freeze)
-        self.trainable = {id(p) for p in model.parameters() if p.requires_grad}  # what --freeze leaves
-        if options.grad_checkpointing:  # renamed in transformers 5.x; the old name still works before that
-            (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
-        model.to(device)
-        configure_backends(device)
-        run_in_bf16(model, device, self.dtype, training=True)
-        model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-        # best, best.tmp: 1x each; last, last.tmp: 3x (weights, AdamW moments); the EMA in last, last.tmp
-        needed = (8 + 2 * (recipe.ema > 0)) * model_bytes + 2**20
-        self.lock = on_main_process(self.world, device, lambda: claim_output_dir(
-            self.output_dir, self.config.data.folder, self.saved is not None, self.config.runtime.overwrite,
-            needed))
-        self.model = model
-        self.shared = Run(model, model, device, self.dtype, self.world, recipe,
-                        mix=mix_batches(len(self.labels), recipe.mixup, recipe.cutmix),
-                        ema=EMA(model, recipe.ema) if recipe.ema > 0 else None)
-        if recipe.class_weights == "auto":
-            self.shared.loss_weight = class_weights(self.train_labels, len(self.labels)).to(device)
 
-    @property
-    def train_labels(self) -> list[int]:
-        if is_stream(self.train_samples):
-            return self.train_samples.label_list()
-        return [label for _, label in self.train_samples]
+def claim_output(config: TrainConfig, world: World, device: torch.device, model: torch.nn.Module,
+                 resuming: bool) -> OutputLock | None:
+    """Check and lock --output-dir (main process), with room for every checkpoint a run keeps at once."""
+    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    # best, best.tmp: 1x each; last, last.tmp: 3x (weights, AdamW moments); the EMA in last, last.tmp
+    needed = (8 + 2 * (config.recipe.ema > 0)) * model_bytes + 2**20
+    runtime = config.runtime
+    return on_main_process(world, device, lambda: claim_output_dir(
+        runtime.output_dir, config.data.folder, resuming, runtime.overwrite, needed))
 
-    def build_loaders(self) -> None:
-        """Datasets (decoded once into the cache), the feature shortcut, samplers and loaders. The
-        loaders only decode and resize to same-size uint8 squares; BatchAugment augments whole
-        batches on the training device."""
-        data, prep, recipe = self.config.data, self.prep, self.config.recipe
-        workers = loader_workers(data.num_workers, self.device)
-        self.loader_options = dict(batch_size=data.batch_size, collate_fn=collate_skipping_bad,
-                                   num_workers=workers, persistent_workers=workers > 0,
-                                   pin_memory=self.device.type == "cuda", worker_init_fn=ignore_stop_signals)
-        if is_stream(self.train_samples):
-            return self.build_stream_loaders()
-        features = can_cache_features(self.config)  # nothing changes between epochs: run the backbone once
-        decode = eval_transform(prep) if features else train_decode(prep, data.augment["crop"],
-                                                                     data.augment["rotate"])
-        train_set = ImageFolderDataset(self.train_samples, decode, prep.resize_size)
-        self.val_set = ImageFolderDataset(self.val_samples, eval_transform(prep), prep.resize_size)
-        if data.cache_mb:  # before the loaders fork their workers, which then share the cache
-            self.say(fill_caches([train_set, self.val_set], data.cache_mb * 2**20))
-        self.train_data, val_data, self.as_net = train_set, self.val_set, (lambda net: net)
-        if features:
-            self.train_data, val_data = self.cache_features(train_set)
-        else:
-            self.shared.augment = BatchAugment(prep, **data.augment)
-        self.shared.sample_index = {str(path): index for index, (path, _) in enumerate(self.train_samples)}
-        weights = None
-        if data.balanced_sampler:
-            per_class = class_weights(self.train_labels, len(self.labels))
-            weights = per_class[torch.tensor(self.train_labels)].double()
-        per_step = data.batch_size * recipe.grad_accum  # the last step of an epoch may be smaller
-        self.sampler = EpochSampler(len(self.train_data), per_step, recipe.seed, self.world, weights)
-        self.train_loader = DataLoader(self.train_data, sampler=self.sampler, **self.loader_options)
-        self.val_loader = DataLoader(val_data, sampler=ShardSampler(len(val_data), self.world),
-                                     **self.loader_options)
 
-    def build_stream_loaders(self) -> None:
-        """Shards: streamed every epoch (no decode cache, no feature shortcut). The training stream
-        plans each epoch itself (TrainStream: steps, set_epoch, already_drawn), as EpochSampler does."""
-        data, prep, recipe, world = self.config.data, self.prep, self.config.recipe, self.world
-        if data.balanced_sampler:
-            raise UserError("--balanced-sampler draws images at random, which streamed shards cannot do: "
-                            "drop it, or use --class-weights auto")
-        self.loader_options["persistent_workers"] = False  # workers forked per epoch see that epoch's plan
-        self.shared.augment, self.as_net = BatchAugment(prep, **data.augment), (lambda net: net)
-        decode = train_decode(prep, data.augment["crop"], data.augment["rotate"])
-        self.sampler = TrainStream(self.train_samples, decode, prep.resize_size, data.batch_size,
-                                   data.batch_size * recipe.grad_accum, partial(epoch_seed, recipe.seed),
-                                   world.rank, world.size)
-        if self.sampler.uneven_note():
-            self.say(self.sampler.uneven_note())
-        self.train_data = self.sampler
-        self.shared.sample_index = NameIndex()
-        self.val_set = ShardStream(self.val_samples, eval_transform(prep), prep.resize_size, data.batch_size)
-        share = copy.copy(self.val_set)  # this process's share; val_set stays whole for the final report
-        share.every, share.offset = world.size, world.rank
-        self.train_loader = DataLoader(self.sampler, **self.loader_options)
-        self.val_loader = DataLoader(share, **self.loader_options)
+def build_loaders(config: TrainConfig, source: Source, model: torch.nn.Module, prep: Preprocessing,
+                  world: World, device: torch.device, dtype: torch.dtype | None) -> tuple:
+    """(sampler, train loader, this process's validation loader, the whole validation set's loader,
+    augment, as_net). The loaders only decode and resize to same-size uint8 squares; BatchAugment
+    augments whole batches on the device."""
+    data = config.data
+    workers = loader_workers(data.num_workers, device)
+    options = dict(batch_size=data.batch_size, collate_fn=collate_skipping_bad, num_workers=workers,
+                   persistent_workers=workers > 0, pin_memory=device.type == "cuda",
+                   worker_init_fn=ignore_stop_signals)
+    val_set = source.validation_data(eval_transform(prep), prep.resize_size, data.batch_size)
+    if source.streamed:
+        return streamed_loaders(config, source, prep, world, val_set, options)
+    return listed_loaders(config, source, model, prep, world, device, dtype, val_set, options)
 
-    def cache_features(self, train_set: ImageFolderDataset) -> tuple[Dataset, Dataset]:
-        """--freeze backbone without augmentation: the backbone's features of every image, computed
-        once; the epochs then train the head on them."""
-        start, batch_size = time.time(), self.config.data.batch_size
-        train_data, val_data = (extract_features(self.model, s, batch_size, self.device, self.dtype)
-                                for s in (train_set, self.val_set))
-        self.as_net = HeadOnly
-        train_set.cache.clear()  # no longer read: free it (the validation images serve the report)
-        self.say(f"Frozen backbone, no augmentation: computed its features once in "
-                 f"{time.time() - start:.1f}s; the epochs train the head on them")
-        return train_data, val_data
 
-    def build_optimizer(self) -> None:
-        """AdamW, the staged warm-up + cosine schedule (the head alone first with --freeze-epochs), scaler."""
-        recipe, run = self.config.recipe, self.shared
-        run.optimizer = make_optimizer(self.model, recipe.lr, recipe.weight_decay, recipe.layer_decay,
-                                       recipe.head_lr)
-        self.head_epochs = min(recipe.freeze_epochs, recipe.epochs)
-        stages = [n * self.sampler.steps for n in (self.head_epochs, recipe.epochs - self.head_epochs) if n]
-        schedule = staged_warmup_cosine(stages, recipe.warmup)
-        run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, schedule)
-        run.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+def streamed_loaders(config: TrainConfig, source: Source, prep: Preprocessing, world: World, val_set: Dataset,
+                     options: dict) -> tuple:
+    """Streamed every epoch: no decode cache, no feature shortcut, no random draws. The training stream
+    plans each epoch itself (TrainStream: steps, set_epoch, already_drawn), as EpochSampler does."""
+    data, recipe = config.data, config.recipe
+    if data.balanced_sampler:
+        raise UserError("--balanced-sampler draws images at random, which streamed shards cannot do: "
+                        "drop it, or use --class-weights auto")
+    options = {**options, "persistent_workers": False}  # workers forked per epoch see that epoch's plan
+    sampler = source.training_stream(train_decode(prep, data.augment["crop"], data.augment["rotate"]),
+                                     prep.resize_size, data.batch_size, data.batch_size * recipe.grad_accum,
+                                     partial(epoch_seed, recipe.seed), world.rank, world.size)
+    if sampler.uneven_note():
+        main_print(world)(sampler.uneven_note())
+    share = val_set.share(world.rank, world.size)  # val_set stays whole for the report
+    return (sampler, DataLoader(sampler, **options), DataLoader(share, **options),
+            DataLoader(val_set, **options), BatchAugment(prep, **data.augment), lambda net: net)
 
-    def restore(self) -> None:
-        """Continue a saved run: optimizer, scheduler, scaler and EMA, position, sums, best so far."""
-        saved, run = self.saved, self.shared
-        if saved.get("world_size", self.world.size) != self.world.size:
-            raise UserError(f"cannot resume {saved['dir']}: it ran in {saved['world_size']} process(es), "
-                            f"this is {self.world.size}; the epochs would be split differently. Resume with "
-                            f"as many")
-        for part in RESUMED_PARTS + (("ema",) if run.ema else ()):
-            if part == "scaler" and not saved[part]:
-                continue  # saved without fp16 (an empty state): a scaler switched on now starts fresh
-            try:
-                getattr(run, part).load_state_dict(saved[part])
-            except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as error:
-                raise UserError(f"cannot load training state {saved['dir']}: its {part} state does not fit "
-                                f"this run ({str(error).splitlines()[0]})") from None
-        run.bad_files = saved["bad_files"]
-        rows = saved.get("rows")  # older states: the rows are only in metrics.csv
-        if isinstance(rows, list):
-            rows = [row for row in rows if isinstance(row, dict) and str(row.get("epoch", "")).isdigit()
-                    and int(row["epoch"]) < saved["epoch"]]
-        else:
-            rows = read_metrics(self.output_dir / "metrics.csv", saved["epoch"] - 1)
-        self.state = TrainState(epoch=saved["epoch"], step=saved["step"], best=saved["best"],
-                                stale_epochs=saved["stale_epochs"], rows=rows)
-        if self.world.is_main:  # the saved sums cover all processes; the others start this epoch at zero
-            self.state.totals = saved["totals"]
-        self.say(f"Resuming {saved['dir']} at epoch {saved['epoch']}, step {saved['step']} "
-                 f"of {self.sampler.steps}")
 
-    def set_up(self) -> None:
-        self.load_data()
-        self.build_model()
-        self.build_loaders()
-        self.build_optimizer()
-        if self.saved is not None:
-            self.restore()
-        self.announce()
+def listed_loaders(config: TrainConfig, source: Source, model: torch.nn.Module, prep: Preprocessing,
+                   world: World, device: torch.device, dtype: torch.dtype | None, val_set: Dataset,
+                   options: dict) -> tuple:
+    """Images decoded once into the cache; with nothing that changes between epochs, the backbone's
+    features computed once (cache_features). EpochSampler shuffles (or draws, --balanced-sampler)."""
+    data, recipe, say = config.data, config.recipe, main_print(world)
+    features = can_cache_features(config)
+    decode = eval_transform(prep) if features else train_decode(prep, data.augment["crop"],
+                                                                 data.augment["rotate"])
+    train_set = source.training_data(decode, prep.resize_size)
+    if data.cache_mb:  # before the loaders fork their workers, which then share the cache
+        say(fill_caches([train_set, val_set], data.cache_mb * 2**20))
+    train_data, val_data = train_set, val_set
+    if features:
+        train_data, val_data = cache_features(model, train_set, val_set, data.batch_size, device, dtype, say)
+    weights = None
+    if data.balanced_sampler:
+        per_class = class_weights(source.train_labels(), len(source.labels))
+        weights = per_class[torch.tensor(source.train_labels())].double()
+    per_step = data.batch_size * recipe.grad_accum  # the last step of an epoch may be smaller
+    sampler = EpochSampler(len(train_data), per_step, recipe.seed, world, weights)
+    return (sampler, DataLoader(train_data, sampler=sampler, **options),
+            DataLoader(val_data, sampler=ShardSampler(len(val_data), world), **options),
+            DataLoader(val_set, **options), None if features else BatchAugment(prep, **data.augment),
+            HeadOnly if features else (lambda net: net))
 
-    def announce(self) -> None:
-        config, world, model = self.config, self.world, self.model
-        trained = sum(p.numel() for p in model.parameters() if id(p) in self.trainable)
-        precision = str(self.dtype).replace("torch.", "") if self.dtype else "fp32"
-        global_batch = world.size * config.data.batch_size * config.recipe.grad_accum
-        processes = f" | {world.size} processes, global batch {global_batch}" if world.distributed else ""
-        random_init = " (random init)" if config.model.no_pretrained else ""
-        self.say(f"{len(self.labels)} classes, {len(self.train_samples)} training and "
-                 f"{len(self.val_samples)} "
-                 f"validation images | {config.model.name}{random_init} "
-                 f"@ {self.prep.image_size}px, {trained:,} of {sum(p.numel() for p in model.parameters()):,} "
-                 f"parameters trained | {self.device.type}, {precision}{processes}")
 
+def cache_features(model: torch.nn.Module, train_set: Dataset, val_set: Dataset, batch_size: int,
+                   device: torch.device, dtype: torch.dtype | None, say: Callable) -> tuple[Dataset, Dataset]:
+    """--freeze backbone without augmentation: the backbone's features of every image, computed
+    once; the epochs then train the head on them."""
+    start = time.time()
+    train_data, val_data = (extract_features(model, images, batch_size, device, dtype)
+                            for images in (train_set, val_set))
+    train_set.cache.clear()  # no longer read: free it (the validation images serve the report)
+    say(f"Frozen backbone, no augmentation: computed its features once in {time.time() - start:.1f}s; "
+        f"the epochs train the head on them")
+    return train_data, val_data
+
+
+def announcement(config: TrainConfig, world: World, device: torch.device, parts: Components) -> str:
+    """One line: classes, images, model, what is trained, where, in which precision."""
+    model, source = parts.model, parts.source
+    trained = sum(p.numel() for p in model.parameters() if id(p) in parts.trainable)
+    precision = str(parts.dtype).replace("torch.", "") if parts.dtype else "fp32"
+    global_batch = world.size * config.data.batch_size * config.recipe.grad_accum
+    processes = f" | {world.size} processes, global batch {global_batch}" if world.distributed else ""
+    random_init = " (random init)" if config.model.no_pretrained else ""
+    return (f"{len(source.labels)} classes, {len(source.train())} training and {len(source.val())} "
+            f"validation images | {config.model.name}{random_init} "
+            f"@ {parts.prep.image_size}px, {trained:,} of {sum(p.numel() for p in model.parameters()):,} "
+            f"parameters trained | {device.type}, {precision}{processes}")
+
+
+def build_optimizer(config: TrainConfig, model: torch.nn.Module, steps: int, device: torch.device,
+                    dtype: torch.dtype | None) -> tuple:
+    """AdamW, the staged warm-up + cosine schedule (the head alone first with --freeze-epochs), the
+    scaler; and the number of head-only epochs."""
+    recipe = config.recipe
+    optimizer = make_optimizer(model, recipe.lr, recipe.weight_decay, recipe.layer_decay, recipe.head_lr)
+    head_epochs = min(recipe.freeze_epochs, recipe.epochs)
+    stages = [n * steps for n in (head_epochs, recipe.epochs - head_epochs) if n]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, staged_warmup_cosine(stages, recipe.warmup))
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    return optimizer, scheduler, scaler, head_epochs
+
+
+def build_components(config: TrainConfig, world: World, device: torch.device,
+                     saved: dict | None) -> Components:
+    """The set-up steps in order: data, model, output folder, loaders, optimizer, a saved run's states.
+    The output folder stays locked from here to the end of the run (released here if set-up fails)."""
+    recipe, dtype = config.recipe, autocast_dtype(device, config.runtime.precision)
+    source = load_data(config, world, device, saved)
+    model, prep, trainable = build_model(config, source.labels, device, dtype, saved)
+    lock = claim_output(config, world, device, model, saved is not None)
+    try:
+        mix = mix_batches(len(source.labels), recipe.mixup, recipe.cutmix)
+        ema = EMA(model, recipe.ema) if recipe.ema > 0 else None
+        loss_weight = (class_weights(source.train_labels(), len(source.labels)).to(device)
+                       if recipe.class_weights == "auto" else None)
+        sampler, train_loader, val_loader, report_loader, augment, as_net = build_loaders(
+            config, source, model, prep, world, device, dtype)
+        optimizer, scheduler, scaler, head_epochs = build_optimizer(config, model, sampler.steps, device,
+                                                                    dtype)
+        parts = Components(source, model, prep, dtype, trainable, lock, ema, mix, loss_weight, augment,
+                           as_net, source.sample_index(), sampler, train_loader, val_loader, report_loader,
+                           optimizer, scheduler, scaler, head_epochs)
+        if saved is not None:
+            restore_parts(parts, saved, world)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return parts
+
+
+def restore_parts(parts: Components, saved: dict, world: World) -> None:
+    """A saved run's optimizer, scheduler, scaler and EMA states (RunState.from_checkpoint has the rest)."""
+    if saved.get("world_size", world.size) != world.size:
+        raise UserError(f"cannot resume {saved['dir']}: it ran in {saved['world_size']} process(es), "
+                        f"this is {world.size}; the epochs would be split differently. Resume with "
+                        f"as many")
+    for name in RESUMED_PARTS + (("ema",) if parts.ema else ()):
+        if name == "scaler" and not saved[name]:
+            continue  # saved without fp16 (an empty state): a scaler switched on now starts fresh
+        try:
+            getattr(parts, name).load_state_dict(saved[name])
+        except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as error:
+            raise UserError(f"cannot load training state {saved['dir']}: its {name} state does not fit "
+                            f"this run ({str(error).splitlines()[0]})") from None
