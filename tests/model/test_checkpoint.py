@@ -15,9 +15,14 @@ from helpers import ROOT
 
 import predict
 from vitclassifier.errors import UserError
-from vitclassifier.files import atomic_write_dir
+from vitclassifier.files import atomic_write_dir, exchange_paths, remove_write_leftovers
 from vitclassifier.model import checkpoint
-from vitclassifier.model.checkpoint import load_checkpoint, save_model
+from vitclassifier.model.checkpoint import (
+    is_complete_checkpoint,
+    load_checkpoint,
+    recover_interrupted_save,
+    save_model,
+)
 
 
 # ---------------------------------------------------------------------------
@@ -122,3 +127,50 @@ def test_unsafe_or_inconsistent_checkpoints_are_refused(trained_run, tmp_path, c
         load_checkpoint(target)
     assert predict.main(["--model", str(target), "--image", str(tmp_path)]) == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+def fake_checkpoint(directory, weights: bytes = b"w") -> None:
+    directory.mkdir(parents=True)
+    for name in ("config.json", "preprocessor_config.json"):
+        (directory / name).write_text("{}")
+    (directory / "model.safetensors").write_bytes(weights)
+
+
+
+def test_a_swap_never_leaves_the_name_missing(tmp_path, monkeypatch):
+    """Where the system exchanges directories atomically, a save never renames the old copy away
+    (which would leave the name missing for a moment): forbid renames, and the swap still works."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    if not exchange_paths(tmp_path / "a", tmp_path / "b"):
+        pytest.skip("this system cannot exchange two directories atomically (renameat2)")
+    target = tmp_path / "best"
+    atomic_write_dir(target, lambda d: (d / "v").write_text("1"), is_complete_checkpoint)
+
+    def no_rename(self, other):
+        raise AssertionError(f"renamed {self} -> {other}: the name was missing for a moment")
+    monkeypatch.setattr(type(target), "rename", no_rename)
+    atomic_write_dir(target, lambda d: (d / "v").write_text("2"), is_complete_checkpoint)
+    assert (target / "v").read_text() == "2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "best"]
+
+
+def test_only_a_complete_old_copy_is_put_back(tmp_path):
+    fake_checkpoint(tmp_path / "last.old", weights=b"")  # a copy a crash left half-removed: no weights
+    recover_interrupted_save(tmp_path / "last")
+    assert not (tmp_path / "last").exists()
+    shutil.rmtree(tmp_path / "last.old")
+    fake_checkpoint(tmp_path / "last.old")
+    recover_interrupted_save(tmp_path / "last")
+    assert (tmp_path / "last" / "model.safetensors").read_bytes() == b"w"
+
+
+def test_leftovers_of_a_crash_are_cleaned_before_the_next_save_but_never_on_load(tmp_path):
+    fake_checkpoint(tmp_path / "best")
+    fake_checkpoint(tmp_path / "best.tmp")  # a save that never finished
+    fake_checkpoint(tmp_path / "best.old", weights=b"")  # a removal that never finished
+    recover_interrupted_save(tmp_path / "best")  # what every load does: nothing is deleted
+    assert (tmp_path / "best.tmp").exists() and (tmp_path / "best.old").exists()
+    remove_write_leftovers(tmp_path / "best", is_complete_checkpoint)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
+

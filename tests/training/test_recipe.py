@@ -17,6 +17,7 @@ from vitclassifier.model.vit import create_model
 from vitclassifier.training import setup as training_setup
 from vitclassifier.training.recipe import (
     EMA,
+    class_weights,
     make_optimizer,
     mix_batches,
     parameter_depths,
@@ -156,3 +157,11 @@ def test_ema_is_validated_and_the_better_weights_are_saved(tmp_path, small_data,
         predicted = model(pixel_values=batch).logits.argmax(1)
     accuracy = (predicted == torch.tensor([label for _, label in val])).double().mean().item()
     assert accuracy == pytest.approx(info["val_acc"], abs=1e-6)
+
+
+def test_class_weights_give_every_class_the_same_total_weight():
+    labels = [0] * 10 + [1] * 2
+    weights = class_weights(labels, 2)
+    assert weights.tolist() == pytest.approx([0.6, 3.0])
+    assert 10 * weights[0] == pytest.approx(2 * weights[1])
+

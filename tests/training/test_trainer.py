@@ -1,12 +1,13 @@
 """Training (training/trainer.py through train.py): it learns, the head is replaced, checkpoints
-reload exactly, and the same seed gives the same run byte for byte."""
+reload exactly, the same seed gives the same run byte for byte, a diverging run stops in one line and
+a step larger than the training set still uses every image."""
 from __future__ import annotations
 
 import json
 
 import pytest
 import torch
-from helpers import CLASSES, assert_same_metrics, read_rows, run_args
+from helpers import CLASSES, TRAIN_OPTIONS, assert_same_metrics, make_pattern_folder, read_rows, run_args
 from PIL import Image
 
 import train
@@ -51,3 +52,25 @@ def test_same_seed_same_metrics_and_same_checkpoint_bytes(tmp_path, tiny_vit, pa
     assert_same_metrics(again, trained_run)
     for name in ("model.safetensors", "config.json", "preprocessor_config.json", "training_info.json"):
         assert (again / "best" / name).read_bytes() == (trained_run / "best" / name).read_bytes(), name
+
+
+@pytest.mark.slow
+def test_divergence_stops_with_one_line_and_keeps_no_nan(tiny_vit, pattern_data, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = train.main(["--data", str(pattern_data), "--model", str(tiny_vit), "--output-dir", str(out),
+                       *TRAIN_OPTIONS, "--lr", "1e30", "--head-lr", "1e30", "--epochs", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "training diverged in epoch 1" in err and "Traceback" not in err
+    assert not (out / "best").exists()
+
+
+@pytest.mark.slow
+def test_a_step_larger_than_the_training_set_trains_on_every_image(tiny_vit, tmp_path, capsys):
+    data = make_pattern_folder(tmp_path / "data", per_class=4)
+    out = tmp_path / "out"
+    code = train.main(["--data", str(data), "--model", str(tiny_vit), "--output-dir", str(out),
+                       *TRAIN_OPTIONS, "--batch-size", "8", "--grad-accum", "4"])
+    assert code == 0, capsys.readouterr().err
+    info = json.loads((out / "best" / "training_info.json").read_text())
+    assert info["train_images"] == 9  # one smaller step of all 3 x 4 - 3 held out, every epoch
+
