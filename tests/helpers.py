@@ -99,3 +99,15 @@ def one_line_refusal(code: int, err: str, *fragments: str) -> None:
     assert lines[0].startswith("error: cannot load "), err
     for fragment in fragments:
         assert fragment in lines[0], err
+
+
+def confidences(model_dir: Path, image: Path, tmp_path: Path) -> dict[str, float]:
+    """predict.py's confidence for every class of ``image`` (top-k 3, fp32), read from its JSON."""
+    import json
+
+    import predict
+    out = tmp_path / f"answers-of-{model_dir.name}.json"  # not MODEL.json: an export's own sidecar
+    assert predict.main(["--model", str(model_dir), "--image", str(image), "--json", str(out),
+                         "--precision", "fp32", "--top-k", "3"]) == 0
+    result = json.loads(out.read_text())["results"][0]
+    return {p["label"]: p["confidence"] for p in result["predictions"]}

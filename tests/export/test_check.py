@@ -7,6 +7,7 @@ import io
 import json
 import re
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -171,3 +172,18 @@ def test_user_mistakes_are_one_line_errors(trained_run, tmp_path, capsys):
     assert exit_info.value.code == 2 and "must end in .onnx" in capsys.readouterr().err
     assert predict.main(["--model", str(tmp_path / "missing.onnx"), "--image", str(tmp_path)]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_export_speeds_are_timed_in_turns_and_a_noisy_speed_up_is_left_out():
+    from vitclassifier.export.check import speed_report, timed_in_turns
+    calls = []
+
+    def sleeper(name, seconds):
+        return lambda batch: (calls.append(name), time.sleep(seconds))
+    base, exported = timed_in_turns([sleeper("torch", 0.02), sleeper("export", 0.01)], torch.zeros(1), 3)
+    assert calls == ["torch", "export"] * 5 and len(base) == len(exported) == 3  # 2 warm-up rounds, in turns
+    steady = speed_report("Engine", base, exported, 32, None)
+    assert "Engine" in steady and "x PyTorch's speed" in steady and "left out" not in steady
+    noisy = speed_report("Engine", [0.02, 0.02, 0.02], [0.01, 0.04, 0.002], 32, None)
+    assert "speed-up left out: it varied from 0.50x to 10.00x" in noisy and "x PyTorch's speed" not in noisy
+

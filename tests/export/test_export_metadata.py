@@ -48,8 +48,6 @@ def images(tmp_path_factory) -> Path:
     return write_small_images(tmp_path_factory.mktemp("images"))
 
 
-
-
 def onnx_with(source: Path, target: Path, **changes) -> Path:
     """``source`` with some metadata values changed (RAW: a text that is not JSON)."""
     model = onnx.load(str(source))

@@ -7,12 +7,13 @@ import shutil
 
 import pytest
 import torch
-from helpers import CLASSES
+from helpers import CLASSES, confidences, write_small_images
 from PIL import Image
 
 import predict
 from vitclassifier.inference.predict import tta_views
 from vitclassifier.model.checkpoint import update_info
+from vitclassifier.text import shell_word
 
 
 @pytest.fixture(scope="module")
@@ -170,3 +171,34 @@ def test_tta_averages_views_and_keeps_the_output_format(trained_run, images, cap
     assert all(abs(sum(x["confidence"] for x in r["predictions"]) - 1) < 1e-4 for r in averaged.values())
     views = tta_views(torch.rand(2, 3, 32, 32))
     assert len(views) == 4 and all(v.shape == (2, 3, 32, 32) for v in views)
+
+
+@pytest.mark.slow
+def test_predict_on_a_run_folder_points_to_its_best_model(trained_run, tmp_path, capsys):
+    image = write_small_images(tmp_path, 1) / "0.png"
+    assert predict.main(["--model", str(trained_run), "--image", str(image)]) == 2
+    err = capsys.readouterr().err
+    assert f"--model {shell_word(trained_run / 'best')}" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")  # deprecated, still works
+def test_predict_runs_torchscript_and_int8_exports_and_names_what_runs(trained_run, tmp_path, capsys):
+    import export
+    image = write_small_images(tmp_path, 1) / "0.png"
+    answers = {}
+    for fmt, suffix in (("torchscript", ".torchscript.pt"), ("int8", ".int8.pt")):
+        model = tmp_path / f"model{suffix}"
+        assert export.main(["--model", str(trained_run / "best"), "--format", fmt, "--out", str(model),
+                            "--bench-rounds", "0"]) == 0
+        answers[fmt] = confidences(model, image, tmp_path)
+    checkpoint = confidences(trained_run / "best", image, tmp_path)
+    assert max(answers["torchscript"], key=answers["torchscript"].get) == max(checkpoint, key=checkpoint.get)
+    assert answers["torchscript"] == pytest.approx(checkpoint, abs=1e-4)
+    assert set(answers["int8"]) == set(checkpoint)
+    capsys.readouterr()
+    (tmp_path / "model.bin").write_bytes(b"not a model")
+    assert predict.main(["--model", str(tmp_path / "model.bin"), "--image", str(image)]) == 2
+    err = capsys.readouterr().err
+    assert "a file this tool cannot run" in err and ".onnx, .xml, .pt" in err and ".int8.pt" in err
+

@@ -11,15 +11,17 @@ import sys
 
 import pytest
 import torch
-from helpers import ROOT
+from helpers import CLASSES, ROOT, confidences, write_small_images
 
 import predict
 from vitclassifier.errors import UserError
 from vitclassifier.files import atomic_write_dir, exchange_paths, remove_write_leftovers
 from vitclassifier.model import checkpoint
 from vitclassifier.model.checkpoint import (
+    fold_temperature,
     is_complete_checkpoint,
     load_checkpoint,
+    read_info,
     recover_interrupted_save,
     save_model,
 )
@@ -136,7 +138,6 @@ def fake_checkpoint(directory, weights: bytes = b"w") -> None:
     (directory / "model.safetensors").write_bytes(weights)
 
 
-
 def test_a_swap_never_leaves_the_name_missing(tmp_path, monkeypatch):
     """Where the system exchanges directories atomically, a save never renames the old copy away
     (which would leave the name missing for a moment): forbid renames, and the swap still works."""
@@ -173,4 +174,47 @@ def test_leftovers_of_a_crash_are_cleaned_before_the_next_save_but_never_on_load
     assert (tmp_path / "best.tmp").exists() and (tmp_path / "best.old").exists()
     remove_write_leftovers(tmp_path / "best", is_complete_checkpoint)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
+
+
+@pytest.fixture(scope="module")
+def unfolded(trained_run, tmp_path_factory):
+    """The trained checkpoint with its head as training left it (T = 1) and an image to predict."""
+    folder = tmp_path_factory.mktemp("unfolded")
+    model, prep, labels = load_checkpoint(trained_run / "best")
+    save_model(model, prep, folder / "best", info={"labels": labels})
+    return folder / "best", write_small_images(folder, 1) / "0.png"
+
+
+@pytest.mark.slow
+def test_pipeline_predict_and_an_old_unfolded_checkpoint_agree(unfolded, tmp_path):
+    from transformers import pipeline
+    source, image = unfolded
+    model, prep, _ = load_checkpoint(source)
+    folded = tmp_path / "folded"
+    save_model(model, prep, folded, info={})
+    fold_temperature(folded, {"temperature": 3.0})
+    info = read_info(folded)
+    assert info["temperature"] == 1.0 and info["temperature_folded"] == 3.0  # nothing left to divide
+    old = tmp_path / "old"  # a checkpoint of an earlier version: unfolded head, T in training_info.json
+    save_model(model, prep, old, info={"temperature": 3.0})
+    ours, older = confidences(folded, image, tmp_path), confidences(old, image, tmp_path)
+    theirs = {answer["label"]: answer["score"]
+              for answer in pipeline("image-classification", model=str(folded))(str(image), top_k=3)}
+    plain = confidences(source, image, tmp_path)  # T = 1: sharper than either
+    assert set(ours) == set(theirs) == set(older) == set(CLASSES)
+    for label in CLASSES:
+        assert ours[label] == pytest.approx(theirs[label], abs=1e-4) == pytest.approx(older[label], abs=1e-4)
+    assert max(plain.values()) > max(ours.values()) + 1e-3  # the temperature did change something
+
+
+def test_a_folded_temperature_is_checked_like_any_temperature(tmp_path):
+    (tmp_path / "training_info.json").write_text(json.dumps({"temperature": 1.0, "temperature_folded": -2}))
+    with pytest.raises(UserError, match="temperature must be a finite number above 0"):
+        read_info(tmp_path)
+
+
+@pytest.mark.slow
+def test_training_folds_its_calibration_into_best(trained_run):
+    info = read_info(trained_run / "best")
+    assert info["temperature"] == 1.0 and info["temperature_folded"] > 0 and info["calibration"]
 

@@ -18,7 +18,6 @@ import export
 import predict
 import train
 from vitclassifier.errors import UserError
-from vitclassifier.text import printable
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +65,6 @@ def edit_bytes(edit):
 
 def write(name: str, text: str):
     return lambda folder: (folder / name).write_text(text)
-
-
 
 
 CHECKPOINT_DAMAGE = {
@@ -183,15 +180,7 @@ class Payload:
         return os.system, (f"touch {self.marker}",)
 
 
-# ---------------------------------------------------------------------------
-# Names are text: the terminal, the audit, the pictures
-# ---------------------------------------------------------------------------
 HOSTILE = ["\x1b]0;owned\x07red\x1b[31m", "two\nlines", "x^2_$\\frac$", "<b>bold</b>"]
-
-
-def test_printable_escapes_control_characters_only():
-    assert printable("café/猫 <b>$x$</b>") == "café/猫 <b>$x$</b>"
-    assert printable("a\x1b[31mb\nc\td\x9b\u202ee") == "a\\x1b[31mb\\nc\\td\\x9b\\u202ee"
 
 
 def test_hostile_names_reach_the_terminal_escaped(checkpoint, images, tmp_path, capsys):
@@ -239,9 +228,6 @@ def test_names_are_drawn_literally_not_as_mathtext(images, tmp_path):
         assert (tmp_path / f"{picture}.png").stat().st_size > 1000
 
 
-# ---------------------------------------------------------------------------
-# Training states on --resume
-# ---------------------------------------------------------------------------
 @pytest.fixture
 def interrupted(checkpoint, images, tiny_vit, tmp_path) -> tuple[Path, dict]:
     """A run folder whose last/ holds the good checkpoint, and a plausible training state for it."""

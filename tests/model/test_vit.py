@@ -7,9 +7,10 @@ import sys
 
 import pytest
 import torch
-from helpers import ROOT
+from helpers import CLASSES, ROOT
 
 from vitclassifier.errors import UserError
+from vitclassifier.model.checkpoint import load_checkpoint, save_model
 from vitclassifier.model.vit import DropoutLinear, create_model, encoder_blocks, freeze, resolve_source
 
 LABELS = ["a", "b", "c"]
@@ -99,3 +100,22 @@ def test_a_preset_typo_gets_a_suggestion_and_a_broken_directory_a_clear_error(tm
         (broken / name).write_bytes((tiny_vit / name).read_bytes())
     with pytest.raises(UserError, match="cannot load model .*broken: it has no model.safetensors"):
         create_model(str(broken), LABELS)
+
+
+def test_a_preset_typo_gets_a_suggestion_with_no_pretrained_too():
+    with pytest.raises(UserError, match="Did you mean vit-tiny"):
+        create_model("vit-tiy", ["a", "b"], pretrained=False)
+
+
+def test_a_small_model_from_scratch_gets_small_patches_recorded_in_its_checkpoint(tmp_path):
+    model, prep = create_model("vit-tiny", CLASSES, pretrained=False, image_size=48)
+    assert model.config.patch_size == 8 and model.vit.embeddings.position_embeddings.shape[1] == 1 + 6 * 6
+    save_model(model, prep, tmp_path / "best", info={})
+    loaded, loaded_prep, labels = load_checkpoint(tmp_path / "best")
+    assert loaded.config.patch_size == 8 and loaded_prep.image_size == 48 and labels == CLASSES
+    assert loaded(pixel_values=torch.zeros(2, 3, 48, 48)).logits.shape == (2, 3)
+    big, _ = create_model("vit-tiny", CLASSES, pretrained=False, image_size=224)
+    assert big.config.patch_size == 16  # the presets' own patches where they were made for
+    with pytest.raises(UserError, match="multiple of the patch size 8"):
+        create_model("vit-tiny", CLASSES, pretrained=False, image_size=44)
+

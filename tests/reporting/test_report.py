@@ -3,15 +3,12 @@ checkpoint on another folder (train.py --evaluate)."""
 from __future__ import annotations
 
 import csv
-import json
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-import train
-from vitclassifier.reporting.calibration import expected_calibration_error, fit_temperature
 from vitclassifier.reporting.plots import mistakes_figure, pyplot, write_confusion
 from vitclassifier.reporting.report import normalised_confusion
 
@@ -72,47 +69,3 @@ def test_mistake_captions_never_cover_an_image(tmp_path):
             assert covered_images(figure) == [], (count, maps is not None)
         finally:
             plt.close(figure)
-
-
-def test_temperature_fixes_overconfidence_and_never_changes_the_top_class():
-    torch.manual_seed(0)
-    labels = torch.randint(0, 4, (2000,))
-    logits = torch.randn(2000, 4) * 2
-    logits[torch.arange(2000), labels] += 1.5  # right about 2/3 of the time ...
-    logits *= 4  # ... but far too sure of itself
-    temperature = fit_temperature(logits, labels)
-    assert temperature > 2
-    before = expected_calibration_error(logits.softmax(1), labels)
-    after = expected_calibration_error((logits / temperature).softmax(1), labels)
-    assert after < before / 2
-    assert torch.equal((logits / temperature).argmax(1), logits.argmax(1))
-
-
-@pytest.mark.slow
-def test_training_records_the_calibration_in_the_checkpoint(trained_run):
-    info = json.loads((trained_run / "best" / "training_info.json").read_text())
-    assert info["temperature"] > 0 and info["ece_after"] <= info["ece_before"]
-
-
-@pytest.mark.slow
-def test_evaluate_scores_a_checkpoint_on_a_folder(trained_run, pattern_data, tmp_path, capsys):
-    out = tmp_path / "scores"
-    assert train.main(["--evaluate", "--model", str(trained_run / "best"), "--data", str(pattern_data),
-                       "--output-dir", str(out)]) == 0  # default --num-workers: chosen for the device
-    printed = capsys.readouterr().out
-    assert "1200 images" in printed and "acc" in printed
-    for name in ("confusion_matrix.png", "mistakes.png", "per_class.csv", "confusion_matrix.csv"):
-        assert (out / name).stat().st_size > 100
-    with open(out / "per_class.csv", newline="") as handle:
-        assert sum(int(r["support"]) for r in csv.DictReader(handle)) == 1200
-
-
-@pytest.mark.slow
-def test_evaluate_refuses_a_folder_with_other_classes(trained_run, tmp_path, capsys):
-    for name in ("horizontal", "plain", "diagonal"):
-        (tmp_path / "other" / name).mkdir(parents=True)
-        Image.new("RGB", (32, 32)).save(tmp_path / "other" / name / "a.png")
-    assert train.main(["--evaluate", "--model", str(trained_run / "best"),
-                       "--data", str(tmp_path / "other")]) == 2
-    err = capsys.readouterr().err
-    assert "not in the checkpoint: diagonal" in err and "missing from the folder: vertical" in err

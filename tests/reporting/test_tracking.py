@@ -1,16 +1,19 @@
 """reporting/tracking.py: runs logged to MLflow and TensorBoard are read back through their own APIs."""
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, TRAIN_OPTIONS
+from helpers import ROOT, TRAIN_OPTIONS, run_args
 from PIL import Image
 
+import train
 from vitclassifier.errors import UserError
-from vitclassifier.reporting.tracking import make_tracker
+from vitclassifier.reporting.tracking import check_tracking_server, make_tracker
 
 NEEDS_EXTRAS = "needs the extras: pip install -r requirements-extras.txt"
 # as train.py's metrics.csv rows have them: text, and empty where a metric is not computed (no EMA)
@@ -146,3 +149,50 @@ def test_train_logs_to_mlflow(tmp_path, tiny_vit, pattern_data, monkeypatch):
     assert [m.step for m in history] == [1] and 0 <= history[0].value <= 1
     assert runs[0].data.params["epochs"] == "1"
     assert "best" in {a.path for a in client.list_artifacts(runs[0].info.run_id)}
+
+
+@pytest.fixture
+def silent_server():
+    """A port that accepts connections and never answers (a firewall or a hung server)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+
+
+def test_a_tracking_server_that_never_answers_is_one_quick_error(silent_server):
+    started = time.monotonic()
+    with pytest.raises(UserError, match="no MLflow server answered within 1 s.*leave out --tracking-uri"):
+        check_tracking_server(silent_server, timeout=1)
+    assert time.monotonic() - started < 10
+    check_tracking_server("sqlite:///somewhere.db", timeout=1)  # stores are opened by MLflow itself
+
+
+@pytest.mark.slow
+def test_training_with_an_unreachable_tracking_server_stops_before_any_work(silent_server, tmp_path,
+                                                                            tiny_vit, pattern_data, capsys):
+    out = tmp_path / "out"
+    started = time.monotonic()
+    argv = run_args(out, pattern_data, tiny_vit) + ["--track", "mlflow", "--tracking-uri", silent_server]
+    assert train.main(argv) == 2
+    assert time.monotonic() - started < 60
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no MLflow server answered" in err[0] and "nothing was trained" in err[0]
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_tracking_server_lost_mid_run_is_one_warning_and_training_goes_on(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("mlflow", reason="needs the extras: pip install -r requirements-extras.txt")
+    from mlflow.tracking import MlflowClient
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    tracker = make_tracker("mlflow", None, tmp_path)
+    tracker.client = MlflowClient("http://127.0.0.1:9")  # the server went away: port 9 has no listener
+    tracker.log_epoch(1, {"val_acc": 0.5})
+    tracker.log_epoch(2, {"val_acc": 0.6})  # tracking is off now: no second wait, no second warning
+    tracker.close()
+    err = capsys.readouterr().err
+    assert err.count("warning: MLflow") == 1 and "training goes on" in err
+

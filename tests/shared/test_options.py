@@ -87,3 +87,10 @@ def test_the_option_tables_are_the_fields():
 
 if __name__ == "__main__":
     print(options_page(), end="")
+
+
+def test_flags_show_no_default_in_help(capsys):
+    help_text = train.build_parser().format_help()
+    assert "--no-calibrate" in help_text and "(default: True)" not in help_text
+    assert "(default: False)" not in help_text and "(default: 42)" in help_text
+

@@ -3,6 +3,7 @@ to exactly the numbers of the uninterrupted one; refusing to resume with other o
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -117,3 +118,28 @@ def test_resume_auto_starts_afresh_when_there_is_nothing_to_resume(tmp_path, tin
     assert train.main(argv) == 0  # now there is a finished run: nothing left to do
     assert "already finished" in capsys.readouterr().out
     assert len(read_rows(out / "metrics.csv")) == 1
+
+
+def snapshot(run) -> dict:
+    """Every file of a run folder with its bytes and modification time."""
+    return {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in run.rglob("*") if path.is_file()}
+
+
+@pytest.mark.slow
+def test_an_early_stopped_run_resumes_as_already_finished(tmp_path, tiny_vit, pattern_data, monkeypatch,
+                                                          capsys):
+    out = tmp_path / "my run"  # a space: the suggested commands must quote it
+    monkeypatch.setitem(trainer.SELECT_BY, "accuracy", lambda stats: (0.0,))  # no epoch beats the first
+    argv = run_args(out, pattern_data, tiny_vit) + ["--epochs", "4", "--patience", "1"]
+    assert train.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "Early stop: no better validation score for 1 epoch\n" in printed
+    assert len(read_rows(out / "metrics.csv")) == 2  # epoch 1, then one epoch without improvement
+    suggested = printed.split("try: ")[1].split(")")[0]
+    assert shlex.split(suggested)[3] == str(out / "best")  # the suggested command, as the shell reads it
+    before = snapshot(out)
+    for resume in (["--resume"], ["--resume", "auto"]):
+        assert train.main(argv + resume) == 0
+        assert "already finished" in capsys.readouterr().out
+        assert snapshot(out) == before  # not one file written, not even rewritten with the same bytes
+

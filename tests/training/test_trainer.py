@@ -74,3 +74,19 @@ def test_a_step_larger_than_the_training_set_trains_on_every_image(tiny_vit, tmp
     info = json.loads((out / "best" / "training_info.json").read_text())
     assert info["train_images"] == 9  # one smaller step of all 3 x 4 - 3 held out, every epoch
 
+
+@pytest.mark.slow
+def test_every_training_image_is_used_and_a_smaller_last_step_keeps_the_big_batch_maths(tmp_path, tiny_vit):
+    data = make_pattern_folder(tmp_path / "data", per_class=38)  # 114 images: 90 train, not a multiple of 16
+    options = ["--epochs", "1", "--dropout", "0", "--label-smoothing", "0"]
+    runs = {}
+    for name, batch in (("accumulated", ["--batch-size", "4", "--grad-accum", "4"]),
+                        ("big", ["--batch-size", "16"])):
+        out = tmp_path / name
+        assert train.main(run_args(out, data, tiny_vit) + options + batch) == 0
+        runs[name] = read_rows(out / "metrics.csv")[0]
+        info = json.loads((out / "best" / "training_info.json").read_text())
+        assert info["train_images"] == 90 and info["val_images"] == 24  # as the summary line says
+    for column in ("train_loss", "train_acc", "val_loss", "val_acc"):
+        assert float(runs["accumulated"][column]) == pytest.approx(float(runs["big"][column]), abs=1e-4)
+
