@@ -7,12 +7,14 @@ import shutil
 from pathlib import Path
 
 import pytest
+from helpers import must_not_load, one_error_line
 from PIL import Image
 
 import classifier
 from vitclassifier.data import audit
 from vitclassifier.data.audit import audit_dataset, format_report
 from vitclassifier.data.folders import load_splits
+from vitclassifier.data.synthetic import generate_data
 
 
 def make_images(folder: Path, count: int, size: int = 16, prefix: str = "img") -> list[Path]:
@@ -243,3 +245,13 @@ def test_the_brief_report_names_the_files_filed_under_two_classes(tmp_path):
               if "filed under two classes" in line]
     assert line.startswith("Warning: 5 image(s) are filed under two classes: ")
     assert sum(str(copy) in line for copy in copies) == audit.NAMED_GROUPS and "and 2 more" in line
+
+
+def test_check_data_json_is_checked_before_the_audit(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("vitclassifier.data.sources.ListSource.full_audit", must_not_load)  # the audit
+    generate_data(tmp_path / "data", ["circle", "star"], 2, 16, 0, tmp_path)
+    capsys.readouterr()
+    for target, message in ((tmp_path / "none" / "r.json", "does not exist"), (Path("/dev/full"), "regular")):
+        assert classifier.main(["--check-data", str(tmp_path / "data"), "--json", str(target)]) == 2
+        one_error_line(capsys.readouterr().err, "--json", message)
+

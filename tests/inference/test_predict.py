@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from helpers import CLASSES, confidences, write_small_images
+from helpers import CLASSES, confidences, must_not_load, one_error_line, write_small_images
 from PIL import Image
 
 import predict
@@ -201,4 +201,38 @@ def test_predict_runs_torchscript_and_int8_exports_and_names_what_runs(trained_r
     assert predict.main(["--model", str(tmp_path / "model.bin"), "--image", str(image)]) == 2
     err = capsys.readouterr().err
     assert "a file this tool cannot run" in err and ".onnx, .xml, .pt" in err and ".int8.pt" in err
+
+
+def test_predict_checks_its_outputs_before_loading(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(predict, "load_for_prediction", must_not_load)
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "best").mkdir()
+    cases = [
+        ("--json", tmp_path / "missing" / "p.json", "does not exist"),
+        ("--json", tmp_path, "is a folder"),
+        ("--json", tmp_path / "a-file" / "p.json", "is a file, not a folder"),
+        ("--json", "/dev/full", "not a regular file"),
+        ("--json", tmp_path / "best" / "config.json", "would write into the model"),
+        ("--visualize", tmp_path / "missing" / "grid.png", "does not exist"),
+        ("--visualize", tmp_path / "grid", "needs a picture extension"),
+        ("--visualize", tmp_path / "a-file" / "grid.png", "is a file, not a folder"),
+    ]
+    for option, path, message in cases:
+        code = predict.main(["--model", str(tmp_path / "best"), "--image", str(tmp_path), option, str(path)])
+        assert code == 2
+        one_error_line(capsys.readouterr().err, option, message)
+    assert not (tmp_path / "missing").exists()
+
+
+@pytest.mark.slow
+def test_predict_writes_exactly_the_files_named(tiny_vit, tmp_path, capsys):
+    from PIL import Image
+    Image.new("RGB", (40, 40), "red").save(tmp_path / "red.jpg")
+    (tmp_path / "grid.jpg").write_bytes(b"an older picture")
+    code = predict.main(["--model", str(tiny_vit), "--image", str(tmp_path / "red.jpg"),
+                         "--precision", "fp32", "--json", str(tmp_path / "p.json"),
+                         "--visualize", str(tmp_path / "grid.jpg")])
+    assert code == 0 and f"Saved the picture to {tmp_path / 'grid.jpg'}" in capsys.readouterr().err
+    assert Image.open(tmp_path / "grid.jpg").format == "JPEG"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.jpg", "p.json", "red.jpg"]
 
