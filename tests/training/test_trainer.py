@@ -90,3 +90,20 @@ def test_every_training_image_is_used_and_a_smaller_last_step_keeps_the_big_batc
     for column in ("train_loss", "train_acc", "val_loss", "val_acc"):
         assert float(runs["accumulated"][column]) == pytest.approx(float(runs["big"][column]), abs=1e-4)
 
+
+@pytest.mark.slow
+def test_train_compile_option_trains_like_eager_and_saves_a_plain_checkpoint(pattern_data, tiny_vit,
+                                                                             tmp_path):
+    options = ["--data", str(pattern_data), "--model", str(tiny_vit), *TRAIN_OPTIONS, "--epochs", "1",
+               "--no-calibrate"]
+    assert train.main(options + ["--compile", "--output-dir", str(tmp_path / "compiled")]) == 0
+    assert train.main(options + ["--output-dir", str(tmp_path / "eager")]) == 0
+    model = load_checkpoint(tmp_path / "compiled" / "best")[0]  # the plain model: no "_orig_mod." keys
+    assert not any(key.startswith("_orig_mod") for key in model.state_dict())
+    compiled, eager = (read_rows(tmp_path / name / "metrics.csv")[0] for name in ("compiled", "eager"))
+    # compiled kernels fuse and sum in another order (TF32 on GPUs): over an epoch the losses drift
+    # by a few 1e-3 (measured 0.0036 on the validation loss here); a broken compile is off by far more
+    tolerance = 1e-2 if torch.cuda.is_available() else 5e-3
+    for column in ("train_loss", "val_loss"):
+        assert float(compiled[column]) == pytest.approx(float(eager[column]), abs=tolerance), column
+

@@ -28,7 +28,7 @@ from vitclassifier.data.images import load_image
 SIZE = 32  # side of the small images
 ORIENTATION = 0x0112  # EXIF tag; 6 means "rotate 90 degrees clockwise to display"
 # Odd images in alpha/: their colour on the left half and on the right half after load_image.
-# RGBA, 16-bit and the small EXIF-rotated JPEG are checked pixel by pixel in test_images.py.
+# RGBA, 16-bit and the small EXIF-rotated JPEG are checked pixel by pixel in data/test_images.py.
 ODD_COLOURS = {
     "L.png": ((90,) * 3, (30,) * 3),
     "LA.png": ((200,) * 3, GREY),
@@ -202,7 +202,7 @@ def messy_run(messy, tiny_vit, tmp_path_factory) -> Run:
 
 
 # ---------------------------------------------------------------------------
-# Decoding: what test_images.py does not cover yet
+# Decoding: what data/test_images.py does not cover
 # ---------------------------------------------------------------------------
 @pytest.mark.parametrize("name", sorted(ODD_COLOURS))
 def test_odd_modes_decode_to_the_colours_they_were_drawn_with(messy, name):
@@ -258,7 +258,7 @@ def test_training_completes_and_says_what_it_skipped(messy, messy_run):
 @pytest.mark.slow
 def test_training_uses_every_good_image(messy, messy_run):
     assert set(messy_run.summary["bad_files"]) == {str(p) for p in messy.bad}
-    assert {"train_count", "val_count"} <= messy_run.summary.keys(), "waiting on train.py (issue 3)"
+    assert {"train_count", "val_count"} <= messy_run.summary.keys()
     assert messy_run.summary["train_count"] + messy_run.summary["val_count"] == len(messy.good)
 
 
