@@ -1,6 +1,7 @@
 """The user's docs stay connected: every relative link in README.md and docs/*.md reaches a file that
 exists and, where it names a heading (#anchor), a heading of that file, as GitHub renders it. A page
-moved or a heading renamed without its links fails here, naming the link."""
+moved or a heading renamed without its links fails here, naming the link. Every option of every
+command is documented, and the documented resume rules are the code's."""
 from __future__ import annotations
 
 import re

@@ -1,6 +1,5 @@
-"""The data layer: synthetic data (data/synthetic.py and classifier.py --generate-data), folder scanning
-and the stratified split (data/folders.py), and the shared preprocessing (data/transforms.py). The
-training augmentation, batched on the device (data/augment.py), is tested in test_augment.py."""
+"""Class folders (data/folders.py): scanning, the stratified split, existing train/ and val/ folders, and
+clear messages for folders that cannot be used."""
 from __future__ import annotations
 
 from pathlib import Path

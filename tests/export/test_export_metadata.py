@@ -1,7 +1,7 @@
-"""Exports from elsewhere (issue 21): what an ONNX, OpenVINO or TorchScript file's metadata says is
-checked before use, against the graph where the graph knows (labels for its outputs, its input
-size), else against the first answer. Each damaged file is made from one good export of a tiny
-checkpoint and must end in one ``error: cannot load ...`` line (exit 2)."""
+"""Exports from elsewhere (export/runtimes.py, model/trust.py): what an ONNX, OpenVINO or TorchScript
+file's metadata says is checked before use, against the graph where the graph knows (labels for its
+outputs, its input size), else against the first answer. Each damaged file is made from one good export of
+a tiny checkpoint and must end in one ``error: cannot load ...`` line (exit 2)."""
 from __future__ import annotations
 
 import json

@@ -1,7 +1,8 @@
 """OpenVINO exports (export.py --format openvino | openvino-int8; export/openvino.py and
-export/runtimes.py): what the IR carries, int8 where calibrated, predict.py, the web page and
-train.py --evaluate running the .xml like a checkpoint, and one-line errors for the mistakes.
-(Agreement of int8 predictions with fp32 on 1200 images is in test_speed_levers.py.)"""
+export/runtimes.py): what the IR carries, int8 where calibrated, predict.py and the web page running the
+.xml like a checkpoint (train.py --evaluate: evaluation/test_evaluation.py), and one-line errors for the
+mistakes. (Agreement of int8 predictions with fp32 on 1200 images is in
+inference/test_fast_prediction.py.)"""
 from __future__ import annotations
 
 import json

@@ -1,5 +1,6 @@
 """predict.py: inputs of every kind, top-k, JSON, pictures, bad files, calibrated confidences,
---min-confidence and --tta, agreement with transformers, and bad options refused up front."""
+--min-confidence and --tta, agreement with transformers, exports run, outputs and bad options
+refused up front."""
 from __future__ import annotations
 
 import json

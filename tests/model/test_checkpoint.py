@@ -1,5 +1,6 @@
 """Checkpoints (model/checkpoint.py, files.py): atomic saves that survive a full disk, a killed writer
-and a crash between renames; refusing unsafe or inconsistent checkpoints."""
+and a crash between renames; the temperature folded into the head; refusing unsafe or inconsistent
+checkpoints."""
 from __future__ import annotations
 
 import errno

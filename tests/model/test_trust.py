@@ -1,7 +1,8 @@
-"""Model files from elsewhere (issue 21): every damaged or hostile checkpoint, export and training
+"""Model files from elsewhere (model/trust.py): every damaged or hostile checkpoint, export and training
 state is made here from a small good one, and must end in one ``error: cannot load ...: reason`` line
 (exit 2), or in the right answer. Names from model files are text on the terminal and in pictures;
-a training state can't pick where our data goes. The web page's part is in test_untrusted_page.py."""
+a training state can't pick where our data goes. The web page's part is in
+scenarios/test_untrusted_network.py."""
 from __future__ import annotations
 
 import json

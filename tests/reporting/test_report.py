@@ -1,5 +1,4 @@
-"""What a run shows (reporting/report.py, plots.py): pictures and tables, calibration, and scoring a
-checkpoint on another folder (train.py --evaluate)."""
+"""What a run shows (reporting/report.py, plots.py): pictures and tables that stay readable."""
 from __future__ import annotations
 
 import csv

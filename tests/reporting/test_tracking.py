@@ -1,4 +1,5 @@
-"""reporting/tracking.py: runs logged to MLflow and TensorBoard are read back through their own APIs."""
+"""reporting/tracking.py: runs logged to MLflow and TensorBoard are read back through their own APIs; a
+tracking server that never answers or is lost mid-run is one error before any work, or one warning."""
 from __future__ import annotations
 
 import socket

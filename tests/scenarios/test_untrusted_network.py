@@ -1,4 +1,4 @@
-"""Nothing a model file holds makes anyone contact anyone (issue 21): class names that are HTML or
+"""Nothing a model file holds makes anyone contact anyone: class names that are HTML or
 Markdown stay text in the web page (Chromium must make no request for them), and a training state
 that names a tracking server is not obeyed on --resume. A local listener records every request."""
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""Outputs are checked before any work, written under a temporary name then os.replace'd, and never
-destroy what was there: export.py, predict.py --json/--visualize, classifier.py --check-data --json
-and --generate-data, and the helpers in vitclassifier/files.py behind them."""
+"""files.py: outputs are checked before any work, written under a temporary name then os.replace'd,
+never destroy what was there (a full disk included), and get the mode the umask gives. (Each
+command's own output checks sit with its code: export/, inference/test_predict.py, data/.)"""
 from __future__ import annotations
 
 import errno

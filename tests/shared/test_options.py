@@ -25,8 +25,8 @@ COMMANDS = {"classifier.py": (CheckDataConfig,), "train.py": (TrainConfig, Train
 INTRO = """# Options reference
 
 Every option of every command, with its default, written from the dataclass fields that declare
-it (`vitclassifier/options.py`); `tests/test_options.py` fails when this page and the fields disagree
-(`PYTHONPATH=.:tests python tests/test_options.py > docs/options.md` writes the page)."""
+it (`vitclassifier/options.py`); `tests/shared/test_options.py` fails when this page and the fields
+disagree (`PYTHONPATH=.:tests python tests/shared/test_options.py > docs/options.md` writes the page)."""
 
 
 def options_page() -> str:
@@ -81,8 +81,8 @@ def test_the_model_help_names_the_presets():
 
 def test_the_option_tables_are_the_fields():
     page = (ROOT / "docs" / "options.md").read_text()
-    assert page == options_page(), ("docs/options.md differs from the fields: "
-                                    "PYTHONPATH=.:tests python tests/test_options.py > docs/options.md")
+    assert page == options_page(), ("docs/options.md differs from the fields: PYTHONPATH=.:tests "
+                                    "python tests/shared/test_options.py > docs/options.md")
 
 
 if __name__ == "__main__":
