@@ -1,11 +1,13 @@
 """Shared fixtures: a tiny ViT saved like a Hub checkpoint, a small generated data set, a trained run,
-and its int8 OpenVINO export. The functions they are built with are in helpers.py.
+its int8 OpenVINO export, and a 1 MiB tmpfs (a real full disk).
+The functions they are built with are in helpers.py.
 
 Everything is built here, offline: no weights or data are downloaded, nothing is mocked.
 """
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -54,3 +56,18 @@ def openvino_int8_export(trained_run, pattern_data, tmp_path_factory) -> tuple[P
                             "--bench-rounds", "1"])
     assert code == 0, report.getvalue()
     return out, report.getvalue()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs: a real full disk. Needs root and permission to mount (a container may lack it)."""
+    if os.name != "posix" or os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)

@@ -1,9 +1,12 @@
 """What several test modules share: paths, the tiny training options, the pattern images, a tiny ViT
-saved like a Hub checkpoint, and readers of what a run writes. Plain functions and constants; the
+saved like a Hub checkpoint, readers of what a run writes, and the checks of one-line errors and
+of what a failed write leaves. Plain functions and constants; the
 fixtures built from them are in conftest.py. Test modules import from here, never from each other."""
 from __future__ import annotations
 
 import csv
+import errno
+import os
 from pathlib import Path
 
 import pytest
@@ -99,3 +102,45 @@ def one_line_refusal(code: int, err: str, *fragments: str) -> None:
     assert lines[0].startswith("error: cannot load "), err
     for fragment in fragments:
         assert fragment in lines[0], err
+
+
+def confidences(model_dir: Path, image: Path, tmp_path: Path) -> dict[str, float]:
+    """predict.py's confidence for every class of ``image`` (top-k 3, fp32), read from its JSON."""
+    import json
+
+    import predict
+    out = tmp_path / f"answers-of-{model_dir.name}.json"  # not MODEL.json: an export's own sidecar
+    assert predict.main(["--model", str(model_dir), "--image", str(image), "--json", str(out),
+                         "--precision", "fp32", "--top-k", "3"]) == 0
+    result = json.loads(out.read_text())["results"][0]
+    return {p["label"]: p["confidence"] for p in result["predictions"]}
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Temporary files or folders a write left behind in ``folder``."""
+    return sorted(p.name for p in folder.rglob("*") if ".tmp" in p.name or ".probe" in p.name)
+
+
+def one_error_line(err: str, *needles: str) -> str:
+    """The one ``error: ...`` line of ``err``, holding every one of ``needles``."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def full_disk_error(*_args, **_kwargs):
+    """A stand-in for a write that meets a full disk."""
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def fill(disk: Path, leave: int) -> None:
+    """Fill ``disk`` up to ``leave`` bytes free."""
+    free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+    (disk / "filler").write_bytes(b"\0" * max(0, free - leave))
+
+
+def must_not_load(*_args, **_kwargs):
+    """A stand-in for a model loader, for checks that must come before any loading."""
+    raise AssertionError("the model was loaded before the outputs were checked")

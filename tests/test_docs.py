@@ -1,6 +1,7 @@
 """The user's docs stay connected: every relative link in README.md and docs/*.md reaches a file that
 exists and, where it names a heading (#anchor), a heading of that file, as GitHub renders it. A page
-moved or a heading renamed without its links fails here, naming the link."""
+moved or a heading renamed without its links fails here, naming the link. Every option of every
+command is documented, and the documented resume rules are the code's."""
 from __future__ import annotations
 
 import re
@@ -8,6 +9,10 @@ from pathlib import Path
 
 import pytest
 from helpers import ROOT
+
+import predict
+import train
+from vitclassifier.training.resume import RESUME_FREE
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)|!\[[^\]]*\]\(([^)\s]+)\)")
@@ -68,3 +73,34 @@ def test_the_link_checker_sees_a_broken_link_and_a_missing_heading(tmp_path):
     assert found == {"other.md#a-heading-with-code": None, "other.md#same-1": None, "other.md": None,
                      "missing.md": "no file missing.md",
                      "other.md#nowhere": "no heading #nowhere in other.md"}
+
+
+def command_options(capsys) -> dict[str, set[str]]:
+    """The long options each command's --help lists."""
+    import app
+    import classifier
+    import export
+    options = {}
+    commands = {"train.py": train.main, "predict.py": predict.main, "export.py": export.main,
+                "app.py": app.parse_args, "classifier.py": classifier.main}
+    for name, show_help in commands.items():
+        with pytest.raises(SystemExit):
+            show_help(["--help"])
+        listed = re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", capsys.readouterr().out)
+        options[name] = set(listed) - {"--help"}
+    return options
+
+
+def test_every_option_of_every_command_is_documented(capsys):
+    docs = "\n".join(path.read_text() for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
+    undocumented = {name: sorted(option for option in options if f"`{option}" not in docs)
+                    for name, options in command_options(capsys).items()}
+    assert undocumented == {name: [] for name in undocumented}
+
+
+def test_the_documented_options_that_may_change_on_resume_are_the_code_s():
+    text = " ".join((ROOT / "docs" / "safety.md").read_text().split())
+    listed = text.split("(`RESUME_FREE` in `training/resume.py`):")[1].split(".")[0]
+    in_code = {f"--{name.replace('_', '-')}" for name in RESUME_FREE}
+    assert set(re.findall(r"`(--[a-z-]+)`", listed)) == in_code
+

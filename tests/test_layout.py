@@ -1,9 +1,10 @@
-"""The shape of the code (issue 14), read with ``ast``: small files and functions, a library that never
-imports the commands, and no import cycles inside the library. Each failure names what to fix, by
-file and function."""
+"""The shape of the code, read with ``ast``: small files and functions, a library that never imports
+the commands, no import cycles inside the library, and imports that follow the layers project.md
+draws under "One import direction". Each failure names what to fix, by file and function."""
 from __future__ import annotations
 
 import ast
+import re
 from functools import cache
 from pathlib import Path
 
@@ -14,6 +15,11 @@ COMMANDS = {"train", "predict", "classifier", "export", "app"}  # the scripts at
 MAX_FILE_LINES = 400  # every .py file has fewer lines than this
 MAX_FUNCTION_LINES = 60  # every function and method too, from its def line (decorators left out)
 SKIPPED_DIRS = {".git", ".venv", "venv", "__pycache__"}
+PICTURE_HEADING = "## One import direction"
+SHARED_LINE = 0  # the picture's top layer: its modules may import each other (no cycles: checked below)
+# vitclassifier/__init__.py names its public names as strings and imports them on first use (PEP 562):
+# it imports nothing of ours when it runs, so it sits in no layer
+LAYERLESS = {PACKAGE}
 
 
 def python_files() -> list[Path]:
@@ -120,6 +126,64 @@ def import_graph() -> dict[str, dict[str, list[str]]]:
     return graph
 
 
+def picture_layers(markdown: str, exists=None) -> list[list[str]]:
+    """The layers of the picture under PICTURE_HEADING, top to bottom, each a list of its parts as
+    written ("text", "data/", "evaluation.py"). A line's parts are its first words that name a module,
+    a package or a command (``exists``); the rest of the line is a comment; lines of arrows are skipped."""
+    exists = exists or names_something
+    block = markdown.split(PICTURE_HEADING, 1)[1].split("```", 2)[1]
+    layers = []
+    for line in block.splitlines():
+        parts = []
+        for word in line.split():
+            if not (re.fullmatch(r"[a-z_]+(/|\.py)?", word) and exists(word)):
+                break
+            parts.append(word)
+        if parts:
+            layers.append(parts)
+    return layers
+
+
+def names_something(part: str) -> bool:
+    """Whether a part of the picture is a module or package of ours, or a command."""
+    return any(name in library_modules() or (ROOT / f"{name}.py").is_file() for name in part_names(part))
+
+
+def part_names(part: str) -> set[str]:
+    """The module names a part of the picture stands for: "data/" and "text" the package's, "train.py"
+    the command's or the package's module of that name."""
+    name = part.removesuffix("/").removesuffix(".py")
+    return {f"{PACKAGE}.{name}", name} if part.endswith(".py") else {f"{PACKAGE}.{name}"}
+
+
+def place_in(module: str, layers: list[list[str]]) -> tuple[int, str] | None:
+    """(layer number, counted from the top, and part) of ``module`` in ``layers``, or None."""
+    for number, parts in enumerate(layers):
+        for part in parts:
+            if any(module == name or module.startswith(name + ".") for name in part_names(part)):
+                return number, part
+    return None
+
+
+def imports_against_the_layers(graph: dict[str, dict[str, list[str]]], layers: list[list[str]]) -> list[str]:
+    """Each import of ``graph`` that goes to a lower layer, or sideways to another part of its own
+    layer (the shared line excepted), with where it is."""
+    wrong = []
+    for module, targets in sorted(graph.items()):
+        for target, places in sorted(targets.items()):
+            here, there = place_in(module, layers), place_in(target, layers)
+            if here is None or there is None:
+                continue  # test_every_module_is_in_a_layer_of_the_picture names it
+            if there[0] > here[0] or (there[0] == here[0] != SHARED_LINE and there[1] != here[1]):
+                wrong += [f"{module} ({here[1]}) imports {target} ({there[1]}) at {place}"
+                          for place in places]
+    return wrong
+
+
+def the_picture() -> list[list[str]]:
+    return picture_layers((ROOT / "project.md").read_text(encoding="utf-8"))
+
+
 def find_cycles(graph: dict[str, dict]) -> list[list[str]]:
     """The cycles a depth-first search meets, one per back edge, each as [a, b, ..., a]."""
     state: dict[str, str] = {}  # "open" while on the search's stack, "done" after
@@ -173,6 +237,37 @@ def test_the_library_has_no_import_cycles():
         lines.append(" -> ".join(cycle))
         lines += [f"    {a} imports {b} at {'; '.join(graph[a][b])}" for a, b in zip(cycle, cycle[1:])]
     assert not cycles, f"break these import cycles in {PACKAGE}/:\n" + "\n".join(lines)
+
+
+def test_every_module_is_in_a_layer_of_the_picture():
+    layers = the_picture()
+    missing = [module for module in library_modules()
+               if module not in LAYERLESS and place_in(module, layers) is None]
+    assert not missing, (f"project.md's picture under {PICTURE_HEADING!r} must show every module of "
+                         f"{PACKAGE}/ in a layer; add these (a shared module to the top line):\n"
+                         + "\n".join(missing))
+    assert {f"{command}.py" for command in COMMANDS} <= set(layers[-1]), "the commands: the last line"
+
+
+def test_imports_follow_the_layers_of_the_picture():
+    wrong = imports_against_the_layers(import_graph(), the_picture())
+    assert not wrong, ("a module imports only from its own part and the layers above it in project.md's "
+                       "picture (side-by-side parts never import each other):\n" + "\n".join(wrong))
+
+
+def test_the_layer_check_sees_an_import_that_goes_down_or_sideways():
+    fake = {"text", "errors", "data/", "model/", "reporting/", "train.py"}
+    layers = picture_layers(f"{PICTURE_HEADING}\n\n```\ntext  errors    shared: a comment\n   ^\n"
+                            "data/\nmodel/   reporting/     side by side\ntrain.py\n```\n", fake.__contains__)
+    assert layers == [["text", "errors"], ["data/"], ["model/", "reporting/"], ["train.py"]]
+    graph = {f"{PACKAGE}.errors": {f"{PACKAGE}.text": ["e"]},  # the shared line: allowed
+             f"{PACKAGE}.model.vit": {f"{PACKAGE}.data.images": ["up"],
+                                      f"{PACKAGE}.model.checkpoint": ["own part"]},
+             f"{PACKAGE}.data.images": {f"{PACKAGE}.model.vit": ["down"]},
+             f"{PACKAGE}.reporting.plots": {f"{PACKAGE}.model.vit": ["sideways"]}}
+    wrong = imports_against_the_layers(graph, layers)
+    assert [line.rsplit(" at ", 1)[1] for line in wrong] == ["down", "sideways"], wrong
+    assert place_in("train", layers) == (3, "train.py") and place_in(f"{PACKAGE}.hub", layers) is None
 
 
 def test_the_checks_find_what_they_look_for():

@@ -2,7 +2,7 @@
 choices, bounds, metavar and --help group (``option``). From those fields one generator builds each
 command's argparse parser (``build_parser``, in the spirit of transformers' HfArgumentParser), one
 function checks values against them (``field_problems``), and ``reference`` writes the option
-tables of docs/options.md (tests/test_options.py checks that page against them).
+tables of docs/options.md (tests/shared/test_options.py checks that page against them).
 """
 from __future__ import annotations
 

@@ -1,0 +1,85 @@
+"""The output folder (training/output.py) is claimed, locked and checked before training, so nothing
+the user had is lost: never the user's own files, never inside the data, one run at a time, enough
+free space."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vitclassifier.errors import UserError
+from vitclassifier.training.output import LOCK, MARKER, OutputLock, claim_output_dir
+
+
+def fake_checkpoint(directory, weights: bytes = b"w") -> None:
+    directory.mkdir(parents=True)
+    for name in ("config.json", "preprocessor_config.json"):
+        (directory / name).write_text("{}")
+    (directory / "model.safetensors").write_bytes(weights)
+
+
+def claim(output_dir, data_dir, resuming=False, overwrite=False, needed=0):
+    lock = claim_output_dir(output_dir, data_dir, resuming, overwrite, needed)
+    lock.release()
+
+
+def test_a_folder_with_the_users_own_files_is_refused_and_left_untouched(tmp_path):
+    out = tmp_path / "out"
+    (out / "best").mkdir(parents=True)
+    (out / "best" / "thesis.docx").write_text("years of work")
+    (out / "metrics.csv").write_text("my,own,table\n")
+    with pytest.raises(UserError, match="did not write.*best.*metrics.csv"):
+        claim(out, tmp_path / "data", overwrite=True)
+    assert (out / "best" / "thesis.docx").read_text() == "years of work"
+    assert (out / "metrics.csv").read_text() == "my,own,table\n"
+    assert not (out / MARKER).exists() and not (out / LOCK).exists()
+
+
+def test_a_finished_run_is_replaced_only_with_overwrite_and_only_our_files(tmp_path):
+    out = tmp_path / "out"
+    fake_checkpoint(out / "best")
+    (out / "best" / "training_info.json").write_text(json.dumps({"epoch": 3, "val_acc": 0.9}))
+    fake_checkpoint(out / "last")
+    (out / "metrics.csv").write_text("epoch,train_loss\n1,0.5\n")
+    with pytest.raises(UserError, match=r"holds a training run \(best epoch 3.*--resume.*--overwrite"):
+        claim(out, tmp_path / "data")
+    assert (out / "best" / "model.safetensors").is_file()
+    claim(out, tmp_path / "data", resuming=True)  # continuing it is fine, and marks the folder as ours
+    (out / "notes.txt").write_text("the user's")
+    claim(out, tmp_path / "data", overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == sorted([MARKER, LOCK, "notes.txt"])
+
+
+def test_an_output_folder_inside_the_data_is_refused(tmp_path):
+    (tmp_path / "data" / "cat").mkdir(parents=True)
+    with pytest.raises(UserError, match="inside --data"):
+        claim(tmp_path / "data" / "runs", tmp_path / "data")
+    assert not (tmp_path / "data" / "runs").exists()
+
+
+def test_a_second_run_into_a_locked_folder_is_refused_naming_the_first(tmp_path):
+    out = tmp_path / "out"
+    first = claim_output_dir(out, tmp_path / "data", False, False, 0)
+    try:
+        with pytest.raises(UserError, match=r"in use by another training run \(pid \d+"):
+            claim(out, tmp_path / "data", resuming=True)
+    finally:
+        first.release()
+    claim(out, tmp_path / "data")  # free again once the first run ends
+
+
+def test_too_little_space_is_refused_before_training(tmp_path):
+    with pytest.raises(UserError, match="MiB free"):
+        claim(tmp_path / "out", tmp_path / "data", needed=2**62)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(UserError, match="cannot write to --output-dir"):
+        claim(blocker / "out", tmp_path / "data")
+
+
+def test_the_lock_file_names_its_holder(tmp_path):
+    lock = OutputLock(tmp_path)
+    try:
+        assert (tmp_path / LOCK).read_text().startswith("pid ")
+    finally:
+        lock.release()
