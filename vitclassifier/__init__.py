@@ -1,14 +1,8 @@
 """The library behind the commands train.py, predict.py, classifier.py, export.py and app.py.
 
-Layers, each importing only from the ones above it in this list (project.md draws the map):
-  text, errors, files, cli, devices, config   what every layer shares
-  data/                       image files, folders, transforms, batch augmentation, the audit
-  model/                      the ViT wrapper, checkpoints, trust checks, bf16 attention, runnable interface
-  reporting/                  metrics, calibration, pictures, tables, experiment tracking
-  export/                     the export formats: their files, writers, runtimes and the check
-  training/  and  inference/  the recipe, loops and Trainer; loading any model form, prediction
-  evaluation                  train.py --evaluate: inference's loader with training's evaluation
-No library module imports a command.
+Its layers (data/, model/, reporting/, export/, training/, inference/, ...) and the one direction
+of their imports are drawn once, in project.md's "One import direction"; tests/test_layout.py checks
+the code against that picture. No library module imports a command.
 
 The public names (``PUBLIC``, also handed out by classifier.py) are imported on first use (PEP 562),
 so ``import vitclassifier`` stays cheap: no torch or transformers until a name that needs them.
