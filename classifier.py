@@ -114,15 +114,12 @@ def generate_command(args: CheckDataConfig) -> int:
 
 def run_deep_audit(args: CheckDataConfig, source) -> dict:
     """``--check-data DIR --model M``: the deep audit (vitclassifier/deep_audit, docs/audit.md)."""
-    from vitclassifier.deep_audit.run import AuditOptions, deep_audit
+    from vitclassifier.deep_audit.run import deep_audit
     labels, train, val = source.labels, source.train(), source.val()  # read (and refused) first
     if source.streamed:
         raise UserError("--model: the deep audit reads images one by one, which streamed shards cannot do; "
                         "audit the folder the shards were made from")
-    options = AuditOptions(model=args.model, out=args.audit_out, folds=args.folds,
-                           duplicate_threshold=args.duplicate_threshold, pixel_threshold=args.pixel_threshold,
-                           batch_size=args.batch_size, device=args.device)
-    return deep_audit(args.check_data, labels, train, val, options)
+    return deep_audit(args.check_data, labels, train, val, args)
 
 
 def main(argv: list[str] | None = None) -> int:

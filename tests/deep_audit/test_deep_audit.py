@@ -16,7 +16,8 @@ from PIL import Image, ImageDraw
 
 import classifier
 from vitclassifier.data.folders import load_splits
-from vitclassifier.deep_audit.run import AuditOptions, deep_audit
+from vitclassifier.data.options import CheckDataConfig
+from vitclassifier.deep_audit.run import deep_audit
 
 COPY_KINDS = ("resized", "reencoded", "cropped")
 
@@ -82,7 +83,7 @@ def blobs(folder: Path, count: int, rng: random.Random) -> None:
 
 
 def audit(data: Path, model: Path, out: Path) -> dict:
-    options = AuditOptions(model=str(model), out=out, device="cpu")
+    options = CheckDataConfig(model=str(model), audit_out=out, device="cpu")
     return deep_audit(data, *load_splits(data, 0.2, 42), options)
 
 

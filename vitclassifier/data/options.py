@@ -13,6 +13,7 @@ from vitclassifier.options import field_problems, option, type_problems
 FORMS = "data forms (--check-data) and --to-shards options"
 GENERATE, CHECK = "--generate-data options", "--check-data options"
 DEEP = "--check-data --model options: the deep audit (docs/audit.md)"
+SIMILARITY = "--duplicate-threshold and --pixel-threshold are cosine similarities above 0, at most 1"
 
 
 @dataclass(kw_only=True)
@@ -62,10 +63,11 @@ class CheckDataConfig:
     folds: int = option("folds of the out-of-fold linear classifier behind the suspected label errors", 5,
                         type=at_least(2), group=DEEP)
     duplicate_threshold: float = option(
-        "near-duplicates: cosine similarity of the embeddings from which two images count", 0.995, group=DEEP)
+        "near-duplicates: cosine similarity of the embeddings from which two images count", 0.995, group=DEEP,
+        above=0, at_most=1, problem=SIMILARITY)
     pixel_threshold: float = option(
         "near-duplicates: cosine similarity of 8x8 colour thumbnails from which two images count (resized, "
-        "recompressed or slightly cut copies)", 0.99, group=DEEP)
+        "recompressed or slightly cut copies)", 0.99, group=DEEP, above=0, at_most=1, problem=SIMILARITY)
     batch_size: int = option("images embedded at once", 64, type=at_least(1), group=DEEP)
     device: str = option("where to run; auto picks a GPU when there is one", "auto", choices=DEVICES,
                          group=DEEP)

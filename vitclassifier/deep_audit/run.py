@@ -1,4 +1,5 @@
-"""The deep audit from start to end: ``deep_audit(data, labels, train, val, options)``.
+"""The deep audit from start to end: ``deep_audit(data, labels, train, val, options)``, ``options``
+being classifier.py's ``CheckDataConfig`` (its --check-data --model options, checked there).
 
 It returns the findings as plain data (for the JSON report), writes them into the output folder
 (CSV files with paths relative to the data, picture grids, report.json by the caller) and
@@ -7,15 +8,13 @@ they are: suspects to review, not verdicts.
 """
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from vitclassifier.cli import DEVICES
 from vitclassifier.data.exclude import sample_key
+from vitclassifier.data.options import CheckDataConfig
 from vitclassifier.deep_audit import outputs
 from vitclassifier.deep_audit.cache import cached_embeddings
 from vitclassifier.deep_audit.embedding import load_embedder, unit_rows
@@ -23,30 +22,7 @@ from vitclassifier.deep_audit.findings import label_issues, outlier_scores, outl
 from vitclassifier.deep_audit.neighbours import near_duplicates, nearest_neighbours, pixel_view
 from vitclassifier.errors import UserError
 
-
-@dataclass
-class AuditOptions:
-    """What ``classifier.py --check-data DIR --model M`` asks of the deep audit."""
-    model: str
-    out: Path | None = None  # None: outputs.default_folder(DIR)
-    folds: int = 5
-    duplicate_threshold: float = 0.995  # cosine similarity of the embeddings (docs/audit.md)
-    pixel_threshold: float = 0.99  # cosine similarity of the thumbnail vectors
-    neighbours: int = 10
-    batch_size: int = 64
-    device: str = "auto"
-
-    def problems(self) -> list[str]:
-        """What is wrong with these options, one sentence each naming the option."""
-        checks = [
-            (self.folds >= 2, "--folds must be at least 2"),
-            (all(math.isfinite(t) and 0 < t <= 1 for t in (self.duplicate_threshold, self.pixel_threshold)),
-             "--duplicate-threshold and --pixel-threshold are cosine similarities above 0, at most 1"),
-            (self.neighbours >= 1, "--neighbours must be at least 1"),
-            (self.batch_size >= 1, "--batch-size must be at least 1"),
-            (self.device in DEVICES, f"--device: choose from {', '.join(DEVICES)}"),
-        ]
-        return [message for ok, message in checks if not ok]
+NEIGHBOURS = 10  # nearest neighbours looked at per image (near-duplicates, pixel views)
 
 
 def relative(sample, data: Path) -> str:
@@ -70,13 +46,13 @@ def _duplicate_rows(pairs, entries) -> list[dict]:
 
 
 def find_all(embedded, entries: list[dict], given: np.ndarray, classes: list[str],
-             options: AuditOptions) -> dict:
+             options: CheckDataConfig) -> dict:
     """The three kinds of findings over the embedded images, as rows of plain data (and how long
     the neighbour search and the label-error search took)."""
     started = time.time()
     unit, pixels = unit_rows(embedded.vectors), pixel_view(embedded.thumbnails)
-    neighbours = nearest_neighbours(unit, options.neighbours)
-    pixel_neighbours = nearest_neighbours(pixels, options.neighbours)
+    neighbours = nearest_neighbours(unit, NEIGHBOURS)
+    pixel_neighbours = nearest_neighbours(pixels, NEIGHBOURS)
     pairs = near_duplicates(unit, pixels, options.duplicate_threshold, options.pixel_threshold, neighbours,
                             pixel_neighbours)
     searched = time.time()
@@ -94,14 +70,14 @@ def find_all(embedded, entries: list[dict], given: np.ndarray, classes: list[str
     }
 
 
-def deep_audit(data: Path, labels: list[str], train: list, val: list, options: AuditOptions) -> dict:
+def deep_audit(data: Path, labels: list[str], train: list, val: list, options: CheckDataConfig) -> dict:
     """Embed every image of the split (cached), find the suspects, write them into the output folder."""
     started = time.time()
     problems = options.problems()
     if problems:
         raise UserError("; ".join(problems))
     require_libraries()
-    out = options.out or outputs.default_folder(data)
+    out = options.audit_out or outputs.default_folder(data)
     outputs.claim_folder(out, data)
     embedder = load_embedder(options.model, labels, options.device)
     samples = [(sample, label, split) for split, part in (("train", train), ("val", val))
@@ -119,10 +95,17 @@ def deep_audit(data: Path, labels: list[str], train: list, val: list, options: A
     for kind in outputs.KINDS:
         outputs.write_csv(out / f"{kind}.csv", outputs.COLUMNS[kind], found[kind])
     write_pictures(out, found, {entry["path"]: samples[i][0] for entry, i in zip(entries, embedded.readable)})
-    return {"model": options.model, "folder": str(out), "settings": {**asdict(options), "out": str(out)},
+    return {"model": options.model, "folder": str(out), "settings": settings(options, out),
             "image_size": embedder.prep.image_size,
             "images": len(embedded.readable), "from_cache": embedded.from_cache,
             "unreadable": len(embedded.unreadable), "seconds": round(time.time() - started, 1), **found}
+
+
+def settings(options: CheckDataConfig, out: Path) -> dict:
+    """The deep audit's settings, as report.json records them."""
+    return {"model": options.model, "out": str(out), "folds": options.folds,
+            "duplicate_threshold": options.duplicate_threshold, "pixel_threshold": options.pixel_threshold,
+            "neighbours": NEIGHBOURS, "batch_size": options.batch_size, "device": options.device}
 
 
 def write_pictures(out: Path, found: dict, sample_of: dict) -> None:
