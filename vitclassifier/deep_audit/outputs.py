@@ -8,11 +8,10 @@ we did not write: a folder without our marker that already holds one of our file
 """
 from __future__ import annotations
 
-import csv
-import io
 import math
 from pathlib import Path
 
+from vitclassifier import tables
 from vitclassifier.data.images import DECODE_ERRORS, load_image
 from vitclassifier.deep_audit.cache import CACHE_PREFIX
 from vitclassifier.errors import UserError, printable
@@ -59,11 +58,9 @@ def claim_folder(out: Path, data: Path) -> None:
 
 
 def write_csv(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
-    text = io.StringIO()
-    writer = csv.DictWriter(text, columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, text.getvalue())
+    """One kind's findings, names neutralised for spreadsheets (tables.safe_cell); report.json has them
+    as they are."""
+    tables.write_csv(path, tables.dict_rows(columns, rows), lineterminator="\n")
 
 
 def _thumbnail(sample):
