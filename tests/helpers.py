@@ -99,3 +99,12 @@ def one_line_refusal(code: int, err: str, *fragments: str) -> None:
     assert lines[0].startswith("error: cannot load "), err
     for fragment in fragments:
         assert fragment in lines[0], err
+
+
+def count_decodes(monkeypatch) -> list:
+    """A list that gets every picture Pillow decodes from now on (ImageFile.load), so that a test can
+    say "refused before a pixel was decoded" without timing it."""
+    from PIL import ImageFile
+    decoded, load = [], ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda image: (decoded.append(image), load(image))[1])
+    return decoded

@@ -2,6 +2,7 @@
 --min-confidence and --tta, agreement with transformers, and bad options refused up front."""
 from __future__ import annotations
 
+import io
 import json
 import shutil
 
@@ -11,7 +12,7 @@ from helpers import CLASSES
 from PIL import Image
 
 import predict
-from vitclassifier.inference.predict import tta_views
+from vitclassifier.inference.predict import print_table, ranked, top_k_results, tta_views
 from vitclassifier.model.checkpoint import update_info
 
 
@@ -170,3 +171,13 @@ def test_tta_averages_views_and_keeps_the_output_format(trained_run, images, cap
     assert all(abs(sum(x["confidence"] for x in r["predictions"]) - 1) < 1e-4 for r in averaged.values())
     views = tta_views(torch.rand(2, 3, 32, 32))
     assert len(views) == 4 and all(v.shape == (2, 3, 32, 32) for v in views)
+
+
+def test_a_model_that_outputs_nan_still_gets_its_table():
+    logits = torch.tensor([[float("nan"), 0.0, 1.0], [2.0, 0.0, 0.0]])
+    results = top_k_results(["broken.png", "fine.png"], ranked([logits], 1.0, 2), ["a", "b", "c"], 0.0)
+    table = io.StringIO()
+    print_table(results, file=table)
+    lines = table.getvalue().splitlines()
+    assert lines[0] == "broken.png  -> unknown: no label is confident enough"
+    assert "nan%" in lines[1] and lines[1].endswith("nan%  ") and lines[4].endswith("#" * 16)

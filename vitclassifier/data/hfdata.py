@@ -9,7 +9,9 @@ splits are used when it has them, else the folders' stratified, seeded split.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 from vitclassifier.data.folders import stratified_split
@@ -72,10 +74,23 @@ def open_splits_of(path: Path) -> dict:
             loaded = datasets.load_from_disk(text)
             return dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
         files = {"data_files": text} if path.is_file() else {"data_dir": text}
-        return dict(datasets.load_dataset("parquet", **files))
+        splits = dict(datasets.load_dataset("parquet", **files))
+        for split in splits.values():
+            for copy in split.cache_files:
+                _note_arrow_copy(text, str(Path(copy["filename"]).parent))
+        return splits
     except (OSError, ValueError) as error:
         raise UserError(f"cannot read the Hugging Face dataset {printable(str(path))}: "
                         f"{printable(error)}") from None
+
+
+@cache
+def _note_arrow_copy(data: str, folder: str) -> None:
+    """Caches are named: datasets reads parquet through an Arrow copy that stays in its cache after the
+    run. Said once per folder and process."""
+    print(f"note: {printable(data)} is read through an Arrow copy in the datasets cache, {printable(folder)} "
+          f"(it stays after this run: remove it when done; HF_DATASETS_CACHE puts it elsewhere)",
+          file=sys.stderr)
 
 
 def _column(features: dict, wanted: str | None, kinds: tuple, names: tuple, option: str, where: str) -> str:
