@@ -122,10 +122,10 @@ class ExplainDataset(Dataset):
         path = self.paths[index]
         try:
             image = load_image(path, self.prep.resize_size)
+            pixels = self.transform(image)  # may refuse an elongated picture (transforms.BoundedResize)
         except DECODE_ERRORS as error:
             return None, str(path), f"{type(error).__name__}: {error}", index
         size = image.info[FULL_SIZE]  # the maps' size: the picture's own, however it was decoded
-        pixels = self.transform(image)
         return pixels, str(path), panel_image(image, panel_size(*size)), size, index
 
 
