@@ -4,13 +4,21 @@ is built here with Pillow, tarfile and gzip; every bound is tested at a small li
 environment variable, so that no test allocates much."""
 from __future__ import annotations
 
+import io
+import json
+import os
+import sys
+import tarfile
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from vitclassifier.data.augment import train_decode
 from vitclassifier.data.dataset import ImageFolderDataset
+from vitclassifier.data.shards import open_shards, read_shard
 from vitclassifier.data.transforms import Preprocessing, eval_transform
+from vitclassifier.errors import UserError
 from vitclassifier.inference.explain import ExplainDataset
 
 PREP = Preprocessing(image_size=32)  # resize_size 36
@@ -41,3 +49,115 @@ def test_a_long_strip_is_refused_before_resizing_and_the_other_images_go_on(tmp_
     assert explained[1][0] is not None
     monkeypatch.setenv("VIT_MAX_PIXELS", "5000000")  # a budget that holds the resized strip: read
     assert ImageFolderDataset([(strip, 0)], eval_transform(PREP), PREP.resize_size)[0][3] is None
+
+
+def png_bytes(colour: tuple[int, int, int] = (10, 200, 10)) -> bytes:
+    stream = io.BytesIO()
+    Image.new("RGB", (40, 40), colour).save(stream, "PNG")
+    return stream.getvalue()
+
+
+def add_member(archive: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    archive.addfile(info, io.BytesIO(data))
+
+
+def write_tar(path: Path, samples: list[tuple[str, bytes | None, bytes | None]], mode: str = "w") -> Path:
+    """A shard of (key, image bytes or None, .cls bytes or None) samples."""
+    with tarfile.open(path, mode) as archive:
+        for key, image, cls in samples:
+            if image is not None:
+                add_member(archive, f"{key}.png", image)
+            if cls is not None:
+                add_member(archive, f"{key}.cls", cls)
+    return path
+
+
+def indexed_shards(folder: Path, train: list, val: list, counts: tuple[int, int] | None = None) -> Path:
+    """A shard folder as --to-shards writes it: train-000000.tar, val-000000.tar and index.json
+    (``counts``: what the index claims, else the true counts)."""
+    folder.mkdir()
+    write_tar(folder / "train-000000.tar", train)
+    write_tar(folder / "val-000000.tar", val)
+    counts = counts or (len(train), len(val))
+    index = {"labels": ["a", "b"], "train": [{"name": "train-000000.tar", "count": counts[0]}],
+             "val": [{"name": "val-000000.tar", "count": counts[1]}]}
+    (folder / "index.json").write_text(json.dumps(index))
+    return folder
+
+
+def two_classes(prefix: str, count: int) -> list:
+    return [(f"{prefix}{i}", png_bytes((30 * i, 0, 0)), str(i % 2).encode()) for i in range(count)]
+
+
+def test_a_member_over_the_byte_bound_is_refused_unread_naming_shard_and_member(tmp_path, monkeypatch,
+                                                                                capsys):
+    # a gzip shard: 600 KB of zeros inflate from about 1 KB; the bound, set low, is 100 KB
+    monkeypatch.setenv("VIT_MAX_FILE_BYTES", "100000")
+    shard = write_tar(tmp_path / "big.tar.gz", [("a0", png_bytes(), b"0"), ("a1", bytes(600_000), b"1"),
+                                                ("a2", png_bytes(), b"0")], "w:gz")
+    assert shard.stat().st_size < 10_000
+    assert [key for key, _, _ in read_shard(str(shard))] == []  # a0 was still waiting for its group
+    err = capsys.readouterr().err
+    assert "warning: member a1.png of shard" in err and "skipping the rest of the shard" in err
+    assert "600000 bytes, over the bound of 100000 bytes" in err
+    assert "VIT_MAX_FILE_BYTES" in err and len(err.strip().splitlines()) == 1
+    monkeypatch.setenv("VIT_MAX_FILE_BYTES", "1000000")
+    assert [key for key, _, _ in read_shard(str(shard))] == ["a0", "a1", "a2"]
+
+
+def test_a_shard_cut_inside_a_member_header_is_truncated_not_a_normal_end(tmp_path, capsys):
+    shard = write_tar(tmp_path / "cut.tar", two_classes("k", 4))
+    data = shard.read_bytes()
+    second_header = data.index(b"k1.png")  # the second sample's first header
+    shard.write_bytes(data[:second_header + 100])  # inside that 512-byte header block
+    assert [key for key, _, _ in read_shard(str(shard))] == []  # k0 ends where the cut is noticed
+    assert "cut.tar is damaged or truncated (it ends inside a member header" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="named pipes")
+def test_a_fifo_named_by_the_index_never_blocks_check_data(tmp_path, capsys):
+    import classifier
+    shards = indexed_shards(tmp_path / "shards", two_classes("t", 6), two_classes("v", 2))
+    (shards / "val-000000.tar").unlink()
+    os.mkfifo(shards / "val-000000.tar")  # a reader of a FIFO waits for a writer: for ever
+    code = classifier.main(["--check-data", str(shards), "--json", str(tmp_path / "report.json"),
+                            "--image-size", "32"])
+    assert code in (0, 1)
+    assert "val-000000.tar is damaged or truncated (a named pipe (FIFO), not a regular file" in (
+        capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("claimed", [(4, 2), (9, 2)])
+def test_an_index_that_miscounts_its_shards_is_refused_in_one_line(tmp_path, claimed):
+    shards = indexed_shards(tmp_path / "shards", two_classes("t", 6), two_classes("v", 2), claimed)
+    claim = f"says train-000000.tar holds {claimed[0]} sample.s., but it holds 6"
+    with pytest.raises(UserError, match=claim):
+        open_shards(shards, 0.2, 0)
+
+
+def test_samples_without_a_label_or_with_one_the_index_lacks_are_named_and_counted(tmp_path, capsys):
+    train = [*two_classes("t", 4), ("nolabel", png_bytes(), None), ("noimage", None, b"1"),
+             ("huge", png_bytes(), b"9" * 5000), ("unknown", png_bytes(), b"7")]
+    shards = indexed_shards(tmp_path / "shards", train, two_classes("v", 2), (4, 2))
+    open_shards(shards, 0.2, 0)
+    err = capsys.readouterr().err
+    assert "warning: 4 sample(s) of" in err
+    for fragment in ("nolabel: no label", "noimage: no image member", "huge: no label", "unknown: label '7'"):
+        assert fragment in err
+    write_tar(tmp_path / "plain-0.tar", train)  # no index: counted, the same four named
+    write_tar(tmp_path / "plain-1.tar", two_classes("v", 2))
+    open_shards(tmp_path / "plain-{0..1}.tar", 0.2, 0)
+    assert "warning: 3 sample(s) of 2 shard(s) are left out" in capsys.readouterr().err  # '7': a class
+
+
+def test_a_shard_pattern_naming_billions_of_shards_is_refused_in_one_line(tmp_path):
+    with pytest.raises(UserError, match="names 10000000000 shards, more than the 100000"):
+        open_shards(tmp_path / "s-{0000000000..9999999999}.tar", 0.2, 0)
+    with pytest.raises(UserError, match=r"index.json is not a shard index .*not a file name"):
+        indexed_shards(tmp_path / "evil", two_classes("t", 2), two_classes("v", 2))
+        index = json.loads((tmp_path / "evil" / "index.json").read_text())
+        index["train"][0]["name"] = "../../etc/passwd"
+        (tmp_path / "evil" / "index.json").write_text(json.dumps(index))
+        open_shards(tmp_path / "evil", 0.2, 0)
