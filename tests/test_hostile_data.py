@@ -9,6 +9,7 @@ import json
 import os
 import sys
 import tarfile
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from PIL import Image
 
 from vitclassifier.data.augment import train_decode
 from vitclassifier.data.dataset import ImageFolderDataset
+from vitclassifier.data.images import FileTooLarge
 from vitclassifier.data.shards import open_shards, read_shard
 from vitclassifier.data.transforms import Preprocessing, eval_transform
 from vitclassifier.errors import UserError
@@ -161,3 +163,46 @@ def test_a_shard_pattern_naming_billions_of_shards_is_refused_in_one_line(tmp_pa
         index["train"][0]["name"] = "../../etc/passwd"
         (tmp_path / "evil" / "index.json").write_text(json.dumps(index))
         open_shards(tmp_path / "evil", 0.2, 0)
+
+
+def test_to_shards_refuses_a_link_out_of_the_folder_and_a_file_over_the_bound(tmp_path, monkeypatch,
+                                                                              capsys):
+    import classifier
+    root = tmp_path / "data"
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (40, 40), (40 * i, 0, 0)).save(root / name / f"{i}.png")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0")
+    (root / "a" / "leak.jpg").symlink_to(secret)
+    assert classifier.main(["--to-shards", str(root), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "leak.jpg is a link to " in err and "secret.txt, outside" in err and len(err.splitlines()) == 1
+    (root / "a" / "leak.jpg").unlink()
+    (root / "a" / "huge.jpg").write_bytes(bytes(50_000))  # not an image, and over the bound below
+    monkeypatch.setenv("VIT_MAX_FILE_BYTES", "20000")
+    assert classifier.main(["--to-shards", str(root), str(tmp_path / "out2")]) == 2
+    assert "huge.jpg is 50000 bytes, over the bound of 20000 bytes" in capsys.readouterr().err
+    assert not list((tmp_path / "out2").glob("*.tar"))  # refused before any shard was written
+
+
+def test_a_cache_whose_directory_promises_gigabytes_is_ignored_before_loading(tmp_path, capsys):
+    from vitclassifier.deep_audit.cache import load_cache
+    cache = tmp_path / "embeddings-x.npz"
+    with zipfile.ZipFile(cache, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("hashes.npy", bytes(2_000_000))  # 2 MB of zeros in a few KB
+    assert cache.stat().st_size < 100_000
+    assert load_cache(cache, "x").rows == {}
+    assert "hashes.npy would inflate to 2000000 bytes from a file of" in capsys.readouterr().err
+
+
+def test_a_dataset_cell_naming_a_huge_file_is_refused_unread(tmp_path, monkeypatch):
+    from vitclassifier.data.hfdata import Table
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(bytes(50_000))
+    monkeypatch.setenv("VIT_MAX_FILE_BYTES", "20000")
+    table = Table("train", [{"image": {"bytes": None, "path": str(huge)}}, {"image": bytes(30_000)}])
+    for row, fragment in ((0, "huge.png is 50000 bytes"), (1, "the image cell of row 1 is 30000 bytes")):
+        with pytest.raises(FileTooLarge, match=fragment):
+            table.image_bytes(row)

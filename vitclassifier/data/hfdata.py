@@ -15,7 +15,7 @@ from functools import cache
 from pathlib import Path
 
 from vitclassifier.data.folders import stratified_split
-from vitclassifier.data.images import open_regular
+from vitclassifier.data.images import file_bound, read_regular, too_many_bytes
 from vitclassifier.data.labelfile import IMAGE_COLUMNS, LABEL_COLUMNS, find_column
 from vitclassifier.errors import UserError
 from vitclassifier.hub import hub_reachable
@@ -106,6 +106,13 @@ def _column(features: dict, wanted: str | None, kinds: tuple, names: tuple, opti
     return found
 
 
+def _within_bound(data: bytes, row: int) -> bytes:
+    """A cell's image bytes, refused (FileTooLarge) over the byte bound, as a file's would be."""
+    if len(data) > file_bound():
+        raise too_many_bytes(f"the image cell of row {row}", len(data), file_bound())
+    return data
+
+
 @dataclass(eq=False)
 class Table:
     """One split of a dataset, with its image column read undecoded (the bytes, as stored)."""
@@ -117,13 +124,12 @@ class Table:
         value = self.dataset[row][self.image_column]
         if isinstance(value, dict):  # an Image feature undecoded: {"bytes": ..., "path": ...}
             if value.get("bytes") is not None:
-                return value["bytes"]
+                return _within_bound(value["bytes"], row)
             if value.get("path"):
-                with open_regular(value["path"]) as file:
-                    return file.read()
+                return read_regular(value["path"])  # a regular file, within the byte bound
             raise OSError("the row holds no image")
         if isinstance(value, (bytes, bytearray)):
-            return bytes(value)
+            return bytes(_within_bound(value, row))
         raise OSError(f"the image column holds {type(value).__name__}, not image bytes")
 
 
