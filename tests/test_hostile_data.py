@@ -206,3 +206,58 @@ def test_a_dataset_cell_naming_a_huge_file_is_refused_unread(tmp_path, monkeypat
     for row, fragment in ((0, "huge.png is 50000 bytes"), (1, "the image cell of row 1 is 30000 bytes")):
         with pytest.raises(FileTooLarge, match=fragment):
             table.image_bytes(row)
+
+
+def label_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(4):
+        Image.new("RGB", (40, 40), (50 * i, 0, 0)).save(folder / f"{i}.png")
+    return folder
+
+
+def test_label_file_rows_outside_its_folder_or_without_a_label_are_named_and_skipped(tmp_path, capsys):
+    from vitclassifier.data.labelfile import read_label_file
+    label_folder(tmp_path)
+    secret = tmp_path.parent / f"{tmp_path.name}-secret.png"
+    Image.new("RGB", (40, 40)).save(secret)
+    (tmp_path / "images" / "link.png").symlink_to(secret)
+    rows = ["file,label", "images/0.png,a", "images/1.png,b", "images/2.png,", "images/3.png,-1",
+            f"{secret},a", f"../{secret.name},b", "images/link.png,a"]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    classes, _ = read_label_file(tmp_path / "labels.csv")
+    assert sum(map(len, classes.values())) == 2
+    err = capsys.readouterr().err
+    assert "2 image(s) named in" in err and "have no label (empty or -1) and are skipped" in err
+    assert "3 image(s) named in" in err and "lie outside its folder" in err and "link.png" in err
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("file,label\n" + "images/0.png," + "x" * 150_000 + "\n", "field larger than field limit"),
+    ('file,label\nimages/0.png,a\n"images/1.png,b\nimages/2.png,a\nimages/3.png,b\n', "stray quote"),
+])
+def test_a_label_file_that_breaks_the_csv_parser_is_one_line(tmp_path, text, fragment):
+    from vitclassifier.data.labelfile import read_label_file
+    label_folder(tmp_path)
+    (tmp_path / "labels.csv").write_text(text)
+    with pytest.raises(UserError, match=fragment):
+        read_label_file(tmp_path / "labels.csv")
+
+
+@pytest.mark.parametrize("line", ['{"file": "images/0.png", "label": ' + "[" * 100_000 + "]" * 100_000 + "}",
+                                  '{"file": "images/0.png", "label": ' + "9" * 5000 + "}"])
+def test_a_jsonl_line_nested_too_deep_or_with_a_huge_number_is_one_line(tmp_path, line):
+    from vitclassifier.data.labelfile import read_label_file
+    label_folder(tmp_path)
+    (tmp_path / "labels.jsonl").write_text(line + "\n")
+    with pytest.raises(UserError, match="line 1: not JSON"):
+        read_label_file(tmp_path / "labels.jsonl")
+
+
+def test_a_refused_fold_column_is_named(tmp_path):
+    from vitclassifier.data.labelfile import load_label_file
+    label_folder(tmp_path)
+    rows = ["file,label,fold", *(f"images/{i}.png,{'ab'[i % 2]},{i}" for i in range(4))]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(UserError, match="the split column 'fold' of .* has values other than train and val"):
+        load_label_file(tmp_path / "labels.csv", 0.2, 0)

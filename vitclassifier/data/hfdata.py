@@ -174,7 +174,8 @@ def _table_samples(splits: dict, split: str, where: str, columns: tuple[str | No
     names, values = _classes_of(dataset, label, where)
     classes: dict[str, list[RowRef]] = {}
     for row, value in enumerate(values):
-        if value is None or (names is not None and not 0 <= value < len(names)):
+        if value is None or (not 0 <= value < len(names) if names is not None
+                             else isinstance(value, int) and value < 0):
             continue  # unlabelled (ClassLabel -1, as test splits often are)
         classes.setdefault(names[value] if names is not None else str(value), []).append(
             RowRef(table.name, row, table))
