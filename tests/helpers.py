@@ -144,3 +144,12 @@ def fill(disk: Path, leave: int) -> None:
 def must_not_load(*_args, **_kwargs):
     """A stand-in for a model loader, for checks that must come before any loading."""
     raise AssertionError("the model was loaded before the outputs were checked")
+
+
+def count_decodes(monkeypatch) -> list:
+    """A list that gets every picture Pillow decodes from now on (ImageFile.load), so that a test can
+    say "refused before a pixel was decoded" without timing it."""
+    from PIL import ImageFile
+    decoded, load = [], ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda image: (decoded.append(image), load(image))[1])
+    return decoded

@@ -3,10 +3,12 @@ and checking, before any work, that an output can be written at all."""
 from __future__ import annotations
 
 import ctypes
+import glob
+import itertools
 import os
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from vitclassifier.errors import UserError
@@ -249,3 +251,22 @@ def refuse_inside(path: Path, folder: Path, option: str, what: str) -> None:
     if target == folder or target.is_relative_to(folder):
         raise UserError(f"{option} {path} would write into {what} {folder}; write it elsewhere, so "
                         f"that {what} stays intact")
+
+
+def input_folder(item: str | Path) -> Path:
+    """The folder an input is read from: a folder itself, a file's own folder, and for a glob the
+    folder before its first wildcard (the pattern may reach anywhere below it)."""
+    path = Path(item)
+    if path.is_dir():
+        return path
+    if not path.exists() and glob.has_magic(str(item)):
+        fixed = list(itertools.takewhile(lambda part: not glob.has_magic(part), path.parts))
+        return Path(*fixed) if fixed else Path(".")
+    return path.parent
+
+
+def refuse_among_inputs(path: Path, folders: Iterable[str | Path], option: str, what: str) -> None:
+    """Outputs never go among inputs: refuse ``path`` at or inside any of ``folders``, the folders
+    the inputs are read from (input_folder), where its files would be read as inputs next time."""
+    for folder in dict.fromkeys(map(str, folders)):
+        refuse_inside(path, Path(folder), option, what)

@@ -351,3 +351,17 @@ def test_an_image_listed_with_two_labels_keeps_its_first_and_is_named(tmp_path, 
     holding = [name for name, paths in classes.items() if files[0].resolve() in map(Path.resolve, paths)]
     assert holding == [files[0].parent.name]
     assert files[0].name in capsys.readouterr().err
+
+
+def test_a_parquet_input_names_the_arrow_copy_it_leaves_in_the_cache(tmp_path, monkeypatch, capsys):
+    from vitclassifier.data.hfdata import open_splits_of
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "rows.parquet"
+    datasets.Dataset.from_dict({"image": [b"x", b"y"], "label": [0, 1]}).to_parquet(str(data))
+    capsys.readouterr()
+    assert len(open_splits_of(data)["train"]) == 2
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 1 and str(data) in notes[0] and f"{tmp_path / 'cache'}{os.sep}parquet" in notes[0]
+    assert list((tmp_path / "cache").rglob("*.arrow"))  # the copy it names is there
+    open_splits_of(data)  # a second read (--evaluate opens it again) does not say it twice
+    assert "note: " not in capsys.readouterr().err

@@ -11,6 +11,8 @@ from PIL import Image
 from vitclassifier.deep_audit import cache, neighbours
 from vitclassifier.deep_audit.embedding import thumbnail_vector, unit_rows
 from vitclassifier.deep_audit.findings import outliers
+from vitclassifier.deep_audit.outputs import MARKER, claim_folder, default_folder
+from vitclassifier.errors import UserError
 
 
 def random_unit(count: int, width: int = 16, seed: int = 0) -> np.ndarray:
@@ -110,3 +112,17 @@ def test_a_missing_cleanlab_is_one_line_naming_the_extras(monkeypatch):
     with pytest.raises(UserError, match="requirements-extras.txt") as error:
         require_libraries()
     assert "cleanlab" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_the_audit_folder_never_goes_among_a_label_file_s_images(tmp_path):
+    images = tmp_path / "kaggle" / "images"
+    images.mkdir(parents=True)
+    labels = tmp_path / "kaggle" / "train.csv"
+    labels.write_text("file,label\nimages/a.png,cat\n")
+    samples = [images / "a.png", "row 3 of a dataset"]  # only files have a folder
+    for inside in (images, images / "audit"):
+        with pytest.raises(UserError, match="--audit-out .* would write into an image folder of the data"):
+            claim_folder(inside, labels, samples)
+    assert not (images / "audit").exists()
+    claim_folder(default_folder(labels), labels, samples)  # beside the label file: kaggle/train-audit
+    assert (tmp_path / "kaggle" / "train-audit" / MARKER).is_file()

@@ -8,7 +8,6 @@ import io
 import json
 import re
 import shutil
-import time
 
 import numpy as np
 import pytest
@@ -176,15 +175,17 @@ def test_user_mistakes_are_one_line_errors(trained_run, tmp_path, capsys):
 
 
 def test_export_speeds_are_timed_in_turns_and_a_noisy_speed_up_is_left_out():
-    from vitclassifier.export.check import speed_report, timed_in_turns
-    calls = []
+    from vitclassifier.export.check import TURN_PAUSE, speed_report, timed_in_turns
+    now, calls, pauses = [0.0], [], []  # a clock that moves only when a model runs: no machine's load counts
 
-    def sleeper(name, seconds):
-        return lambda batch: (calls.append(name), time.sleep(seconds))
-    base, exported = timed_in_turns([sleeper("torch", 0.02), sleeper("export", 0.01)], torch.zeros(1), 3)
-    assert calls == ["torch", "export"] * 5 and len(base) == len(exported) == 3  # 2 warm-up rounds, in turns
+    def model(name, seconds):
+        return lambda batch: (calls.append(name), now.__setitem__(0, now[0] + seconds))
+    runs = [model("torch", 2**-6), model("export", 2**-7)]  # powers of two: the sums are exact
+    base, exported = timed_in_turns(runs, torch.zeros(1), 3, clock=lambda: now[0], pause=pauses.append)
+    assert calls == ["torch", "export"] * 5 and pauses == [TURN_PAUSE] * 10  # 2 warm-up rounds, in turns
+    assert base == [2**-6] * 3 and exported == [2**-7] * 3  # the warm-up rounds left out
     steady = speed_report("Engine", base, exported, 32, None)
-    assert "Engine" in steady and "x PyTorch's speed" in steady and "left out" not in steady
+    assert "Engine" in steady and "2.00x PyTorch's speed" in steady and "left out" not in steady
     noisy = speed_report("Engine", [0.02, 0.02, 0.02], [0.01, 0.04, 0.002], 32, None)
     assert "speed-up left out: it varied from 0.50x to 10.00x" in noisy and "x PyTorch's speed" not in noisy
 

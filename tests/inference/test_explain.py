@@ -205,6 +205,22 @@ def test_the_explain_folder_is_checked_before_any_work(tmp_path, capsys):
     assert not (images / "maps").exists()
 
 
+@pytest.mark.parametrize("given", ["file list", "glob"])
+def test_the_explain_folder_never_goes_where_listed_or_globbed_inputs_are(tmp_path, capsys, given):
+    cats = tmp_path / "photos" / "cat"
+    cats.mkdir(parents=True)
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (8, 8)).save(cats / name)
+    listed = [str(cats / "a.png"), str(cats / "b.png")]
+    images = listed if given == "file list" else [str(cats.parent / "*" / "*.png")]
+    inside = cats / "maps" if given == "file list" else cats.parent / "maps"  # the next run would read it
+    argv = ["--model", str(tmp_path / "no-model"), "--image", *images, "--explain"]
+    one_error_line(predict.main([*argv, str(inside)]), capsys.readouterr().err, "input folder", str(inside))
+    assert not inside.exists()
+    predict.main([*argv, str(tmp_path / "maps")])  # elsewhere: allowed (then the missing model is the error)
+    assert "input folder" not in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_mistake_maps_for_the_chosen_and_the_true_class(trained_run, pattern_data):
     loaded = load_for_prediction(trained_run / "best", torch.device("cpu"), "fp32")

@@ -3,6 +3,7 @@
 refused up front."""
 from __future__ import annotations
 
+import io
 import json
 import shutil
 
@@ -12,7 +13,7 @@ from helpers import CLASSES, confidences, must_not_load, one_error_line, write_s
 from PIL import Image
 
 import predict
-from vitclassifier.inference.predict import tta_views
+from vitclassifier.inference.predict import print_table, ranked, top_k_results, tta_views
 from vitclassifier.model.checkpoint import update_info
 from vitclassifier.text import shell_word
 
@@ -237,3 +238,11 @@ def test_predict_writes_exactly_the_files_named(tiny_vit, tmp_path, capsys):
     assert Image.open(tmp_path / "grid.jpg").format == "JPEG"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.jpg", "p.json", "red.jpg"]
 
+def test_a_model_that_outputs_nan_still_gets_its_table():
+    logits = torch.tensor([[float("nan"), 0.0, 1.0], [2.0, 0.0, 0.0]])
+    results = top_k_results(["broken.png", "fine.png"], ranked([logits], 1.0, 2), ["a", "b", "c"], 0.0)
+    table = io.StringIO()
+    print_table(results, file=table)
+    lines = table.getvalue().splitlines()
+    assert lines[0] == "broken.png  -> unknown: no label is confident enough"
+    assert "nan%" in lines[1] and lines[1].endswith("nan%  ") and lines[4].endswith("#" * 16)

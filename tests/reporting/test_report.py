@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import warnings
 
 import numpy as np
 import pytest
@@ -48,6 +49,19 @@ def covered_images(figure) -> list[str]:
     captions = [axis.title for axis in figure.axes if axis.get_title()] + [figure._suptitle]
     return [caption.get_text() for caption in captions for box in images
             if caption.get_window_extent(renderer).overlaps(box)]
+
+
+def test_control_characters_in_class_names_never_reach_matplotlib(tmp_path):
+    labels = ["\x1b[31mred\x07", "plain"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        write_confusion(torch.eye(2), labels, tmp_path / "confusion.png")
+        figure = mistakes_figure([("row 3 of a dataset", 0, 1, 0.9)], labels)
+    try:
+        assert "true: \\x1b[31mred\\x07" in figure.axes[0].get_title()  # drawn escaped, as printed
+    finally:
+        pyplot().close(figure)
+    assert not any(set(str(w.message)) & {"\x1b", "\x07"} for w in caught)
 
 
 @pytest.mark.slow

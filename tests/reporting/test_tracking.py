@@ -14,7 +14,7 @@ from PIL import Image
 
 import train
 from vitclassifier.errors import UserError
-from vitclassifier.reporting.tracking import check_tracking_server, make_tracker
+from vitclassifier.reporting.tracking import artifact_location, check_tracking_server, make_tracker
 
 NEEDS_EXTRAS = "needs the extras: pip install -r requirements-extras.txt"
 # as train.py's metrics.csv rows have them: text, and empty where a metric is not computed (no EMA)
@@ -78,6 +78,33 @@ def test_mlflow_tracking_uri_and_run_states(tmp_path, monkeypatch):
         tracker.close("KILLED")  # stopped by a signal: the with-block's end keeps that status
     assert client.get_run(tracker.run_id).info.status == "KILLED"
     assert not (tmp_path / "out" / "mlruns").exists()
+
+
+@pytest.mark.slow
+def test_a_sqlite_store_keeps_its_files_beside_the_database_not_in_the_working_folder(tmp_path, outputs,
+                                                                                        monkeypatch):
+    mlflow_tracking = pytest.importorskip("mlflow.tracking", reason=NEEDS_EXTRAS)
+    working = tmp_path / "working"
+    working.mkdir()
+    monkeypatch.chdir(working)
+    uri = f"sqlite:///{tmp_path / 'runs' / 'tracking.db'}"
+    (tmp_path / "runs").mkdir()
+    with make_tracker("mlflow", uri, tmp_path / "out") as tracker:
+        log_a_run(tracker, *outputs)
+    run = mlflow_tracking.MlflowClient(uri).get_run(tracker.run_id)
+    assert run.info.artifact_uri.startswith((tmp_path / "runs" / "tracking-artifacts").as_uri())
+    assert (tmp_path / "runs" / "tracking-artifacts").is_dir() and list(working.iterdir()) == []
+
+
+def test_where_a_store_keeps_its_files_and_a_two_slash_sqlite_uri_is_one_line(tmp_path):
+    out = tmp_path / "out"
+    assert artifact_location(None, out) == (out / "mlruns" / "artifacts").resolve().as_uri()
+    assert artifact_location("sqlite:////data/x.db", out) == "file:///data/x-artifacts"
+    assert artifact_location("sqlite:///x.db", out) == (Path.cwd() / "x-artifacts").as_uri()
+    assert artifact_location("postgresql+psycopg2://me@db/runs", out) == artifact_location(None, out)
+    assert artifact_location("http://127.0.0.1:5000", out) is None  # the server decides
+    with pytest.raises(UserError, match=r"three slashes: sqlite:///x\.db \(relative"):
+        artifact_location("sqlite://x.db", out)
 
 
 @pytest.mark.slow

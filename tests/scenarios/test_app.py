@@ -4,6 +4,7 @@ against predict.py's."""
 from __future__ import annotations
 
 import contextlib
+import html
 import importlib.util
 import io
 import json
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ from PIL import Image
 
 import app
 import predict
+from vitclassifier.inference.webapp import failure_text
 from vitclassifier.reporting.heatmaps import panel_size
 
 gradio_client = pytest.importorskip("gradio_client",
@@ -127,6 +130,17 @@ def test_the_api_shows_where_the_model_looked(server, uploads):
         assert [p["label"] for p in with_map["predictions"]] == [p["label"] for p in without["predictions"]]
         with Image.open(with_map["heatmap"]) as heatmap:  # the server runs on this machine: its file
             assert heatmap.mode == "RGB" and heatmap.size == panel_size(40, 40)  # the uploads are 40 px
+
+
+def test_an_upload_name_holding_markup_is_shown_as_text(tmp_path):
+    name = "[prize](javascript:alert(1)) <img src=x onerror=alert(1)> www.evil.example **x**.png"
+    text = failure_text([(str(tmp_path / name), f"cannot identify image file {str(tmp_path / name)!r}")], 2)
+    tags = []
+    parser = HTMLParser()
+    parser.handle_starttag = lambda tag, attributes: tags.append(tag)
+    parser.feed(text)
+    assert tags == ["p", "strong", "ul", "li", "strong"]  # no link, no image: the page shows the name
+    assert html.unescape(text).count(name) == 2 and str(tmp_path) not in text  # named, not its server path
 
 
 def test_a_missing_checkpoint_is_a_one_line_error(tmp_path, capsys):

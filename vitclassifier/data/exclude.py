@@ -18,6 +18,7 @@ from pathlib import Path
 
 from vitclassifier.data.folders import utf8_safe
 from vitclassifier.errors import UserError
+from vitclassifier.tables import original_cell
 from vitclassifier.text import printable
 
 CSV_SUFFIXES = (".csv", ".tsv")
@@ -41,7 +42,8 @@ def read_exclude_list(path: Path) -> list[str]:
         if "path" not in (rows[0].keys() if rows else next(csv.reader([first], delimiter=delimiter), [])):
             raise UserError(f"--exclude {printable(path)}: a CSV file needs a 'path' column (as the deep "
                             f"audit's label_issues.csv has), or give a text file with one path per line")
-        return [row["path"].strip() for row in rows if (row.get("path") or "").strip()]
+        paths = (original_cell(row.get("path") or "") for row in rows)  # as the audit named them
+        return [path.strip() for path in paths if path.strip()]
     return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 

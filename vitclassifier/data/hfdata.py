@@ -9,11 +9,13 @@ splits are used when it has them, else the folders' stratified, seeded split.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 from vitclassifier.data.folders import stratified_split
-from vitclassifier.data.images import open_regular
+from vitclassifier.data.images import file_bound, read_regular, too_many_bytes
 from vitclassifier.data.labelfile import IMAGE_COLUMNS, LABEL_COLUMNS, find_column
 from vitclassifier.errors import UserError
 from vitclassifier.hub import hub_reachable
@@ -72,10 +74,23 @@ def open_splits_of(path: Path) -> dict:
             loaded = datasets.load_from_disk(text)
             return dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
         files = {"data_files": text} if path.is_file() else {"data_dir": text}
-        return dict(datasets.load_dataset("parquet", **files))
+        splits = dict(datasets.load_dataset("parquet", **files))
+        for split in splits.values():
+            for copy in split.cache_files:
+                _note_arrow_copy(text, str(Path(copy["filename"]).parent))
+        return splits
     except (OSError, ValueError) as error:
         raise UserError(f"cannot read the Hugging Face dataset {printable(str(path))}: "
                         f"{printable(error)}") from None
+
+
+@cache
+def _note_arrow_copy(data: str, folder: str) -> None:
+    """Caches are named: datasets reads parquet through an Arrow copy that stays in its cache after the
+    run. Said once per folder and process."""
+    print(f"note: {printable(data)} is read through an Arrow copy in the datasets cache, {printable(folder)} "
+          f"(it stays after this run: remove it when done; HF_DATASETS_CACHE puts it elsewhere)",
+          file=sys.stderr)
 
 
 def _column(features: dict, wanted: str | None, kinds: tuple, names: tuple, option: str, where: str) -> str:
@@ -91,6 +106,13 @@ def _column(features: dict, wanted: str | None, kinds: tuple, names: tuple, opti
     return found
 
 
+def _within_bound(data: bytes, row: int) -> bytes:
+    """A cell's image bytes, refused (FileTooLarge) over the byte bound, as a file's would be."""
+    if len(data) > file_bound():
+        raise too_many_bytes(f"the image cell of row {row}", len(data), file_bound())
+    return data
+
+
 @dataclass(eq=False)
 class Table:
     """One split of a dataset, with its image column read undecoded (the bytes, as stored)."""
@@ -102,13 +124,12 @@ class Table:
         value = self.dataset[row][self.image_column]
         if isinstance(value, dict):  # an Image feature undecoded: {"bytes": ..., "path": ...}
             if value.get("bytes") is not None:
-                return value["bytes"]
+                return _within_bound(value["bytes"], row)
             if value.get("path"):
-                with open_regular(value["path"]) as file:
-                    return file.read()
+                return read_regular(value["path"])  # a regular file, within the byte bound
             raise OSError("the row holds no image")
         if isinstance(value, (bytes, bytearray)):
-            return bytes(value)
+            return bytes(_within_bound(value, row))
         raise OSError(f"the image column holds {type(value).__name__}, not image bytes")
 
 
@@ -153,7 +174,8 @@ def _table_samples(splits: dict, split: str, where: str, columns: tuple[str | No
     names, values = _classes_of(dataset, label, where)
     classes: dict[str, list[RowRef]] = {}
     for row, value in enumerate(values):
-        if value is None or (names is not None and not 0 <= value < len(names)):
+        if value is None or (not 0 <= value < len(names) if names is not None
+                             else isinstance(value, int) and value < 0):
             continue  # unlabelled (ClassLabel -1, as test splits often are)
         classes.setdefault(names[value] if names is not None else str(value), []).append(
             RowRef(table.name, row, table))

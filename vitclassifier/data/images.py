@@ -29,6 +29,10 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 # 4 bytes a pixel the decoded picture and its RGB copy stay within about 600 MB (README: Safety).
 MAX_PIXELS = 64_000_000
 PIXEL_BUDGET_VARIABLE = "VIT_MAX_PIXELS"  # overrides MAX_PIXELS, e.g. VIT_MAX_PIXELS=200000000
+# The most bytes read whole from one file, tar member or data-set cell (an image's encoded bytes, a
+# label member): an encoded picture within the pixel budget is far smaller (README: Safety).
+MAX_FILE_BYTES = 256 * 2**20
+FILE_BUDGET_VARIABLE = "VIT_MAX_FILE_BYTES"  # overrides MAX_FILE_BYTES
 DRAFT_FORMATS = ("JPEG", "MPO")  # decoders that can scale down while decoding (1/2, 1/4, 1/8)
 STRIP_PIXELS = 1 << 20  # conversions run on strips of rows of about this many pixels
 # Decoded pictures above this many pixels are box-reduced while being converted, by a whole factor
@@ -43,6 +47,10 @@ TRANSPOSE_FOR = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_1
 
 class ImageTooLarge(Image.DecompressionBombError):
     """A picture with more pixels than the budget that its format cannot decode at a smaller scale."""
+
+
+class FileTooLarge(OSError):
+    """A file, tar member or data-set cell over the byte bound (file_bound): refused unread."""
 
 
 # What load_image raises for a file that can't be read as an image: callers catch exactly these.
@@ -67,6 +75,41 @@ def pixel_budget() -> int:
     if Image.MAX_IMAGE_PIXELS is not None and budget > Image.MAX_IMAGE_PIXELS:
         Image.MAX_IMAGE_PIXELS = budget
     return budget
+
+
+def file_bound() -> int:
+    """The most bytes read whole from one file, member or cell: $VIT_MAX_FILE_BYTES, else MAX_FILE_BYTES."""
+    text = os.environ.get(FILE_BUDGET_VARIABLE, "").strip()
+    if not text:
+        return MAX_FILE_BYTES
+    if not text.isdecimal() or int(text) < 1:
+        raise UserError(f"{FILE_BUDGET_VARIABLE}={text!r} is not a number of bytes: set it to a whole "
+                        f"number such as {MAX_FILE_BYTES} (the default), or unset it")
+    return int(text)
+
+
+def too_many_bytes(what: str, size: int, bound: int) -> FileTooLarge:
+    """The one-line reason a file, member or cell of ``size`` bytes is not read."""
+    return FileTooLarge(f"{what} is {size} bytes, over the bound of {bound} bytes read from one file: "
+                        f"leave it out, or raise the bound with {FILE_BUDGET_VARIABLE}=<bytes>")
+
+
+def read_bounded(stream: BinaryIO, what: str, size: int | None = None) -> bytes:
+    """The whole of ``stream`` (``size``: its length, if known, checked first), refused (FileTooLarge)
+    when over ``file_bound()``: at most one byte more than the bound is ever read."""
+    bound = file_bound()
+    if size is not None and size > bound:
+        raise too_many_bytes(what, size, bound)
+    data = stream.read(bound + 1)
+    if len(data) > bound:
+        raise too_many_bytes(what, size or len(data), bound)
+    return data
+
+
+def read_regular(path: str | Path) -> bytes:
+    """The bytes of the regular file ``path`` (open_regular), within ``file_bound()``."""
+    with open_regular(path) as file:
+        return read_bounded(file, str(path), os.fstat(file.fileno()).st_size)
 
 
 def file_kind(mode: int) -> str:

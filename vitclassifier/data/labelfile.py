@@ -42,17 +42,27 @@ def read_rows(path: Path) -> tuple[list[str], list[dict]]:
                 continue
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError as error:
+            except (ValueError, RecursionError) as error:  # not JSON, a 5000-digit number, nested deep
+                reason = error.msg if isinstance(error, json.JSONDecodeError) else str(error).split(";")[0]
                 raise UserError(f"label file {printable(str(path))}, line {number}: not JSON "
-                                f"({error.msg})") from None
+                                f"({printable(reason or 'nested too deep')})") from None
             if not isinstance(row, dict):
                 raise UserError(f"label file {printable(str(path))}, line {number}: expected a JSON "
                                 f"object per line")
             rows.append({str(k): "" if v is None else str(v) for k, v in row.items()})
         columns = list(dict.fromkeys(key for row in rows for key in row))
         return columns, rows
-    reader = csv.DictReader(text.splitlines(), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-    rows = [{k: (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    reader = csv.DictReader(text.splitlines(keepends=True), delimiter=delimiter)
+    rows = []
+    try:
+        for row in reader:
+            rows.append({k: (v or "").strip() for k, v in row.items() if k is not None})
+            if any("\n" in v for v in rows[-1].values()):  # a quote left open swallows the rows after it
+                raise csv.Error("a quoted cell runs over several lines: a stray quote (\")?")
+    except csv.Error as error:  # also a cell over csv.field_size_limit (128 KiB): one line, not a traceback
+        raise UserError(f"label file {printable(str(path))}, line {reader.line_num}: {printable(str(error))}"
+                        ) from None
     return [c for c in (reader.fieldnames or []) if c], rows
 
 
@@ -121,12 +131,18 @@ def read_label_file(path: Path, image_column: str | None = None, label_column: s
         raise UserError(f"label file {printable(str(path))} has no rows")
     image, label, split_column = pick_columns(columns, path, image_column, label_column)
     classes: dict[str, set[Path]] = {}
-    splits, missing, given, conflicting = {}, [], {}, []
+    splits, missing, given, conflicting, unlabelled, outside = {}, [], {}, [], [], []
     for row in rows:
         name, value = row.get(image, ""), utf8_safe(row.get(label, ""))
-        if not name or not value:
+        if not name:
+            continue
+        if not value or value == "-1":  # no label: the row is left out, and counted
+            unlabelled.append(name)
             continue
         found = resolve_image(path.parent, name)
+        if found is not None and not found.resolve().is_relative_to(path.parent.resolve()):
+            outside.append(name)  # /etc/passwd, ../x, a link out: data stays inside its folder
+            continue
         if found is None:
             missing.append(name)
             continue
@@ -138,6 +154,11 @@ def read_label_file(path: Path, image_column: str | None = None, label_column: s
             splits.setdefault(found, row.get(split_column, "").lower())
     if missing:
         _warn_missing(path, missing, "do not exist and are skipped")
+    if unlabelled:
+        _warn_missing(path, unlabelled, "have no label (empty or -1) and are skipped")
+    if outside:
+        _warn_missing(path, outside, "lie outside its folder (an absolute path, ../ or a link out) and are "
+                      "skipped")
     if conflicting:
         _warn_missing(path, conflicting, "are listed again with another label; their first row is used")
     if len(classes) < 2:
@@ -145,6 +166,12 @@ def read_label_file(path: Path, image_column: str | None = None, label_column: s
                         f"{len(classes)} class(es) "
                         f"with existing images; training needs at least two")
     return {name: sorted(files) for name, files in sorted(classes.items())}, splits
+
+
+def _split_refusal(path: Path, image_column: str | None, label_column: str | None, what: str) -> UserError:
+    """A refusal of the split column that names it (a ``fold`` column is one too), read again only now."""
+    column = pick_columns(read_rows(path)[0], path, image_column, label_column)[2]
+    return UserError(f"the split column {printable(str(column))!r} of {printable(str(path))} {what}")
 
 
 def load_label_file(path: Path, val_split: float, seed: int, image_column: str | None = None,
@@ -157,12 +184,12 @@ def load_label_file(path: Path, val_split: float, seed: int, image_column: str |
         return labels, *stratified_split(classes, val_split, seed)
     unknown = sorted(set(splits.values()) - TRAIN_VALUES - VAL_VALUES)
     if unknown:
-        raise UserError(f"the split column of {printable(str(path))} has values other than train and val: "
-                        f"{', '.join(map(printable, unknown[:5]))}")
+        raise _split_refusal(path, image_column, label_column, f"has values other than train and val: "
+                             f"{', '.join(map(printable, unknown[:5]))}")
     train = [(p, i) for i, name in enumerate(labels) for p in classes[name] if splits[p] in TRAIN_VALUES]
     val = [(p, i) for i, name in enumerate(labels) for p in classes[name] if splits[p] in VAL_VALUES]
     if not train or not val:
         lacking = "training" if not train else "validation"
-        raise UserError(f"the split column of {printable(str(path))} leaves no {lacking} images; mark some "
-                        f"rows train and some val")
+        raise _split_refusal(path, image_column, label_column, f"leaves no {lacking} images; mark some "
+                             f"rows train and some val")
     return labels, train, val

@@ -31,15 +31,17 @@ from pathlib import Path
 
 from torch.utils.data import IterableDataset, get_worker_info
 
-from vitclassifier.data.images import DECODE_ERRORS, IMAGE_EXTENSIONS, load_image
+from vitclassifier.data.images import DECODE_ERRORS, FileTooLarge, load_image
+from vitclassifier.data.tarread import IMAGE_SUFFIXES, MAX_SHARDS, pattern_count, scan_shard, shard_members
 from vitclassifier.errors import UserError
 from vitclassifier.text import printable
 
 INDEX_NAME = "index.json"
 INSTALL = "pip install webdataset (or pip install -r requirements-extras.txt)"
 SHUFFLE_BUFFER = 1000  # samples held for shuffling within a process's stream (encoded bytes)
+CLS_DIGITS = 9  # a .cls of more digits is no class index (int() refuses 4300 digits, a traceback)
+SHOWN = 5  # samples named when some are left out (then the count)
 MISSING = "missing: a shard ended early (damaged or truncated, see above)"
-IMAGE_SUFFIXES = tuple(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
 
 
 def require_webdataset():
@@ -66,18 +68,24 @@ def held_out(key: str, seed: int, val_split: float) -> bool:
     return key_hash(f"{seed}/{key}") % 1_000_000 < val_split * 1_000_000
 
 
-def read_shard(path: str, warn: bool = True):
-    """The samples of one shard as (key, image bytes or None, {suffix: bytes}); a shard truncated or
-    damaged mid-stream ends where it breaks, with a warning."""
+def read_shard(path: str, warn: bool = True, broken: list | None = None):
+    """The samples of one shard as (key, image bytes or None, {suffix: bytes}), read by
+    tarread.shard_members (regular files only, members within the byte bound, a cut header noticed);
+    a shard truncated or damaged mid-stream ends where it breaks, with a warning, and its path and
+    reason are appended to ``broken``."""
     tariterators = require_webdataset().tariterators
     try:
-        with open(path, "rb") as file:
-            files = ({**member, "__url__": path} for member in tariterators.tar_file_iterator(file))
-            for sample in tariterators.group_by_keys(files):
-                image = next((sample[s] for s in IMAGE_SUFFIXES if s in sample), None)
-                yield sample["__key__"], image, sample
+        for sample in tariterators.group_by_keys(shard_members(path)):
+            image = next((sample[s] for s in IMAGE_SUFFIXES if s in sample), None)
+            yield sample["__key__"], image, sample
     except (OSError, EOFError, ValueError, tarfile.TarError) as error:
-        if warn:
+        if broken is not None:
+            broken.append((path, printable(error)))
+        if not warn:
+            return
+        if isinstance(error, FileTooLarge):
+            print(f"warning: {printable(error)}; skipping the rest of the shard", file=sys.stderr)
+        else:
             print(f"warning: shard {printable(path)} is damaged or truncated ({printable(error)}); skipping "
                   f"the rest of it", file=sys.stderr)
 
@@ -87,7 +95,7 @@ def label_of(sample: dict, labels: list[str] | None) -> str | None:
     if "json" in sample:
         try:
             value = json.loads(sample["json"]).get("label")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):  # not JSON, not an object, nested too deep
             value = None
         if isinstance(value, str):
             return value
@@ -95,7 +103,7 @@ def label_of(sample: dict, labels: list[str] | None) -> str | None:
             return labels[value]
     if "cls" in sample:
         text = sample["cls"].decode("utf-8", "replace").strip()
-        if text.isdecimal():
+        if text.isdecimal() and len(text) <= CLS_DIGITS:
             return labels[int(text)] if labels and int(text) < len(labels) else text
     return None
 
@@ -131,6 +139,9 @@ class ShardSet:
 
 def expand(pattern: str) -> list[str]:
     """The shard paths of a brace pattern (webdataset's own expansion), each one checked to exist."""
+    if pattern_count(pattern) > MAX_SHARDS:
+        raise UserError(f"--data {printable(pattern)} names {pattern_count(pattern)} shards, more than the "
+                        f"{MAX_SHARDS} one pattern may name: check its {{first..last}} range")
     shards = list(require_webdataset().shardlists.expand_urls(pattern))
     missing = [s for s in shards if not Path(s).is_file()]
     if missing:
@@ -139,20 +150,42 @@ def expand(pattern: str) -> list[str]:
     return shards
 
 
+def left_out_reason(image: object, name: str | None, labels: list[str] | None) -> str | None:
+    """Why a sample is left out (no image, no label, a label the index lacks), or None: it is kept."""
+    if image is None:
+        return "no image member"
+    if name is None:
+        return "no label (.cls or .json)"
+    if labels is not None and name not in labels:
+        return f"label {printable(name)!r} not in {INDEX_NAME}"
+    return None
+
+
+def warn_left_out(where: str, left_out: list[str]) -> None:
+    """The one warning for the samples of ``where`` that no command reads: the count, the first few."""
+    if left_out:
+        print(f"warning: {len(left_out)} sample(s) of {printable(where)} are left out (first: "
+              f"{'; '.join(left_out[:SHOWN])})", file=sys.stderr)
+
+
 def _count(shards: list[str], seed: int, val_split: float) -> tuple[list[list[int]], list[dict]]:
-    """Count once: per role (training, held-out validation), the samples of each shard and of each class."""
-    counts, classes = [[], []], [{}, {}]
+    """Count once: per role (training, held-out validation), the samples of each shard and of each
+    class; the samples left out are named (warn_left_out)."""
+    counts, classes, left_out = [[], []], [{}, {}], []
     for shard in shards:
         found = [0, 0]
         for key, image, sample in read_shard(shard, warn=False):
             name = label_of(sample, None)
-            if image is None or name is None:
+            reason = left_out_reason(image, name, None)
+            if reason:
+                left_out.append(f"{printable(Path(shard).name)}/{printable(key)}: {reason}")
                 continue
             role = int(held_out(key, seed, val_split))
             found[role] += 1
             classes[role][name] = classes[role].get(name, 0) + 1
         for role in (0, 1):
             counts[role].append(found[role])
+    warn_left_out(f"{len(shards)} shard(s)", left_out)
     return counts, classes
 
 
@@ -166,7 +199,7 @@ def _from_index(index_path: Path, pattern_shards: list[str] | None) -> tuple[Sha
     try:
         index = json.loads(index_path.read_text())
         labels = [str(name) for name in index["labels"]]
-        roles = {role: [(str(index_path.parent / e["name"]), int(e["count"])) for e in index[role]]
+        roles = {role: [(str(index_path.parent / _plain(e["name"])), int(e["count"])) for e in index[role]]
                  for role in ("train", "val")}
         class_counts = {role: {str(k): int(v) for k, v in index.get(f"{role}_classes", {}).items()}
                         for role in roles}
@@ -178,7 +211,41 @@ def _from_index(index_path: Path, pattern_shards: list[str] | None) -> tuple[Sha
         return None
     sets = [ShardSet([s for s, _ in roles[r]], [c for _, c in roles[r]], labels, class_counts[r])
             for r in ("train", "val")]
+    _check_index(index_path, sets)
     return sets[0], sets[1]
+
+
+def _plain(name: object) -> str:
+    """A shard name of index.json: a file name beside it, never a path elsewhere."""
+    if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+        raise ValueError(f"shard name {name!r} is not a file name beside the index")
+    return name
+
+
+def _check_index(index_path: Path, sets: list[ShardSet]) -> None:
+    """Refuse an index whose counts disagree with its shards (a header scan, no image read: an index
+    that undercounts would leave images out of every epoch, one that overcounts run empty steps);
+    name the samples no command reads. A shard that cannot be scanned (cut, damaged, not a regular
+    file) is left to the readers, which say so when they reach it."""
+    left_out = []
+    for part in sets:
+        for shard, count in zip(part.shards, part.counts):
+            try:
+                samples = scan_shard(shard)
+            except (OSError, EOFError, ValueError, tarfile.TarError):
+                continue
+            kept = 0
+            for key, members in samples.items():
+                image = next((True for s in IMAGE_SUFFIXES if s in members), None)
+                reason = left_out_reason(image, part.label(members), part.labels)
+                if reason:
+                    left_out.append(f"{printable(Path(shard).name)}/{printable(key)}: {reason}")
+                kept += reason is None
+            if kept != count:
+                raise UserError(f"{index_path} says {printable(Path(shard).name)} holds {count} sample(s), "
+                                f"but it holds {kept}: the index does not match its shards; write them "
+                                f"again (--to-shards), or remove {INDEX_NAME} so that they are counted")
+    warn_left_out(str(index_path.parent), left_out)
 
 
 def open_shards(path: Path, val_split: float, seed: int) -> tuple[list[str], ShardSet, ShardSet]:

@@ -13,12 +13,29 @@ import random
 from pathlib import Path
 
 from vitclassifier.data.folders import load_splits
-from vitclassifier.data.images import open_regular
+from vitclassifier.data.images import file_bound, read_regular, too_many_bytes
 from vitclassifier.data.shards import INDEX_NAME, require_webdataset
 from vitclassifier.errors import UserError
 from vitclassifier.files import atomic_write_text, refuse_inside, write_via_temp
+from vitclassifier.text import printable
 
 SHARD_NAME = "{role}-{number:06d}.tar"
+
+
+def _refuse_unpackable(samples: list, source: Path) -> None:
+    """Before a shard is written, refuse in one line a file that is a link out of the folder ``source``
+    (a shard is made to be shared: what a link to /etc/passwd points to must not be packed into it)
+    or over the byte bound (a 1.5 GB "image" would be read whole)."""
+    root, bound = source.resolve(), file_bound()
+    for image, _ in samples:
+        target = image.resolve()
+        if not target.is_relative_to(root):
+            raise UserError(f"--to-shards: {printable(str(image))} is a link to {printable(str(target))}, "
+                            f"outside {printable(str(source))}; shards pack only the folder's own files: "
+                            f"copy the file in, or leave it out")
+        size = target.stat().st_size
+        if size > bound:
+            raise UserError(f"--to-shards: {printable(str(too_many_bytes(str(image), size, bound)))}")
 
 
 def _write_shard(path: Path, samples: list, labels: list[str], role: str, first: int) -> None:
@@ -27,8 +44,7 @@ def _write_shard(path: Path, samples: list, labels: list[str], role: str, first:
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as stream, writer_class(stream) as writer:
             for number, (image, label) in enumerate(samples, first):
-                with open_regular(image) as file:
-                    data = file.read()
+                data = read_regular(image)  # a regular file, within the byte bound
                 suffix = image.suffix.lower().lstrip(".") or "jpg"
                 writer.write({"__key__": f"{role}{number:09d}", suffix: data, "cls": str(label).encode(),
                               "json": json.dumps({"label": labels[label]}).encode()})
@@ -55,6 +71,7 @@ def to_shards(source: Path, out: Path, val_split: float, seed: int, shard_size: 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"--to-shards OUT {out} already exists and is not an empty folder; give a new folder")
     labels, train, val = load_splits(source, val_split, seed)
+    _refuse_unpackable([*train, *val], source)
     out.mkdir(parents=True, exist_ok=True)
     index = {"labels": labels, "source": str(source), "seed": seed, "val_split": val_split}
     for role, samples in (("train", train), ("val", val)):

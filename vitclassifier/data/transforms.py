@@ -8,6 +8,8 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from vitclassifier.data.images import PIXEL_BUDGET_VARIABLE, ImageTooLarge, pixel_budget
+
 
 @dataclass
 class Preprocessing:
@@ -54,10 +56,36 @@ class TwoStage:
         return self.finish(self.decode(image))
 
 
+class BoundedResize:
+    """Resize the short side to ``size`` (bicubic, antialiased), but first refuse (ImageTooLarge, an
+    unreadable image to every caller) a picture whose resized copy would hold more than
+    ``pixel_budget()`` pixels: a 100000x1 strip passes the decoding budget, yet resized to a short
+    side of 256 it would be 25600000x256. The one resize of all preprocessing (training, validation,
+    prediction, --explain, the web page), so the bound holds after resizing as before it."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.resize = v2.Resize(size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        height, width = pixels.shape[-2:]
+        short, long = sorted((int(width), int(height)))
+        resized = int(self.size * long / max(short, 1))  # torchvision's own arithmetic
+        budget = pixel_budget()
+        if resized * self.size > budget:
+            shape = (resized, self.size) if width >= height else (self.size, resized)
+            raise ImageTooLarge(
+                f"{width}x{height} resized to a short side of {self.size} would be {shape[0]}x{shape[1]}, "
+                f"{resized * self.size / 1e6:.1f} megapixels, over the budget of {budget / 1e6:g} "
+                f"megapixels: crop the file to a less elongated shape, or raise the budget with "
+                f"{PIXEL_BUDGET_VARIABLE}=<pixels>")
+        return self.resize(pixels)
+
+
 def decode_steps(prep: Preprocessing) -> list:
-    """PIL image -> uint8 tensor whose short side is ``prep.resize_size`` (bicubic, antialiased)."""
-    resize = v2.Resize(prep.resize_size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
-    return [v2.PILToTensor(), resize]
+    """PIL image -> uint8 tensor whose short side is ``prep.resize_size`` (bicubic, antialiased),
+    within the pixel budget (BoundedResize)."""
+    return [v2.PILToTensor(), BoundedResize(prep.resize_size)]
 
 
 def normalise_steps(prep: Preprocessing) -> list:

@@ -66,11 +66,24 @@ def _checked(arrays, identity: str) -> Cached:
     return Cached({bytes(key): row for row, key in enumerate(hashes)}, vectors, thumbnails)
 
 
+def _refuse_inflating(path: Path) -> None:
+    """ValueError for a cache whose zip directory lists a member larger than the whole file: ours are
+    written uncompressed (np.savez), so only a hostile file inflates, e.g. 1.5 MB into 1.6 GB, before
+    its checks could reject it. Read from the directory, before any member is loaded."""
+    stored = path.stat().st_size
+    with zipfile.ZipFile(path) as archive:
+        for member in archive.infolist():
+            if member.file_size > stored:
+                raise ValueError(f"its member {member.filename} would inflate to {member.file_size} bytes "
+                                 f"from a file of {stored} (caches are written uncompressed)")
+
+
 def load_cache(path: Path, identity: str) -> Cached:
     """The cache of ``identity`` in ``path``; an empty one when there is none or it fails a check."""
     if not path.is_file():
         return Cached.empty()
     try:
+        _refuse_inflating(path)
         with np.load(path, allow_pickle=False) as arrays:
             return _checked(arrays, identity)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:

@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from vitclassifier.data.images import DECODE_ERRORS, load_image, open_regular
+from vitclassifier.data.images import DECODE_ERRORS, load_image, read_regular
 from vitclassifier.data.transforms import Preprocessing, eval_transform
 from vitclassifier.devices import loader_workers, pick_device
 from vitclassifier.errors import UserError
@@ -97,8 +97,7 @@ def read_sample(sample) -> bytes:
     """The encoded bytes of a sample: a regular file's content, or a dataset row's image bytes."""
     if hasattr(sample, "image_bytes"):
         return sample.image_bytes()
-    with open_regular(sample) as handle:
-        return handle.read()
+    return read_regular(sample)  # a regular file, within the byte bound
 
 
 def content_hash(sample) -> bytes | None:

@@ -2,21 +2,28 @@
 finding, and the lines of the text report.
 
 The folder (``--audit-out``, default ``DIR-audit`` beside the data) follows the rules of every
-output of this tool: never inside the data (its pictures would become training images), checked
-before any work, files written through a temporary name and ``os.replace``, and never over a file
-we did not write: a folder without our marker that already holds one of our file names is refused.
+output of this tool: never inside the data, nor inside a folder that holds its images (a label
+file's; its pictures would become training images), checked before any work, files written
+through a temporary name and ``os.replace``, and never over a file we did not write: a folder
+without our marker that already holds one of our file names is refused.
 """
 from __future__ import annotations
 
-import csv
-import io
 import math
+import os
 from pathlib import Path
 
+from vitclassifier import tables
 from vitclassifier.data.images import DECODE_ERRORS, load_image
 from vitclassifier.deep_audit.cache import CACHE_PREFIX
 from vitclassifier.errors import UserError
-from vitclassifier.files import atomic_write_text, check_output_folder, refuse_inside, write_via_temp
+from vitclassifier.files import (
+    atomic_write_text,
+    check_output_folder,
+    refuse_among_inputs,
+    refuse_inside,
+    write_via_temp,
+)
 from vitclassifier.text import printable
 
 MARKER = ".vitclassifier-audit"  # in every folder the deep audit writes
@@ -40,11 +47,13 @@ def default_folder(data: Path) -> Path:
     return data.with_name(f"{data.stem if data.is_file() else data.name}-audit")
 
 
-def claim_folder(out: Path, data: Path) -> None:
-    """Check ``out`` before any work (see the module's docstring), then create it with our marker."""
-    data_folder = Path(data) if Path(data).is_dir() else Path(data).parent
+def claim_folder(out: Path, data: Path, samples: list) -> None:
+    """Check ``out`` before any work (see the module's docstring), then create it with our marker.
+    ``samples``: the images audited; the folders of those that are files (a label file's) are inputs too."""
     if Path(data).is_dir():
-        refuse_inside(out, data_folder, "--audit-out", "the data folder")
+        refuse_inside(out, Path(data), "--audit-out", "the data folder")
+    image_folders = (os.path.dirname(sample) for sample in samples if isinstance(sample, (str, Path)))
+    refuse_among_inputs(out, image_folders, "--audit-out", "an image folder of the data")
     check_output_folder(out, "--audit-out")
     if out.is_dir() and not (out / MARKER).is_file():
         ours = [name for name in OUR_FILES if (out / name).exists()]
@@ -60,11 +69,9 @@ def claim_folder(out: Path, data: Path) -> None:
 
 
 def write_csv(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
-    text = io.StringIO()
-    writer = csv.DictWriter(text, columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, text.getvalue())
+    """One kind's findings, names neutralised for spreadsheets (tables.safe_cell); report.json has them
+    as they are."""
+    tables.write_csv(path, tables.dict_rows(columns, rows), lineterminator="\n")
 
 
 def _thumbnail(sample):

@@ -78,10 +78,10 @@ def deep_audit(data: Path, labels: list[str], train: list, val: list, options: C
         raise UserError("; ".join(problems))
     require_libraries()
     out = options.audit_out or outputs.default_folder(data)
-    outputs.claim_folder(out, data)
-    embedder = load_embedder(options.model, labels, options.device)
     samples = [(sample, label, split) for split, part in (("train", train), ("val", val))
                for sample, label in part]
+    outputs.claim_folder(out, data, [sample for sample, _, _ in samples])
+    embedder = load_embedder(options.model, labels, options.device)
     embedded = cached_embeddings(embedder, [sample for sample, _, _ in samples], out, options.batch_size)
     embedding_seconds = time.time() - started
     if len(embedded.readable) < 2:

@@ -8,6 +8,7 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,19 +127,22 @@ def check_batch(prep: Preprocessing, folder: Path | None, limit: int = CHECK_IMA
     return torch.stack(images), f"{len(images)} images from {folder}"
 
 
-def timed_in_turns(runs: list, batch: torch.Tensor, rounds: int) -> list[list[float]]:
+def timed_in_turns(runs: list, batch: torch.Tensor, rounds: int,
+                   clock: Callable[[], float] = time.perf_counter,
+                   pause: Callable[[float], object] = time.sleep) -> list[list[float]]:
     """Seconds per call of each of ``runs`` on ``batch``, timed in turns (a, b, a, b, ...) after two
     warm-up rounds, so that other work on the machine slows every model alike. A short pause before
-    each call lets onnxruntime's threads, which spin for a while after a run, go to sleep first."""
+    each call lets onnxruntime's threads, which spin for a while after a run, go to sleep first.
+    (``clock`` and ``pause``: tests give their own, so that no test depends on a quiet machine.)"""
     seconds: list[list[float]] = [[] for _ in runs]
     with torch.inference_mode():
         for round_number in range(rounds + 2):
             for run, times in zip(runs, seconds):
-                time.sleep(TURN_PAUSE)
-                start = time.perf_counter()
+                pause(TURN_PAUSE)
+                start = clock()
                 run(batch)
                 if round_number >= 2:
-                    times.append(time.perf_counter() - start)
+                    times.append(clock() - start)
     return seconds
 
 

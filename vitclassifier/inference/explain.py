@@ -37,7 +37,14 @@ from vitclassifier.data.images import DECODE_ERRORS, FULL_SIZE, load_image
 from vitclassifier.data.transforms import Preprocessing, eval_transform
 from vitclassifier.devices import usable_cores
 from vitclassifier.errors import UserError
-from vitclassifier.files import atomic_write_text, check_output_folder, refuse_inside, write_via_temp
+from vitclassifier.files import (
+    atomic_write_text,
+    check_output_folder,
+    input_folder,
+    refuse_among_inputs,
+    refuse_inside,
+    write_via_temp,
+)
 from vitclassifier.inference.loading import LoadedModel
 from vitclassifier.inference.predict import ranked, top_k_results
 from vitclassifier.model.relevance import explain_batch, image_weights, upsample
@@ -61,13 +68,12 @@ class ExplainedImage:
 
 
 def check_explain_folder(folder: Path, model: Path, inputs: list[str]) -> None:
-    """Before any work: ``folder`` can be written, is not inside the model or an input folder (its
-    pictures would be predicted next time), and holds nothing this tool did not write."""
+    """Before any work: ``folder`` can be written, is not inside the model or a folder the inputs are
+    read from (a folder given, a file's folder, a glob's: its pictures would be predicted next
+    time), and holds nothing this tool did not write."""
     check_output_folder(folder, "--explain")
     refuse_inside(folder, model, "--explain", "the model")
-    for item in inputs:
-        if Path(item).is_dir():
-            refuse_inside(folder, Path(item), "--explain", "the input folder")
+    refuse_among_inputs(folder, map(input_folder, inputs), "--explain", "the input folder")
     if folder.is_dir() and not (folder / MARKER).is_file():
         others = sorted(path.name for path in folder.iterdir())
         if others:
@@ -116,10 +122,10 @@ class ExplainDataset(Dataset):
         path = self.paths[index]
         try:
             image = load_image(path, self.prep.resize_size)
+            pixels = self.transform(image)  # may refuse an elongated picture (transforms.BoundedResize)
         except DECODE_ERRORS as error:
             return None, str(path), f"{type(error).__name__}: {error}", index
         size = image.info[FULL_SIZE]  # the maps' size: the picture's own, however it was decoded
-        pixels = self.transform(image)
         return pixels, str(path), panel_image(image, panel_size(*size)), size, index
 
 

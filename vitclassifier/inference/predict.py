@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -130,7 +131,9 @@ def print_table(results: list[dict], file: TextIO = sys.stdout) -> None:
         name = printable(utf8_safe(result["path"]))  # utf8_safe: a Latin-1 file name can be printed too
         print(f"{name}{'  -> unknown: no label is confident enough' if unsure else ''}", file=file)
         for rank, p in enumerate(result["predictions"], 1):
-            bar, label = "#" * round(p["confidence"] * 20), printable(p["label"])
+            # a model that outputs NaN still gets its table (nan%, no bar), as before
+            bar = "#" * round(p["confidence"] * 20) if math.isfinite(p["confidence"]) else ""
+            label = printable(p["label"])
             print(f"  {rank}. {label:<{width}}  {p['confidence'] * 100:6.2f}%  {bar}", file=file)
 
 

@@ -29,15 +29,16 @@ SHOW_MAPS = "Show where the model looked"
 
 
 def failure_text(failures: list[tuple[str, str]], count: int) -> str:
-    """Markdown naming each unreadable upload and why; names are text, never markup."""
+    """HTML naming each unreadable upload and why. Names are text, never markup: escaped HTML, and not
+    Markdown, where no escaping stops ``[x](http://...)`` or a bare address from becoming a link."""
     if not failures:
         return ""
-    lines = "\n".join(
-        f"- **{html.escape(Path(path).name, quote=False)}** could not be read: "
-        f"{html.escape(reason.replace(path, Path(path).name), quote=False)}"
+    lines = "".join(
+        f"<li><strong>{html.escape(Path(path).name)}</strong> could not be read: "
+        f"{html.escape(reason.replace(path, Path(path).name))}</li>"
         for path, reason in failures
     )
-    return f"**{len(failures)} of {count} upload(s) failed**\n\n{lines}"
+    return f"<p><strong>{len(failures)} of {count} upload(s) failed</strong></p><ul>{lines}</ul>"
 
 
 def bars_html(predictions: list[dict]) -> str:
@@ -76,7 +77,7 @@ def make_classify(model_dir: Path, device_name: str, batch_size: int):
 
     ``results`` lists {"name", "image" (its path), "predictions": [{"label", "confidence"}]} in upload
     order, as predict.predict gives them, and with ``show_maps`` a "heatmap" picture of where the
-    model looked for the top class; ``errors`` is Markdown naming each unreadable upload and why."""
+    model looked for the top class; ``errors`` is HTML naming each unreadable upload and why."""
     keep_freed_memory()  # as predict.py: no page faults for every upload's activations
     # predict.py's defaults (bf16 where supported), its calibrated confidences and its exports
     loaded = load_for_prediction(model_dir, prediction_device(model_dir, device_name))
@@ -134,7 +135,7 @@ def build_app(model_dir: Path, top_k: int = 3, batch_size: int = 32, device: str
             show_maps = gr.Checkbox(False, label=SHOW_MAPS, elem_id="show-maps",
                                     info="the top class's heatmap (docs/explain.md)")
             inputs, events = inputs + [show_maps], events + [show_maps.change]
-        errors = gr.Markdown(elem_id="errors")
+        errors = gr.HTML(elem_id="errors")  # names as text (failure_text), never Markdown
         results = gr.JSON(label="results", render=False)  # placed at the end of the page, below the rows
         # preprocess=False: the slider would refuse an API call's top-k above the class count (an error
         # in the page and a traceback in the server log); classify caps it, as predict.py does. The

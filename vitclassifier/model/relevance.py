@@ -203,9 +203,9 @@ def mistake_maps(
     for index, (path, *_) in enumerate(mistakes):
         try:
             image = load_image(path, prep.resize_size)
+            found[index] = transform(image), image.size
         except (*DECODE_ERRORS, TypeError):
             continue
-        found[index] = transform(image), image.size
     if not found:
         return [None] * len(mistakes)
     indices = list(found)

@@ -6,12 +6,11 @@ accuracy, per-class precision/recall/F1 and macro-F1, and it sums exactly across
 from __future__ import annotations
 
 import csv
-import io
 from pathlib import Path
 
 import torch
 
-from vitclassifier.files import atomic_write_text
+from vitclassifier.tables import dict_rows, write_csv
 
 METRIC_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_top3", "val_macro_f1",
                  "ema_val_loss", "ema_val_acc", "ema_val_macro_f1", "lr", "seconds"]
@@ -52,11 +51,7 @@ def read_metrics(path: Path, up_to_epoch: int) -> list[dict]:
 
 def write_metrics(path: Path, rows: list[dict]) -> None:
     """Rewrite metrics.csv atomically (a temporary file renamed over it)."""
-    table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=METRIC_FIELDS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, table.getvalue())
+    write_csv(path, dict_rows(METRIC_FIELDS, rows))
 
 
 def new_totals() -> dict:

@@ -19,6 +19,12 @@ MAX_PICTURES = 24  # predict.py --visualize draws at most this many images, to k
 LITERAL = {"parse_math": False, "usetex": False}
 
 
+def drawn(names: list[str]) -> list[str]:
+    """Class names as the pictures draw them: control characters escaped (errors.printable), so that
+    none reaches matplotlib, which would print it raw (ESC, BEL) in its missing-glyph warnings."""
+    return [printable(name) for name in names]
+
+
 def pyplot():
     import matplotlib
     matplotlib.use("Agg")  # files only, no window, works without a display
@@ -60,7 +66,7 @@ def write_curves(rows: list[dict], path: Path) -> None:
 
 def write_confusion(normalised: torch.Tensor, labels: list[str], png: Path) -> None:
     """The confusion matrix normalised per true class (rows sum to 1) as a picture."""
-    plt = pyplot()
+    plt, labels = pyplot(), drawn(labels)
     n = len(labels)
     side = min(24, max(5, 0.45 * n + 2))  # readable at 20+ classes: the figure grows with them
     figure, axis = plt.subplots(figsize=(side + 1, side))
@@ -101,7 +107,7 @@ def mistakes_figure(mistakes: list[tuple[str, int, int, float]], labels: list[st
                     maps: list[tuple[np.ndarray, np.ndarray] | None] | None = None):
     """The figure of write_mistakes, left open (the layout test measures it). Constrained layout
     sizes every row to its captions, so a caption never covers an image, for any count."""
-    plt = pyplot()
+    plt, labels = pyplot(), drawn(labels)
     panels = 3 if maps else 1  # the image, then the maps for the class chosen and for the true class
     per_row = 2 if maps else 4
     rows = (max(1, len(mistakes)) + per_row - 1) // per_row
@@ -165,9 +171,10 @@ def write_predictions(results: list[dict], out: Path) -> None:
     )
     for (image_axis, bar_axis), result in zip(axes, shown):
         image_axis.imshow(load_image(result["path"]))
-        image_axis.set_title(utf8_safe(Path(result["path"]).name), fontsize=9, **LITERAL)  # Latin-1 too
+        shown_name = drawn([utf8_safe(Path(result["path"]).name)])[0]  # a Latin-1 name too
+        image_axis.set_title(shown_name, fontsize=9, **LITERAL)
         image_axis.axis("off")
-        names = [p["label"] for p in result["predictions"]][::-1]
+        names = drawn([p["label"] for p in result["predictions"]][::-1])
         confidences = [p["confidence"] * 100 for p in result["predictions"]][::-1]
         bars = bar_axis.barh(range(len(names)), confidences, color=["#9ab"] * (len(names) - 1) + ["#2a7"])
         bar_axis.set_yticks(range(len(names)), names, **LITERAL)

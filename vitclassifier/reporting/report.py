@@ -9,7 +9,6 @@ All from a confusion matrix and the evaluation outputs of loop.evaluate (logits,
 """
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 
 from vitclassifier.reporting.metrics import per_class_scores
 from vitclassifier.reporting.plots import write_confusion, write_curves, write_mistakes
+from vitclassifier.tables import write_csv
 
 MAX_MISTAKES = 16
 
@@ -28,21 +28,15 @@ def normalised_confusion(confusion: torch.Tensor) -> torch.Tensor:
 
 
 def write_confusion_table(normalised: torch.Tensor, labels: list[str], path: Path) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["true \\ predicted", *labels])
-        for name, row in zip(labels, normalised.tolist()):
-            writer.writerow([name, *(f"{v:.4f}" for v in row)])
+    write_csv(path, [["true \\ predicted", *labels],
+                     *([name, *(f"{v:.4f}" for v in row)] for name, row in zip(labels, normalised.tolist()))])
 
 
 def write_per_class(confusion: torch.Tensor, labels: list[str], path: Path) -> None:
     scores = per_class_scores(confusion)
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["class", "precision", "recall", "f1", "support"])
-        for i, name in enumerate(labels):
-            writer.writerow([name, f"{scores['precision'][i]:.4f}", f"{scores['recall'][i]:.4f}",
-                             f"{scores['f1'][i]:.4f}", int(scores["support"][i])])
+    rows = ([name, *(f"{scores[score][i]:.4f}" for score in ("precision", "recall", "f1")),
+             int(scores["support"][i])] for i, name in enumerate(labels))
+    write_csv(path, [["class", "precision", "recall", "f1", "support"], *rows])
 
 
 def most_confident_mistakes(probabilities: torch.Tensor, labels: torch.Tensor, paths: list[str],

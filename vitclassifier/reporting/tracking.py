@@ -27,6 +27,7 @@ from vitclassifier.errors import UserError
 from vitclassifier.text import printable, shell_word
 
 KINDS = ("mlflow", "tensorboard")
+DATABASES = ("sqlite", "postgresql", "mysql", "mssql")  # MLflow's SQLAlchemy stores (scheme+driver too)
 EXPERIMENT = "vit-classifier"
 MLFLOW_PARAM_LENGTH = 6000  # MLflow refuses longer parameter values
 MLFLOW_BATCH_PARAMS = 100  # and more parameters in one request
@@ -54,6 +55,35 @@ def check_tracking_server(tracking_uri: str | None, timeout: float = PROBE_SECON
             f"({printable(reason)}); nothing was trained. Start the server (mlflow server --host HOST "
             f"--port PORT), correct the address, or leave out --tracking-uri to log into "
             f"OUTPUT_DIR/mlruns") from None
+
+
+def artifact_location(tracking_uri: str | None, output_dir: Path) -> str | None:
+    """Where a new experiment keeps its files (the best model, the pictures), as a file URI; never
+    MLflow's ./mlruns in the current folder. A database store (sqlite:, postgresql:, ...) keeps only
+    the metrics: the files go beside a SQLite file (x.db: x-artifacts), else into OUTPUT_DIR/mlruns/
+    artifacts as with the default store. A server or a file: store decides for itself (None). A
+    SQLite URI with two slashes, which SQLAlchemy refuses with a traceback, is one clear line."""
+    beside_the_run = (output_dir / "mlruns" / "artifacts").resolve().as_uri()
+    parsed = urlparse(tracking_uri or "sqlite://")
+    if parsed.scheme.split("+")[0] not in DATABASES:
+        return None
+    if parsed.scheme == "sqlite" and parsed.netloc:
+        raise UserError(f"--tracking-uri {printable(tracking_uri)}: a SQLite store is named with three "
+                        f"slashes: sqlite:///{printable(parsed.netloc + parsed.path)} (relative to the "
+                        f"current folder) or sqlite:////absolute/path.db")
+    database = parsed.path[1:]  # sqlite:///x.db: x.db; sqlite:////tmp/x.db: /tmp/x.db
+    if parsed.scheme != "sqlite" or database in ("", ":memory:"):
+        return beside_the_run
+    return Path(database).resolve().with_name(f"{Path(database).stem}-artifacts").as_uri()
+
+
+def database_errors() -> tuple[type[Exception], ...]:
+    """What MLflow's database stores raise for a malformed URI (SQLAlchemy's, outside MlflowException)."""
+    try:
+        from sqlalchemy.exc import ArgumentError
+    except ImportError:  # no SQLAlchemy: no database store either
+        return ()
+    return (ArgumentError,)
 
 
 def numbers(metrics: dict) -> dict[str, float]:
@@ -104,13 +134,13 @@ class MlflowTracker(Tracker):
         check_tracking_server(tracking_uri)
         for name, value in MLFLOW_HTTP_DEFAULTS.items():
             os.environ.setdefault(name, value)
-        artifacts = None
+        artifacts = artifact_location(tracking_uri, output_dir)
         if (
             tracking_uri is None
         ):  # a local store; MLflow's plain-folder store is deprecated, SQLite is its default
             store = (output_dir / "mlruns").resolve()
             store.mkdir(parents=True, exist_ok=True)
-            tracking_uri, artifacts = f"sqlite:///{store / 'mlflow.db'}", (store / "artifacts").as_uri()
+            tracking_uri = f"sqlite:///{store / 'mlflow.db'}"
         try:
             self.client = MlflowClient(tracking_uri=tracking_uri)
             experiment = self.client.get_experiment_by_name(EXPERIMENT)
@@ -120,7 +150,7 @@ class MlflowTracker(Tracker):
                 else self.client.create_experiment(EXPERIMENT, artifact_location=artifacts)
             )
             self.run_id = self.client.create_run(experiment_id, run_name=run_name).info.run_id
-        except MlflowException as error:  # also raised for a server that cannot be reached
+        except (MlflowException, *database_errors()) as error:  # also for a server that cannot be reached
             raise UserError(
                 f"cannot start an MLflow run at --tracking-uri {tracking_uri}: {str(error).splitlines()[0]}"
             ) from None
