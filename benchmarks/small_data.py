@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -142,11 +143,15 @@ def evaluate(checkpoint: Path, test: Path, device: str) -> dict:
     return {"test_acc": float(match[1]), "test_macro_f1": float(match[2])}
 
 
+@cache
+def has_recipe_option() -> bool:
+    return "--recipe" in run_train("--help").stdout
+
+
 def recipe_options(recipe: str) -> list[str]:
     """train.py's options for ``recipe``: --recipe NAME where train.py has it; without it only ``fixed``
     (today's behaviour) can run."""
-    help_text = run_train("--help").stdout
-    if "--recipe" in help_text:
+    if has_recipe_option():
         return ["--recipe", recipe]
     if recipe != "fixed":
         sys.exit(f"this train.py has no --recipe option: only the recipes fixed and hf can run, not {recipe}")
@@ -205,7 +210,8 @@ def print_table(results: list[dict]) -> None:
     """One row per (case, images per class, recipe): test top-1 as mean and spread over the seeds."""
     print("\n| case | images per class | recipe | test top-1 (mean ± SD over seeds) | seeds | seconds |")
     print("|---|---|---|---|---|---|")
-    keys = sorted({(r["case"], r["per_class"], r["recipe"]) for r in results}, key=lambda k: (k[0], k[1]))
+    keys = sorted({(r["case"], r["per_class"], r["recipe"]) for r in results},
+                  key=lambda key: (key[0], key[1], RECIPES.index(key[2])))
     for case, per_class, recipe in keys:
         runs = [r for r in results if (r["case"], r["per_class"], r["recipe"]) == (case, per_class, recipe)]
         accs = np.array([r["test_acc"] for r in runs]) * 100
