@@ -13,7 +13,8 @@ import random
 from collections.abc import Hashable, Sequence
 from typing import TypeVar
 
-from vitclassifier.errors import UserError, printable
+from vitclassifier.errors import UserError
+from vitclassifier.text import printable
 
 Sample = TypeVar("Sample")
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import yaml
 
-from vitclassifier.errors import printable
+from vitclassifier.text import printable
 from vitclassifier.files import atomic_write_text
 from vitclassifier.model.vit import PRESETS
 from vitclassifier.reporting.intervals import Interval, accuracy_interval, macro_f1_interval
