@@ -15,11 +15,11 @@ import numpy as np
 import torch
 import yaml
 
-from vitclassifier.text import printable
 from vitclassifier.files import atomic_write_text
 from vitclassifier.model.vit import PRESETS
 from vitclassifier.reporting.intervals import Interval, accuracy_interval, macro_f1_interval
 from vitclassifier.reporting.metrics import per_class_scores
+from vitclassifier.text import printable
 
 CARD = "README.md"
 CONFUSED_PAIRS = 5  # the most confused (true, predicted) pairs listed
