@@ -31,6 +31,7 @@ from vitclassifier.model.checkpoint import save_model
 from vitclassifier.reporting.metrics import SELECT_BY, metrics_row, new_totals, write_metrics
 from vitclassifier.reporting.tracking import check_tracking_server, make_tracker
 from vitclassifier.text import counted, printable, shell_word
+from vitclassifier.training.auto import Plan, plan_recipe
 from vitclassifier.training.distributed import (
     World,
     close_world,
@@ -51,12 +52,13 @@ from vitclassifier.training.state import RESUMED_PARTS, RunState
 class Trainer:
     """The epochs of a run: train, validate, keep the best, save last/; then the report."""
 
-    def __init__(self, config: TrainConfig, world: World, device: torch.device, saved: dict | None = None):
+    def __init__(self, config: TrainConfig, world: World, device: torch.device, saved: dict | None = None,
+                 plan: Plan | None = None):
         self.started = time.time()
         self.config, self.world, self.device = config, world, device
         self.output_dir = config.runtime.output_dir
         self.say = main_print(world)
-        self.parts = build_components(config, world, device, saved)
+        self.parts = build_components(config, world, device, saved, plan.head if plan else None)
         parts, options = self.parts, saved_options(config)
         self.net = parts.model  # what the batches go through: wrapped for the stage (begin_epoch)
         self.head_only: bool | None = None  # the stage: the head alone (--freeze-epochs) or all trainable
@@ -66,7 +68,8 @@ class Trainer:
         try:  # the output folder is locked since build_components: released if the rest fails
             self.state = (RunState.from_checkpoint(saved, options, world.size, world.is_main,
                                                    self.output_dir / "metrics.csv") if saved is not None
-                          else RunState(parts.source.labels, parts.source.fingerprint(), options, world.size))
+                          else RunState(parts.source.labels, parts.source.fingerprint(), options, world.size,
+                                        plan=plan.info if plan else {}))
             self.ctx = EvalContext(device, parts.dtype, world, self.state.bad_files)  # training's too
             if saved is not None:
                 self.say(f"Resuming {saved['dir']} at epoch {saved['epoch']}, step {saved['step']} "
@@ -243,7 +246,8 @@ class Trainer:
             if self.world.is_main:
                 weights = parts.ema.model if use_ema else parts.model
                 save_model(weights, parts.prep, self.output_dir / "best", info={
-                    **state.best, "labels": state.labels, "model": self.config.model.name,
+                    **state.best, **state.plan, "labels": state.labels, "model": self.config.model.name,
+                    "pretrained": self.config.model.pretrained,
                     "data": parts.source.describe_split(), "train_images": self.train_images(),
                     "val_images": chosen["count"]})
         state.stale_epochs = 0 if improved else state.stale_epochs + 1
@@ -378,7 +382,10 @@ def train(config: TrainConfig, given: set[str] = frozenset()) -> dict:
         check_tracking_server(config.runtime.tracking_uri)
     world, device_choice = init_world(config.runtime.device)
     try:
-        trainer = Trainer(config, world, pick_device(device_choice), saved)
+        device, plan = pick_device(device_choice), None
+        if saved is None:  # a resumed run continues with the options its first session decided
+            config, plan = plan_recipe(config, given, world, device)
+        trainer = Trainer(config, world, device, saved, plan)
         try:
             return trainer.train()
         finally:
