@@ -14,7 +14,6 @@ and the main process's decisions are the ones all take.
 """
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from collections import Counter
@@ -57,7 +56,7 @@ class Measured:
     curve: LRCurve | None = None
     probe: Probe | None = None
     flip: object = None  # label_checks.LabelCheck
-    epoch_seconds: float = 0.0  # one epoch of training, estimated from the sweep's steps
+    work: float = 0.0  # the measurements' work in training images (a forward pass alone: a third of one)
     notes: tuple[str, ...] = ()
 
 
@@ -86,8 +85,9 @@ def plan_recipe(config: TrainConfig, given: set[str], world: World,
     say("Automatic recipe: measuring on your data (--recipe fixed skips this) ...")
     measured = measure(config, given, source, model, prep, device, dtype)
     del model
-    facts = make_facts(config, source, prep, measured, time.time() - started)
+    facts = make_facts(config, source, prep, measured)
     decisions = decide(facts, config.as_options(), given)
+    say(f"Automatic recipe, measured in {time.time() - started:.0f}s:")
     for note in measured.notes:
         say(f"  {note}")
     for decision in decisions:
@@ -119,21 +119,21 @@ def measure(config: TrainConfig, given: set[str], source: Source, model: torch.n
         val_set = source.validation_data(transform, prep.resize_size, batch)
         X, y = feature_tensors(extract_features(model, train_set, batch, device, dtype))
         val_X, val_y = feature_tensors(extract_features(model, val_set, batch, device, dtype))
+        measured.work += (len(train_set) + len(val_set)) / 3
         if len(y) and len(val_y):
             measured.probe = fit_probe(X, y, len(source.labels), val_X, val_y, seed=config.recipe.seed)
             measured.probe.load_into(model)
         if measured.probe is not None and not config.data.no_flip:
             flipped_X, _ = feature_tensors(extract_features(model, Flipped(val_set), batch, device, dtype))
+            measured.work += len(val_set) / 3
             measured.flip = check_augmentation("flip", measured.probe.logits(val_X),
                                                measured.probe.logits(flipped_X), val_y)
     else:
         measured.notes += ("random weights: no linear probe (features of random weights say nothing), so no "
                            "LP-FT and no flip check",)
     same_lr = measured.probe is not None and "head_lr" not in given  # decide gives the head the backbone's LR
-    sweep_started = time.time()
     measured.curve = sweep(config, source, model, prep, device, dtype, same_lr)
-    per_step = (time.time() - sweep_started) / max(1, len(measured.curve.lrs))
-    measured.epoch_seconds = per_step * math.ceil(len(source.train()) / batch)
+    measured.work += len(measured.curve.lrs) * batch
     return measured
 
 
@@ -197,9 +197,9 @@ def training_step(config: TrainConfig, source: Source, model: torch.nn.Module, p
     return step
 
 
-def make_facts(config: TrainConfig, source: Source, prep: Preprocessing, measured: Measured,
-               seconds: float) -> Facts:
-    """What decide() reads: the data's counts, the model, the measurements and their time in epochs."""
+def make_facts(config: TrainConfig, source: Source, prep: Preprocessing, measured: Measured) -> Facts:
+    """What decide() reads: the data's counts, the model, the measurements and their cost in epochs
+    (counted in images, not timed: the decisions, and so the run, must not depend on the machine's load)."""
     counts = sorted(Counter(source.train_labels()).get(i, 0) for i in range(len(source.labels)))
     flip, curve = measured.flip, measured.curve
     return Facts(
@@ -210,4 +210,4 @@ def make_facts(config: TrainConfig, source: Source, prep: Preprocessing, measure
         lr_suggestion=float(f"{curve.suggestion:.2g}") if curve else None,  # two digits: the test's precision
         probe_accuracy=measured.probe.val_accuracy if measured.probe else None,
         flip_switch_off=flip.switch_off if flip else None, flip_reason=flip.reason if flip else "",
-        measurement_epochs=round(seconds / measured.epoch_seconds, 2) if measured.epoch_seconds else 0.0)
+        measurement_epochs=round(measured.work / max(1, len(source.train())), 2))
