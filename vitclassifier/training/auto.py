@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +30,10 @@ from vitclassifier.data.augment import BatchAugment, train_decode
 from vitclassifier.data.dataset import collate_skipping_bad
 from vitclassifier.data.sources import Source, open_source
 from vitclassifier.data.transforms import Preprocessing, eval_transform
-from vitclassifier.devices import autocast, autocast_dtype
+from vitclassifier.devices import autocast, autocast_dtype, pick_device
+from vitclassifier.errors import UserError
+from vitclassifier.reporting.plots import write_lr_curve
+from vitclassifier.text import printable
 from vitclassifier.training.auto_recipe import Facts, as_json, decide
 from vitclassifier.training.distributed import World, image_seed
 from vitclassifier.training.features import extract_features
@@ -109,11 +113,30 @@ def agreed(world: World, value: object) -> object:
     return box[0]
 
 
+def find_lr(config: TrainConfig, given: set[str], picture: Path) -> LRCurve:
+    """``train.py --lr-find``: the range test alone, from the head the run would start from (the probe's
+    under --recipe auto with pre-trained weights); prints the suggestion and saves the curve."""
+    source, device = open_data(config), pick_device(config.runtime.device)
+    if source.streamed:
+        raise UserError("--lr-find needs a listed data set: streamed shards are read in order only")
+    dtype = autocast_dtype(device, config.runtime.precision)
+    model, prep, _ = build_model(config, source.labels, device, dtype, None)
+    curve = measure(config, given, source, model, prep, device, dtype, flip=False).curve
+    picture.parent.mkdir(parents=True, exist_ok=True)
+    write_lr_curve(curve.lrs, curve.losses, curve.suggestion, picture)
+    print(f"LR range test: {len(curve.lrs)} steps of {config.data.batch_size} training images, "
+          f"LR {curve.lrs[0]:.2g} to {curve.lrs[-1]:.2g}; {curve.stopped}.")
+    print(f"Suggested peak LR {curve.suggestion:.2g} (--lr), head LR {curve.head_lr:.2g} (--head-lr): a "
+          f"tenth of the LR at the lowest loss. Loss against LR: {printable(picture)}")
+    return curve
+
+
 def measure(config: TrainConfig, given: set[str], source: Source, model: torch.nn.Module, prep: Preprocessing,
-            device: torch.device, dtype: torch.dtype | None) -> Measured:
-    """The probe and the flip check (pre-trained weights), then the LR range test from the probe's head."""
+            device: torch.device, dtype: torch.dtype | None, flip: bool = True) -> Measured:
+    """The probe and the flip check (pre-trained weights, --recipe auto), then the LR range test from the
+    probe's head."""
     measured, batch = Measured(), config.data.batch_size
-    if config.model.pretrained:
+    if config.model.pretrained and config.recipe.recipe == "auto":
         transform = eval_transform(prep)
         train_set = source.training_data(transform, prep.resize_size)
         val_set = source.validation_data(transform, prep.resize_size, batch)
@@ -123,12 +146,12 @@ def measure(config: TrainConfig, given: set[str], source: Source, model: torch.n
         if len(y) and len(val_y):
             measured.probe = fit_probe(X, y, len(source.labels), val_X, val_y, seed=config.recipe.seed)
             measured.probe.load_into(model)
-        if measured.probe is not None and not config.data.no_flip:
+        if measured.probe is not None and flip and not config.data.no_flip:
             flipped_X, _ = feature_tensors(extract_features(model, Flipped(val_set), batch, device, dtype))
             measured.work += len(val_set) / 3
             measured.flip = check_augmentation("flip", measured.probe.logits(val_X),
                                                measured.probe.logits(flipped_X), val_y)
-    else:
+    elif not config.model.pretrained:
         measured.notes += ("random weights: no linear probe (features of random weights say nothing), so no "
                            "LP-FT and no flip check",)
     same_lr = measured.probe is not None and "head_lr" not in given  # decide gives the head the backbone's LR
