@@ -29,8 +29,9 @@ def training_info() -> dict:
             "temperature_range": [1.1, 1.5], "ece_before": 0.091, "ece_after": 0.034,
             "calibration": "temperature 1.310, fitted on the 80 validation images",
             "temperature_folded": 1.31,
-            "recipe": [{"option": "lr", "value": 0.0003, "reason": "LR range test: steepest fall at 3e-4"},
-                       {"option": "flip", "value": "off", "reason": "flipped images score worse <b>"}]}
+            "recipe": {"recipe": "auto", "decisions": [
+                {"option": "lr", "value": 0.0003, "reason": "LR range test: steepest fall at 3e-4"},
+                {"option": "flip", "value": "off", "reason": "flipped images score worse <b>"}]}}
 
 
 @pytest.fixture

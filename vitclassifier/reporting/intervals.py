@@ -17,6 +17,7 @@ from typing import NamedTuple
 import numpy as np
 
 LEVEL = 0.95
+SMALL_SET = 1000  # validation sets under this many images: the summary line gives the accuracy's interval
 BOOTSTRAP = 2000  # resamples of the validation set for the macro-F1 interval
 
 
@@ -89,6 +90,15 @@ def wilson_interval(correct: int, count: int, level: float = LEVEL) -> Interval:
 def accuracy_interval(accuracy: float, count: int, level: float = LEVEL) -> Interval:
     """wilson_interval from an accuracy as training_info.json records it (val_acc, val_images)."""
     return wilson_interval(round(accuracy * count), count, level)
+
+
+def small_set_note(accuracy: float, count: int) -> str:
+    """The interval a summary line gives an accuracy measured on fewer than SMALL_SET images ("" on more):
+    on 60 images "83%" means anything from 72% to 91%."""
+    if not 0 < count < SMALL_SET:
+        return ""
+    interval = accuracy_interval(accuracy, count)
+    return f" ({LEVEL:.0%} CI {interval.low:.0%}-{interval.high:.0%} on {count} images)"
 
 
 def confusion_of(predictions: Sequence[int], labels: Sequence[int], classes: int) -> np.ndarray:

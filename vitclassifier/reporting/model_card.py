@@ -127,8 +127,13 @@ def recipe_section(info: dict) -> list[str]:
         select_by = text(info.get("select_by", "score"))
         lines.append(f"Best epoch {info['epoch']}, selected by validation {select_by}{chosen}.")
     lines.append("")
-    decisions = info.get("recipe")
-    if isinstance(decisions, list) and decisions:
+    recipe = info.get("recipe") if isinstance(info.get("recipe"), dict) else {}
+    decisions = recipe.get("decisions")
+    if recipe.get("recipe") == "fixed":
+        lines += ["The fixed recipe (--recipe fixed): every option as typed, or its default.", ""]
+    elif recipe.get("skipped"):
+        lines += [f"The automatic recipe measured nothing: {text(recipe['skipped'])}.", ""]
+    elif isinstance(decisions, list) and decisions:
         lines += ["The options the tool chose, and why:", ""]
         lines += table(["option", "value", "reason"],
                        [[text(d.get("option", "")), cell(d.get("value", "")), text(d.get("reason", ""))]

@@ -28,6 +28,7 @@ from vitclassifier.config import RecipeOptions, TrainConfig
 from vitclassifier.devices import pick_device
 from vitclassifier.errors import UserError
 from vitclassifier.model.checkpoint import save_model
+from vitclassifier.reporting.intervals import small_set_note
 from vitclassifier.reporting.metrics import SELECT_BY, metrics_row, new_totals, write_metrics
 from vitclassifier.reporting.tracking import check_tracking_server, make_tracker
 from vitclassifier.text import counted, printable, shell_word
@@ -323,8 +324,9 @@ class Trainer:
         minutes = (time.time() - self.started) / 60
         if best["epoch"]:
             best_dir = self.output_dir / "best"
+            interval = small_set_note(best["val_acc"], self.last_val["count"])
             self.say(f"Done in {minutes:.1f} min. Best epoch {best['epoch']} ({best['weights']} weights): "
-                     f"val acc {best['val_acc']:.3f}, macro-F1 {best['val_macro_f1']:.3f}, "
+                     f"val acc {best['val_acc']:.3f}{interval}, macro-F1 {best['val_macro_f1']:.3f}, "
                      f"loss {best['val_loss']:.4f}. "
                      f"Model: {printable(best_dir)}  (try: python predict.py --model {shell_word(best_dir)} "
                      f"--image IMAGE)")
