@@ -96,7 +96,7 @@ def content_checks(state: dict) -> list[tuple[bool, str]]:
         (best.get("score") is None
          or (isinstance(best["score"], list) and all(map(is_number, best["score"]))),
          "its best score is not a list of numbers"),
-        (not best.get("epoch") or (best.get("weights") in ("raw", "ema") and all(
+        (best.get("score") is None or (best.get("weights") in ("raw", "ema", "probe") and all(
             is_number(best.get(k)) for k in ("val_acc", "val_loss", "val_macro_f1"))),
          "its best epoch's scores are not numbers"),
         (all(isinstance(k, str) for k in state["options"]), "its options are not named by text"),
