@@ -31,8 +31,8 @@ def vit(tmp_path_factory):
 
 def args(out, data, model, *more):
     """--recipe auto, unless ``more`` says fixed (the last --recipe wins)."""
-    return ["--data", str(data), "--model", str(model), "--output-dir", str(out), *OPTIONS, "--recipe", "auto",
-            *more]
+    return ["--data", str(data), "--model", str(model), "--output-dir", str(out), *OPTIONS,
+            "--recipe", "auto", *more]
 
 
 def info_of(out):

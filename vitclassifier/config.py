@@ -144,6 +144,12 @@ class RecipeOptions:
     class_weights: str = option("auto: weight the loss by inverse class frequency (for imbalanced classes)",
                                 "none", choices=["none", "auto"], group=SELECTION, place=34,
                                 problem="--class-weights: choose none or auto")
+    folds: int = option("first cross-validate on all labelled images (training and validation splits) in "
+                        "K stratified folds, a linear probe on the pre-trained features per fold (seconds): "
+                        "the mean and interval of accuracy, macro-F1 and per-class recall, printed and "
+                        "recorded; then the model trains as usual (0: off)", 0, group=SELECTION, place=35.5,
+                        at_least=0, problem="--folds must be 0 (off) or a number of folds from 2 up",
+                        metavar="K")
     calibrate: bool = option("don't fit a softmax temperature on the validation set after training", True,
                              flags=("--no-calibrate",), group=SELECTION, place=36)
     seed: int = option("seed for the split, augmentation and initialisation", 42, place=38)

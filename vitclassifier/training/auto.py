@@ -35,6 +35,7 @@ from vitclassifier.errors import UserError
 from vitclassifier.reporting.plots import write_lr_curve
 from vitclassifier.text import printable
 from vitclassifier.training.auto_recipe import Facts, as_json, decide
+from vitclassifier.training.crossval import cross_validate
 from vitclassifier.training.distributed import World, image_seed
 from vitclassifier.training.features import extract_features
 from vitclassifier.training.label_checks import Flipped, check_augmentation
@@ -70,6 +71,17 @@ def open_data(config: TrainConfig) -> Source:
     source = open_source(data.folder, data.data_format, data.val_split, config.recipe.seed, data.image_column,
                          data.label_column)
     return source.excluding(data.exclude, quiet=True) if data.exclude is not None else source
+
+
+def plan_run(config: TrainConfig, given: set[str], world: World,
+             device: torch.device) -> tuple[TrainConfig, Plan]:
+    """A fresh run's plan: --folds' cross-validation first (crossval.py; K checked before any work), then
+    the recipe (plan_recipe); the folds' summary recorded with the recipe's decisions."""
+    folds = cross_validate(config, open_data(config), world, device) if config.recipe.folds else None
+    config, plan = plan_recipe(config, given, world, device)
+    if folds is not None:
+        plan.info["folds"] = folds
+    return config, plan
 
 
 def plan_recipe(config: TrainConfig, given: set[str], world: World,

@@ -32,7 +32,7 @@ from vitclassifier.reporting.intervals import small_set_note
 from vitclassifier.reporting.metrics import SELECT_BY, metrics_row, new_totals, write_metrics
 from vitclassifier.reporting.tracking import check_tracking_server, make_tracker
 from vitclassifier.text import counted, printable, shell_word
-from vitclassifier.training.auto import Plan, plan_recipe
+from vitclassifier.training.auto import Plan, plan_run
 from vitclassifier.training.distributed import (
     World,
     close_world,
@@ -389,7 +389,7 @@ def train(config: TrainConfig, given: set[str] = frozenset()) -> dict:
     try:
         device, plan = pick_device(device_choice), None
         if saved is None:  # a resumed run continues with the options its first session decided
-            config, plan = plan_recipe(config, given, world, device)
+            config, plan = plan_run(config, given, world, device)
         trainer = Trainer(config, world, device, saved, plan)
         try:
             return trainer.train()
