@@ -69,7 +69,8 @@ def test_auto_decides_records_and_starts_from_the_probe(tmp_path, small_data, vi
     assert decisions["head_lr"]["value"] == decisions["lr"]["value"]  # LP-FT: the probe's head
     assert decisions["freeze_epochs"]["value"] == 0
     facts = info["recipe"]["facts"]
-    assert facts["pretrained"] is True and facts["probe_accuracy"] == info["probe_val_acc"]
+    assert facts["pretrained"] is True  # the measurement's probe accuracy; the record: epoch 0's (lpft.py)
+    assert facts["probe_accuracy"] == pytest.approx(info["probe_val_acc"], abs=1e-6)
     assert 0 <= info["probe_val_acc"] <= 1 and facts["images_per_class_min"] == 16
     for d in decisions.values():  # printed, one line each
         assert f"--{d['option'].replace('_', '-')}" in printed and d["reason"] in printed
@@ -111,6 +112,71 @@ def test_a_resumed_auto_run_does_not_measure_again(tmp_path, small_data, vit, mo
     assert "Automatic recipe" not in capsys.readouterr().out
     info = info_of(out)
     assert info["recipe"] == recorded["recipe"] and info["probe_val_acc"] == recorded["probe_val_acc"]
+    whole = tmp_path / "whole"  # the same run without the interruption: the same weights, bit for bit
+    assert train.main(args(whole, small_data, vit, "--epochs", "2")) == 0
+    for weights in ("best/model.safetensors", "last/model.safetensors"):
+        assert (out / weights).read_bytes() == (whole / weights).read_bytes()
+    assert info_of(whole)["epoch"] == info["epoch"] and info_of(whole)["weights"] == info["weights"]
+
+
+def test_lp_ft_keeps_the_probe_model_when_fine_tuning_is_worse(tmp_path, small_data, vit, capsys):
+    out = tmp_path / "run"
+    assert train.main(args(out, small_data, vit, "--epochs", "1", "--lr", "1")) == 0  # typed: kept, ruinous
+    printed = capsys.readouterr().out
+    info = info_of(out)
+    assert info["epoch"] == 0 and info["weights"] == "probe" and info["val_acc"] == info["probe_val_acc"]
+    assert "epoch 0 (the linear probe's head, before fine-tuning)" in printed
+    last = printed.splitlines()[-1]
+    assert "Best epoch 0 (probe weights)" in last
+    assert f"Linear probe alone: val acc {info['probe_val_acc']:.3f}, kept; fine-tuned: " in last
+    assert (out / "best/model.safetensors").read_bytes() != (out / "last/model.safetensors").read_bytes()
+    card = (out / "best/README.md").read_text()
+    assert "Best epoch 0, selected by validation accuracy, probe weights." in card
+
+
+def test_lp_ft_keeps_the_fine_tuned_model_when_better(tmp_path, small_data, vit, capsys):
+    out = tmp_path / "run"
+    assert train.main(args(out, small_data, vit, "--epochs", "1", "--lr", "1e-3", "--select-by", "loss",
+                                  "--no-calibrate")) == 0  # best/ as last/ left it: no temperature folded
+    info = info_of(out)
+    assert info["epoch"] == 1 and info["weights"] == "raw" and info["val_loss"] < 1.0
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 2  # epoch 0 is no row of metrics.csv: nothing was trained in it
+    assert (out / "best/model.safetensors").read_bytes() == (out / "last/model.safetensors").read_bytes()
+    last = capsys.readouterr().out.splitlines()[-1]
+    probe, tuned = info["probe_val_acc"], info["val_acc"]
+    assert f"Linear probe alone: val acc {probe:.3f}; fine-tuned: {tuned:.3f}, kept." in last
+
+
+def test_folds_report_the_spread_and_leave_the_training_as_it_was(tmp_path, small_data, vit, capsys):
+    plain, folds = tmp_path / "plain", tmp_path / "folds"
+    fixed = ["--epochs", "1", "--recipe", "fixed"]
+    assert train.main(args(plain, small_data, vit, *fixed)) == 0
+    capsys.readouterr()
+    assert train.main(args(folds, small_data, vit, *fixed, "--folds", "3")) == 0
+    printed = capsys.readouterr().out
+    summary = info_of(folds)["folds"]
+    assert summary["folds"] == 3 and summary["images"] == 60  # the training and validation splits
+    assert summary["method"] == "linear probe on the pre-trained features"
+    for mean, low, high in [summary["acc"], summary["macro_f1"], *summary["recall"]]:
+        assert 0 <= low <= mean <= high <= 1
+    assert len(summary["recall"]) == 3 and "folds" not in info_of(plain)
+    assert "3-fold cross-validation, a linear probe" in printed and "recall, weakest classes first" in printed
+    assert "- 3-fold cross-validation: accuracy" in (folds / "best/README.md").read_text()
+    weights = "best/model.safetensors"
+    assert (folds / weights).read_bytes() == (plain / weights).read_bytes()
+
+
+@pytest.mark.parametrize("more, refusal", [
+    (["--folds", "21"], "--folds 21: every class needs at least 21 images"),
+    (["--folds", "1"], "--folds 1: cross-validation needs at least 2 folds"),
+    (["--folds", "3", "--no-pretrained", "--image-size", "32"], "--folds 3 needs pre-trained weights"),
+])
+def test_folds_refused_before_any_work(tmp_path, small_data, vit, capsys, more, refusal):
+    out = tmp_path / "run"
+    model = "vit-tiny" if "--no-pretrained" in more else vit
+    assert train.main(args(out, small_data, model, "--recipe", "fixed", *more)) == 2
+    assert refusal in capsys.readouterr().err and not out.exists()
 
 
 def test_lr_find_prints_a_suggestion_and_saves_the_curve(tmp_path, small_data, vit, capsys):
