@@ -3,6 +3,7 @@
     python train.py --epochs 5 --batch-size 16
     torchrun --nproc_per_node=2 train.py --epochs 5 --batch-size 16     # one process per device
     python train.py --evaluate --model checkpoints/best --data other_photos   # or an export of it
+    python train.py --lr-find                   # the LR range test alone: a suggestion and lr_find.png
 
 Each epoch trains with AdamW (warm-up, then cosine decay; layer-wise LR decay; optionally the
 head alone first), validates, and keeps the best model by the --select-by score. Outputs in
@@ -25,13 +26,16 @@ from vitclassifier.errors import UserError, report_user_error
 from vitclassifier.evaluation import evaluate_checkpoint
 from vitclassifier.options import build_parser as build_options_parser
 from vitclassifier.text import shell_word
+from vitclassifier.training.auto import find_lr
 from vitclassifier.training.trainer import train
 
 TRAINED_MODEL = Path("checkpoints") / "best"  # where a run with the default --output-dir keeps its model
+LR_PICTURE = "lr_find.png"  # --lr-find's loss-vs-LR curve: in --output-dir if given, else here
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Every option of TrainConfig's sections, and --evaluate (vitclassifier/config.py declares them)."""
+    """Every option of TrainConfig's sections, --lr-find and --evaluate (vitclassifier/config.py declares
+    them)."""
     description = "Fine-tune a pre-trained ViT on a folder of images."
     return build_options_parser(description, TrainConfig, TrainCommand)
 
@@ -64,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     args, config, given = parse_args(argv)
     keep_freed_memory()
     try:
+        if args.lr_find:
+            find_lr(config, given, (args.output_dir if "output_dir" in given else Path()) / LR_PICTURE)
+            return 0
         if args.evaluate:
             pictures = args.output_dir if "output_dir" in given else None
             evaluate_checkpoint(model_to_evaluate(config, given), pictures)

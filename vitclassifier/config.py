@@ -20,6 +20,7 @@ from vitclassifier.options import dest, field_problems, option, options_of, type
 AUGMENTATIONS = ("crop", "flip", "rotate", "color_jitter")
 SELECT_BY_CHOICES = ("accuracy", "macro-f1", "loss")
 DATA_FORMATS = ("auto", "folder", "labels", "hf", "shards")
+RECIPES = ("auto", "fixed")  # --recipe: training/auto.py decides, or the defaults as they are
 DEFAULT_LR = {True: 5e-5, False: 3e-4}
 MIX_ALPHA = (0.01, 100.0)  # mixup/cutmix alphas outside this break the Beta draw or mean "off" anyway
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 4096  # pretrained weights move gently; random ones need more
@@ -101,6 +102,11 @@ class ModelOptions:
 @dataclass
 class RecipeOptions:
     """How to fine-tune: schedule, optimizer, regularisation, model selection."""
+    recipe: str = option(
+        "auto: decide the learning rates, epochs, patience, head warm-up and flip from the data, the model "
+        "and short measurements (an LR range test, a linear probe, a flip check), each decision printed "
+        "and recorded, every option you type kept; fixed: the defaults as they are (docs/recipe.md)", "fixed",
+        choices=RECIPES, group=RECIPE, place=16.5)
     epochs: int = option("number of passes over the training set", 10, place=6, at_least=1)
     grad_accum: int = option("add up the gradients of N batches per optimizer step (effective batch: N x "
                              "--batch-size)", 1, place=8, at_least=1)
@@ -138,6 +144,12 @@ class RecipeOptions:
     class_weights: str = option("auto: weight the loss by inverse class frequency (for imbalanced classes)",
                                 "none", choices=["none", "auto"], group=SELECTION, place=34,
                                 problem="--class-weights: choose none or auto")
+    folds: int = option("first cross-validate on all labelled images (training and validation splits) in "
+                        "K stratified folds, a linear probe on the pre-trained features per fold (seconds): "
+                        "the mean and interval of accuracy, macro-F1 and per-class recall, printed and "
+                        "recorded; then the model trains as usual (0: off)", 0, group=SELECTION, place=35.5,
+                        at_least=0, problem="--folds must be 0 (off) or a number of folds from 2 up",
+                        metavar="K")
     calibrate: bool = option("don't fit a softmax temperature on the validation set after training", True,
                              flags=("--no-calibrate",), group=SELECTION, place=36)
     seed: int = option("seed for the split, augmentation and initialisation", 42, place=38)
@@ -169,7 +181,11 @@ class RuntimeOptions:
 
 @dataclass
 class TrainCommand:
-    """What train.py does besides training: only score a checkpoint. Not part of a run's options."""
+    """What train.py does besides training: only score a checkpoint, or only find the LR. Not part of a
+    run's options."""
+    lr_find: bool = option("only run the LR range test on the training split: print the suggested peak and "
+                           "head LR and save the loss-vs-LR picture lr_find.png (in --output-dir if given, "
+                           "else here)", False, group=RECIPE, place=16.6)
     evaluate: bool = option("only score the checkpoint --model (or an export of it: .onnx, .xml, .pt) on the "
                             "labelled folder --data (metrics and pictures)", False, group=SELECTION, place=37)
 

@@ -64,6 +64,23 @@ def write_curves(rows: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
+
+def write_lr_curve(lrs: list[float], losses: list[float], suggestion: float, path: Path) -> None:
+    """The LR range test: smoothed training loss against the peak LR (log scale), the suggestion
+    marked, so a user can see whether the curve had a clear descent before it blew up."""
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(6, 4))
+    axis.plot(lrs, losses, "-")
+    axis.axvline(suggestion, color="tab:red", linestyle="--", label=f"suggested LR {suggestion:.2g}")
+    axis.set_xscale("log")
+    axis.set_xlabel("peak learning rate")
+    axis.set_ylabel("training loss (smoothed)")
+    axis.grid(alpha=0.3, which="both")
+    axis.legend()
+    figure.tight_layout()
+    write_via_temp(path, lambda tmp: figure.savefig(tmp, dpi=100, format="png"))
+    plt.close(figure)
+
 def write_confusion(normalised: torch.Tensor, labels: list[str], png: Path) -> None:
     """The confusion matrix normalised per true class (rows sum to 1) as a picture."""
     plt, labels = pyplot(), drawn(labels)

@@ -6,9 +6,10 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
-from vitclassifier.model.checkpoint import fold_temperature, load_checkpoint
+from vitclassifier.model.checkpoint import fold_temperature, load_checkpoint, read_info
 from vitclassifier.model.relevance import mistake_maps
 from vitclassifier.reporting.calibration import calibrate_run, calibration_line
+from vitclassifier.reporting.model_card import write_model_card
 from vitclassifier.reporting.report import write_report
 from vitclassifier.training.evaluate import EvalContext, evaluate
 
@@ -18,7 +19,8 @@ def report_run(
 ) -> dict:
     """After training: evaluate best/ once more on the whole validation set, calibrate it (``fit``),
     fold the temperature into best/'s head (recorded in its training_info.json), and write every
-    picture and table; mistakes.png shows where the model looked (model/relevance.py)."""
+    picture and table; mistakes.png shows where the model looked (model/relevance.py); then the model
+    card best/README.md from training_info.json as it now is and the validation confusion matrix."""
     model, prep, _ = load_checkpoint(directory / "best")
     evaluation = evaluate(ctx, model.to(ctx.device), val_loader, len(labels), "report", keep_outputs=True)
     if "logits" not in evaluation:
@@ -30,4 +32,5 @@ def report_run(
     if fit:
         print(calibration_line(calibration, directory / "best"))
     print(f"Pictures and tables: {directory}/curves.png, confusion_matrix.png, per_class.csv, mistakes.png")
-    return calibration
+    write_model_card(directory / "best", read_info(directory / "best"), evaluation["confusion"])  # last: it
+    return calibration  # reads what fold_temperature recorded

@@ -26,6 +26,7 @@ from vitclassifier.model.vit import create_model, freeze, set_backbone_dropout
 from vitclassifier.training.distributed import EpochSampler, ShardSampler, World, epoch_seed, on_main_process
 from vitclassifier.training.features import can_cache_features, extract_features
 from vitclassifier.training.output import OutputLock, claim_output_dir
+from vitclassifier.training.probe import Probe
 from vitclassifier.training.recipe import (
     EMA,
     class_weights,
@@ -83,14 +84,17 @@ def load_data(config: TrainConfig, world: World, device: torch.device, saved: di
 
 
 def build_model(config: TrainConfig, labels: list[str], device: torch.device, dtype: torch.dtype | None,
-                saved: dict | None) -> tuple[torch.nn.Module, Preprocessing, set[int]]:
-    """The classifier for our labels (a resumed run's own weights), frozen as asked, on the device;
-    with the ids of its trainable parameters."""
+                saved: dict | None, head: Probe | None = None
+                ) -> tuple[torch.nn.Module, Preprocessing, set[int]]:
+    """The classifier for our labels (a resumed run's own weights; ``head``: the automatic recipe's
+    linear probe as its head), frozen as asked, on the device; with the ids of its trainable parameters."""
     options = config.model
     torch.manual_seed(config.recipe.seed % 2**63)
     name = str(saved["dir"]) if saved else options.name
     model, prep = create_model(name, labels, pretrained=saved is not None or options.pretrained,
                                dropout=options.dropout, image_size=options.image_size)
+    if head is not None:
+        head.load_into(model)
     set_backbone_dropout(model, options.backbone_dropout)
     freeze(model, options.freeze)
     trainable = {id(p) for p in model.parameters() if p.requires_grad}  # what --freeze leaves
@@ -216,12 +220,13 @@ def build_optimizer(config: TrainConfig, model: torch.nn.Module, steps: int, dev
 
 
 def build_components(config: TrainConfig, world: World, device: torch.device,
-                     saved: dict | None) -> Components:
-    """The set-up steps in order: data, model, output folder, loaders, optimizer, a saved run's states.
-    The output folder stays locked from here to the end of the run (released here if set-up fails)."""
+                     saved: dict | None, head: Probe | None = None) -> Components:
+    """The set-up steps in order: data, model (``head``: the linear probe's), output folder, loaders,
+    optimizer, a saved run's states. The output folder stays locked from here to the end of the run
+    (released here if set-up fails)."""
     recipe, dtype = config.recipe, autocast_dtype(device, config.runtime.precision)
     source = load_data(config, world, device, saved)
-    model, prep, trainable = build_model(config, source.labels, device, dtype, saved)
+    model, prep, trainable = build_model(config, source.labels, device, dtype, saved, head)
     lock = claim_output(config, world, device, model, saved is not None)
     try:
         mix = mix_batches(len(source.labels), recipe.mixup, recipe.cutmix)

@@ -17,7 +17,7 @@ from vitclassifier.reporting.metrics import new_totals, read_metrics
 STATE_FIELDS = {"epoch": int, "step": int, "stale_epochs": int, "labels": list, "data": str, "options": dict,
                 "best": dict, "totals": dict, "bad_files": dict, "optimizer": dict, "scheduler": dict,
                 "scaler": dict}
-OPTIONAL_FIELDS = {"ema": dict, "rows": list, "finished": bool, "world_size": int}
+OPTIONAL_FIELDS = {"ema": dict, "rows": list, "finished": bool, "world_size": int, "plan": dict}
 RESUMED_PARTS = ("optimizer", "scheduler", "scaler")  # saved as state_dicts, with "ema" under --ema
 
 
@@ -37,13 +37,14 @@ class RunState:
     rows: list[dict] = field(default_factory=list)  # metrics.csv so far (saved with the state too)
     finished: bool = False  # all epochs done, or stopped early: a resume has nothing left to do
     bad_files: dict = field(default_factory=dict)  # unreadable image -> why
+    plan: dict = field(default_factory=dict)  # the recipe's record for training_info.json (training/auto.py)
 
     def to_checkpoint(self, parts: dict) -> dict:
         """The dict saved as training_state.pt; ``parts``: the state_dicts of RESUMED_PARTS (and ema)."""
         return {"epoch": self.epoch, "step": self.step, "totals": self.totals, "labels": self.labels,
                 "world_size": self.world_size, "data": self.data, "options": self.options, "best": self.best,
                 "stale_epochs": self.stale_epochs, "bad_files": self.bad_files, "rows": self.rows,
-                "finished": self.finished, **parts}
+                "finished": self.finished, "plan": self.plan, **parts}
 
     @classmethod
     def from_checkpoint(cls, saved: dict, options: dict, world_size: int, is_main: bool,
@@ -62,7 +63,7 @@ class RunState:
                    epoch=saved["epoch"], step=saved["step"],
                    totals=saved["totals"] if is_main else new_totals(), best=saved["best"],
                    stale_epochs=saved["stale_epochs"], rows=rows,
-                   bad_files=saved["bad_files"])
+                   bad_files=saved["bad_files"], plan=saved.get("plan", {}))
 
     @staticmethod
     def check(state: dict, where: str) -> None:
@@ -95,7 +96,7 @@ def content_checks(state: dict) -> list[tuple[bool, str]]:
         (best.get("score") is None
          or (isinstance(best["score"], list) and all(map(is_number, best["score"]))),
          "its best score is not a list of numbers"),
-        (not best.get("epoch") or (best.get("weights") in ("raw", "ema") and all(
+        (best.get("score") is None or (best.get("weights") in ("raw", "ema", "probe") and all(
             is_number(best.get(k)) for k in ("val_acc", "val_loss", "val_macro_f1"))),
          "its best epoch's scores are not numbers"),
         (all(isinstance(k, str) for k in state["options"]), "its options are not named by text"),

@@ -2,7 +2,7 @@
 
     train(config)                       the options (a resumed run's), the processes, the device
       Trainer(...)                      set-up (setup.build_components) and where the run is (RunState)
-      Trainer.train()                   the epochs; in each, in order:
+      Trainer.train()                   (LP-FT: the probe model as epoch 0, lpft.py) the epochs; each:
         train_epoch                       the batches: forward/backward, every --grad-accum an optimizer step
         validate                          scores of the weights (and of the EMA)
         record                            the metrics.csv row, the tracker
@@ -28,9 +28,11 @@ from vitclassifier.config import RecipeOptions, TrainConfig
 from vitclassifier.devices import pick_device
 from vitclassifier.errors import UserError
 from vitclassifier.model.checkpoint import save_model
+from vitclassifier.reporting.intervals import small_set_note
 from vitclassifier.reporting.metrics import SELECT_BY, metrics_row, new_totals, write_metrics
 from vitclassifier.reporting.tracking import check_tracking_server, make_tracker
 from vitclassifier.text import counted, printable, shell_word
+from vitclassifier.training.auto import Plan, plan_run
 from vitclassifier.training.distributed import (
     World,
     close_world,
@@ -42,6 +44,7 @@ from vitclassifier.training.distributed import (
 )
 from vitclassifier.training.evaluate import EvalContext, evaluate, sum_dtype
 from vitclassifier.training.final_report import report_run
+from vitclassifier.training.lpft import probe_note, score_probe
 from vitclassifier.training.recipe import set_trainable
 from vitclassifier.training.resume import StopSignal, prepare_resume, saved_options
 from vitclassifier.training.setup import announcement, build_components, main_print
@@ -51,22 +54,25 @@ from vitclassifier.training.state import RESUMED_PARTS, RunState
 class Trainer:
     """The epochs of a run: train, validate, keep the best, save last/; then the report."""
 
-    def __init__(self, config: TrainConfig, world: World, device: torch.device, saved: dict | None = None):
+    def __init__(self, config: TrainConfig, world: World, device: torch.device, saved: dict | None = None,
+                 plan: Plan | None = None):
         self.started = time.time()
         self.config, self.world, self.device = config, world, device
         self.output_dir = config.runtime.output_dir
         self.say = main_print(world)
-        self.parts = build_components(config, world, device, saved)
+        self.parts = build_components(config, world, device, saved, plan.head if plan else None)
         parts, options = self.parts, saved_options(config)
         self.net = parts.model  # what the batches go through: wrapped for the stage (begin_epoch)
         self.head_only: bool | None = None  # the stage: the head alone (--freeze-epochs) or all trainable
         self.drawn: Counter = Counter()  # this epoch's draws of each training image so far
         self.last_val = {"count": 0}
         self.stopped = False  # a stop signal reached some process (decided together: stop_requested)
+        self.probe_first = saved is None and plan and plan.head is not None  # LP-FT: epoch 0 (lpft.py)
         try:  # the output folder is locked since build_components: released if the rest fails
             self.state = (RunState.from_checkpoint(saved, options, world.size, world.is_main,
                                                    self.output_dir / "metrics.csv") if saved is not None
-                          else RunState(parts.source.labels, parts.source.fingerprint(), options, world.size))
+                          else RunState(parts.source.labels, parts.source.fingerprint(), options, world.size,
+                                        plan=plan.info if plan else {}))
             self.ctx = EvalContext(device, parts.dtype, world, self.state.bad_files)  # training's too
             if saved is not None:
                 self.say(f"Resuming {saved['dir']} at epoch {saved['epoch']}, step {saved['step']} "
@@ -83,6 +89,8 @@ class Trainer:
         state, epochs = self.state, self.config.recipe.epochs
         with StopSignal(announce=self.world.is_main) as stop, self.tracker:
             self.tracker.log_params(state.options)
+            if self.probe_first:
+                score_probe(self.validate, self.keep_best, state, self.say)
             while state.epoch <= epochs:
                 started = time.time()
                 if not self.train_epoch(stop):
@@ -237,13 +245,15 @@ class Trainer:
         scored = math.isfinite(chosen["loss"])  # a NaN validation loss is never "best"
         improved = scored and (state.best["score"] is None or list(select(chosen)) > state.best["score"])
         if improved:
+            kind = "probe" if state.epoch == 0 else "ema" if use_ema else "raw"  # epoch 0: lpft.py
             state.best = {"epoch": state.epoch, "score": list(select(chosen)), "select_by": select_by,
-                          "weights": "ema" if use_ema else "raw", "val_acc": chosen["acc"],
-                          "val_loss": chosen["loss"], "val_macro_f1": chosen["macro_f1"]}
+                          "weights": kind, "val_acc": chosen["acc"], "val_loss": chosen["loss"],
+                          "val_macro_f1": chosen["macro_f1"]}
             if self.world.is_main:
                 weights = parts.ema.model if use_ema else parts.model
                 save_model(weights, parts.prep, self.output_dir / "best", info={
-                    **state.best, "labels": state.labels, "model": self.config.model.name,
+                    **state.best, **state.plan, "labels": state.labels, "model": self.config.model.name,
+                    "pretrained": self.config.model.pretrained,
                     "data": parts.source.describe_split(), "train_images": self.train_images(),
                     "val_images": chosen["count"]})
         state.stale_epochs = 0 if improved else state.stale_epochs + 1
@@ -301,7 +311,7 @@ class Trainer:
             self.say(f"Stopped after epoch {state.epoch - 1}; saved {printable(self.output_dir / 'last')}. "
                      f"Continue with: python train.py --resume {shell_word(self.output_dir)}",
                      file=sys.stderr)
-        elif self.world.is_main and state.best["epoch"]:
+        elif self.world.is_main and state.best["score"] is not None:
             alone = EvalContext(self.device, self.parts.dtype, World(), self.ctx.bad_files)  # this process
             state.best.update(report_run(alone, self.output_dir, state.labels, self.parts.report_loader,
                                          state.rows, self.config.recipe.calibrate))
@@ -317,11 +327,12 @@ class Trainer:
             for path, reason in sorted(bad_files.items()):
                 self.say(f"  {path}: {reason}", file=sys.stderr)
         minutes = (time.time() - self.started) / 60
-        if best["epoch"]:
+        if best["score"] is not None:
             best_dir = self.output_dir / "best"
+            interval = small_set_note(best["val_acc"], self.last_val["count"])
             self.say(f"Done in {minutes:.1f} min. Best epoch {best['epoch']} ({best['weights']} weights): "
-                     f"val acc {best['val_acc']:.3f}, macro-F1 {best['val_macro_f1']:.3f}, "
-                     f"loss {best['val_loss']:.4f}. "
+                     f"val acc {best['val_acc']:.3f}{interval}, macro-F1 {best['val_macro_f1']:.3f}, "
+                     f"loss {best['val_loss']:.4f}.{probe_note(best, self.state.plan, self.state.rows)} "
                      f"Model: {printable(best_dir)}  (try: python predict.py --model {shell_word(best_dir)} "
                      f"--image IMAGE)")
         return {**best, "minutes": minutes, "bad_files": bad_files, "stopped_by": stop.signum,
@@ -358,10 +369,8 @@ def check_classes_readable(bad_files: dict, samples: list, labels: list[str]) ->
     for index, name in enumerate(labels):
         paths = [str(path) for path, label in samples if label == index]
         if all(path in bad_files for path in paths):
-            raise UserError(
-                f"every training image of class {name!r} is unreadable ({len(paths)} files, listed "
-                f"above); fix or remove them, or remove the class folder"
-            )
+            raise UserError(f"every training image of class {name!r} is unreadable ({len(paths)} files, "
+                            f"listed above); fix or remove them, or remove the class folder")
 
 
 def train(config: TrainConfig, given: set[str] = frozenset()) -> dict:
@@ -378,7 +387,10 @@ def train(config: TrainConfig, given: set[str] = frozenset()) -> dict:
         check_tracking_server(config.runtime.tracking_uri)
     world, device_choice = init_world(config.runtime.device)
     try:
-        trainer = Trainer(config, world, pick_device(device_choice), saved)
+        device, plan = pick_device(device_choice), None
+        if saved is None:  # a resumed run continues with the options its first session decided
+            config, plan = plan_run(config, given, world, device)
+        trainer = Trainer(config, world, device, saved, plan)
         try:
             return trainer.train()
         finally:
