@@ -261,3 +261,27 @@ def test_a_refused_fold_column_is_named(tmp_path):
     (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
     with pytest.raises(UserError, match="the split column 'fold' of .* has values other than train and val"):
         load_label_file(tmp_path / "labels.csv", 0.2, 0)
+
+
+def test_a_dataset_with_a_split_or_file_of_zero_rows_is_one_line_naming_it(tmp_path):
+    """datasets itself fails with an IndexError (save_to_disk) or 'Instruction ... corresponds to no
+    data' (parquet): the line names the empty split or file."""
+    datasets = pytest.importorskip("datasets")
+    from vitclassifier.data.hfdata import load_hf
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    square = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(square, "PNG")
+    rows = datasets.Dataset.from_dict({"image": [{"bytes": square.getvalue(), "path": None}] * 4,
+                                       "label": [0, 1, 0, 1]}, features=features)
+    empty = datasets.Dataset.from_dict({"image": [], "label": []}, features=features)
+    datasets.DatasetDict({"train": rows, "validation": empty}).save_to_disk(str(tmp_path / "saved"))
+    empty.save_to_disk(str(tmp_path / "one"))
+    (tmp_path / "parts").mkdir()
+    rows.to_parquet(str(tmp_path / "parts" / "train.parquet"))
+    empty.to_parquet(str(tmp_path / "parts" / "validation.parquet"))
+    empty.to_parquet(str(tmp_path / "empty.parquet"))
+    for data, fragment in (("saved", "saved: its validation split has 0 rows"), ("one", "one: it has 0 rows"),
+                           ("parts", "its parquet file .*validation.parquet has 0 rows"),
+                           ("empty.parquet", "its parquet file .*empty.parquet has 0 rows")):
+        with pytest.raises(UserError, match=fragment):
+            load_hf(tmp_path / data, 0.25, 1)
