@@ -154,6 +154,22 @@ def test_samples_without_a_label_or_with_one_the_index_lacks_are_named_and_count
     assert "warning: 3 sample(s) of 2 shard(s) are left out" in capsys.readouterr().err  # '7': a class
 
 
+def test_check_data_reports_the_samples_left_out_of_shards_in_its_json(tmp_path, capsys):
+    import classifier
+    lost = [("nolabel", png_bytes(), None), ("noimage", None, b"1"), ("unknown", png_bytes(), b"7"),
+            *((f"more{i}", png_bytes(), None) for i in range(4))]
+    shards = indexed_shards(tmp_path / "shards", [*two_classes("t", 4), *lost], two_classes("v", 2), (4, 2))
+    assert classifier.main(["--check-data", str(shards), "--json", str(tmp_path / "report.json"),
+                            "--image-size", "32"]) == 0
+    assert "warning: 7 sample(s) of" in capsys.readouterr().err
+    left_out = json.loads((tmp_path / "report.json").read_text())["left_out_samples"]
+    assert left_out["count"] == 7 and left_out["first"] == [
+        "train-000000.tar/nolabel: no label (.cls or .json)", "train-000000.tar/noimage: no image member",
+        "train-000000.tar/unknown: label '7' not in index.json",
+        "train-000000.tar/more0: no label (.cls or .json)",
+        "train-000000.tar/more1: no label (.cls or .json)"]
+
+
 def test_a_shard_pattern_naming_billions_of_shards_is_refused_in_one_line(tmp_path):
     with pytest.raises(UserError, match="names 10000000000 shards, more than the 100000"):
         open_shards(tmp_path / "s-{0000000000..9999999999}.tar", 0.2, 0)
