@@ -154,6 +154,22 @@ def test_samples_without_a_label_or_with_one_the_index_lacks_are_named_and_count
     assert "warning: 3 sample(s) of 2 shard(s) are left out" in capsys.readouterr().err  # '7': a class
 
 
+def test_check_data_reports_the_samples_left_out_of_shards_in_its_json(tmp_path, capsys):
+    import classifier
+    lost = [("nolabel", png_bytes(), None), ("noimage", None, b"1"), ("unknown", png_bytes(), b"7"),
+            *((f"more{i}", png_bytes(), None) for i in range(4))]
+    shards = indexed_shards(tmp_path / "shards", [*two_classes("t", 4), *lost], two_classes("v", 2), (4, 2))
+    assert classifier.main(["--check-data", str(shards), "--json", str(tmp_path / "report.json"),
+                            "--image-size", "32"]) == 0
+    assert "warning: 7 sample(s) of" in capsys.readouterr().err
+    left_out = json.loads((tmp_path / "report.json").read_text())["left_out_samples"]
+    assert left_out["count"] == 7 and left_out["first"] == [
+        "train-000000.tar/nolabel: no label (.cls or .json)", "train-000000.tar/noimage: no image member",
+        "train-000000.tar/unknown: label '7' not in index.json",
+        "train-000000.tar/more0: no label (.cls or .json)",
+        "train-000000.tar/more1: no label (.cls or .json)"]
+
+
 def test_a_shard_pattern_naming_billions_of_shards_is_refused_in_one_line(tmp_path):
     with pytest.raises(UserError, match="names 10000000000 shards, more than the 100000"):
         open_shards(tmp_path / "s-{0000000000..9999999999}.tar", 0.2, 0)
@@ -261,3 +277,27 @@ def test_a_refused_fold_column_is_named(tmp_path):
     (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
     with pytest.raises(UserError, match="the split column 'fold' of .* has values other than train and val"):
         load_label_file(tmp_path / "labels.csv", 0.2, 0)
+
+
+def test_a_dataset_with_a_split_or_file_of_zero_rows_is_one_line_naming_it(tmp_path):
+    """datasets itself fails with an IndexError (save_to_disk) or 'Instruction ... corresponds to no
+    data' (parquet): the line names the empty split or file."""
+    datasets = pytest.importorskip("datasets")
+    from vitclassifier.data.hfdata import load_hf
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    square = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(square, "PNG")
+    rows = datasets.Dataset.from_dict({"image": [{"bytes": square.getvalue(), "path": None}] * 4,
+                                       "label": [0, 1, 0, 1]}, features=features)
+    empty = datasets.Dataset.from_dict({"image": [], "label": []}, features=features)
+    datasets.DatasetDict({"train": rows, "validation": empty}).save_to_disk(str(tmp_path / "saved"))
+    empty.save_to_disk(str(tmp_path / "one"))
+    (tmp_path / "parts").mkdir()
+    rows.to_parquet(str(tmp_path / "parts" / "train.parquet"))
+    empty.to_parquet(str(tmp_path / "parts" / "validation.parquet"))
+    empty.to_parquet(str(tmp_path / "empty.parquet"))
+    for data, fragment in (("saved", "saved: its validation split has 0 rows"), ("one", "one: it has 0 rows"),
+                           ("parts", "its parquet file .*validation.parquet has 0 rows"),
+                           ("empty.parquet", "its parquet file .*empty.parquet has 0 rows")):
+        with pytest.raises(UserError, match=fragment):
+            load_hf(tmp_path / data, 0.25, 1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import CLASSES, make_pattern_folder, run_args
 
 from vitclassifier.errors import UserError
 from vitclassifier.training.output import LOCK, MARKER, OutputLock, claim_output_dir
@@ -18,8 +19,8 @@ def fake_checkpoint(directory, weights: bytes = b"w") -> None:
     (directory / "model.safetensors").write_bytes(weights)
 
 
-def claim(output_dir, data_dir, resuming=False, overwrite=False, needed=0):
-    lock = claim_output_dir(output_dir, data_dir, resuming, overwrite, needed)
+def claim(output_dir, data_dir, resuming=False, overwrite=False, needed=0, image_folders=()):
+    lock = claim_output_dir(output_dir, data_dir, image_folders, resuming, overwrite, needed)
     lock.release()
 
 
@@ -57,9 +58,25 @@ def test_an_output_folder_inside_the_data_is_refused(tmp_path):
     assert not (tmp_path / "data" / "runs").exists()
 
 
+@pytest.mark.parametrize("inside", ["", "runs"])
+def test_an_output_folder_among_a_label_files_images_is_refused_untouched(tmp_path, tiny_vit, inside, capsys):
+    """The label file lies apart from its images: --data is no folder to be inside of, its images'
+    folders are what the run must not write into."""
+    import train
+    images = make_pattern_folder(tmp_path / "images", per_class=6, size=32)
+    rows = [f"images/{path.parent.name}/{path.name},{path.parent.name}"
+            for path in sorted(images.rglob("*.png"))]
+    (tmp_path / "labels.csv").write_text("file,label\n" + "\n".join(rows) + "\n")
+    out = images / CLASSES[0] / inside
+    before = sorted(out.parent.rglob("*"))
+    assert train.main(run_args(out, tmp_path / "labels.csv", tiny_vit)) == 2
+    assert f"--output-dir {out} would write into an image folder of the data" in capsys.readouterr().err
+    assert sorted(out.parent.rglob("*")) == before  # nothing created: no lock, no marker, no runs/
+
+
 def test_a_second_run_into_a_locked_folder_is_refused_naming_the_first(tmp_path):
     out = tmp_path / "out"
-    first = claim_output_dir(out, tmp_path / "data", False, False, 0)
+    first = claim_output_dir(out, tmp_path / "data", (), False, False, 0)
     try:
         with pytest.raises(UserError, match=r"in use by another training run \(pid \d+"):
             claim(out, tmp_path / "data", resuming=True)

@@ -79,9 +79,35 @@ def open_splits_of(path: Path) -> dict:
             for copy in split.cache_files:
                 _note_arrow_copy(text, str(Path(copy["filename"]).parent))
         return splits
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, IndexError) as error:  # datasets' IndexError: a saved split of 0 rows
         raise UserError(f"cannot read the Hugging Face dataset {printable(str(path))}: "
-                        f"{printable(error)}") from None
+                        f"{_empty_part(datasets, path, error) or printable(error)}") from None
+
+
+def _empty_part(datasets, path: Path, error: Exception) -> str | None:
+    """Why a dataset failed to load when a part of it has 0 rows, naming that split or file (datasets
+    says only 'list index out of range' or 'Instruction ... corresponds to no data'). Looked for only
+    after a failure, so an empty part that loads is never refused."""
+    way_out = "remove it or give it rows"
+    if path.is_dir() and (path / "dataset_dict.json").is_file():
+        for split in sorted(p.name for p in path.iterdir() if (p / "state.json").is_file()):
+            try:
+                datasets.load_from_disk(str(path / split))
+            except IndexError:
+                return f"its {printable(split)} split has 0 rows ({way_out})"
+            except (OSError, ValueError):
+                continue  # damaged otherwise: datasets' own reason stands
+    if isinstance(error, IndexError) and (path / "state.json").is_file():
+        return "it has 0 rows"  # a single Dataset saved with save_to_disk
+    import pyarrow.parquet as pq  # datasets' own dependency
+    files = [path] if path.is_file() else sorted([*path.glob("*.parquet"), *path.glob("*/*.parquet")])
+    for file in files:
+        try:
+            if pq.read_metadata(file).num_rows == 0:
+                return f"its parquet file {printable(str(file))} has 0 rows ({way_out})"
+        except (OSError, ValueError):
+            continue  # not a parquet file: datasets' own reason stands
+    return None
 
 
 @cache

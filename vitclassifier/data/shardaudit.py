@@ -2,10 +2,11 @@
 
 Every shard is read once, in order, and every image decoded as training decodes it; only counts, the
 unreadable entries and a few small-image examples are kept, so memory stays flat however many shards
-there are. The report has the folder audit's form (the same text, JSON and exit codes), with two
-differences: exact duplicates are not looked for (that needs a hash of every image held at once), and
-a shard that ends before the count its index gives is listed as damaged (and says so in the
-recommendations).
+there are. The report has the folder audit's form (the same text, JSON and exit codes), with three
+differences: exact duplicates are not looked for (that needs a hash of every image held at once), a
+shard that ends before the count its index gives is listed as damaged (and says so in the
+recommendations), and the samples no command reads (no image, no label, a label the index lacks) are
+counted and the first few named under ``left_out_samples``, as the warning names them.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from tqdm import tqdm
 from vitclassifier.data.audit import EXAMPLES, class_summary, verdict
 from vitclassifier.data.folders import utf8_safe
 from vitclassifier.data.images import DECODE_ERRORS, load_image
-from vitclassifier.data.shards import ShardSet, read_shard
+from vitclassifier.data.shards import SHOWN, ShardSet, named_left_out, read_shard
 
 
 def _roles(train: ShardSet, val: ShardSet) -> dict[str, list[tuple[str, ShardSet]]]:
@@ -41,7 +42,7 @@ def _check_image(image: bytes, image_size: int | None) -> tuple[int, int]:
 def _audit_stream(labels: list[str], train: ShardSet, val: ShardSet, image_size: int | None) -> dict:
     """Counts, unreadable entries, small-image examples and short shards, in one pass over the shards."""
     classes = {name: {"train": 0, "val": 0, "total": 0, "unreadable": 0, "small": 0} for name in labels}
-    unreadable, small, damaged = [], defaultdict(list), []
+    unreadable, small, damaged, left_out = [], defaultdict(list), [], {"count": 0, "first": []}
     expected = {shard: count for part in (train, val) if part.indexed and part.holdout is None
                 for shard, count in zip(part.shards, part.counts)}
     bar = tqdm(total=len(train) + len(val), desc="decoding", unit="img", disable=None)
@@ -50,8 +51,11 @@ def _audit_stream(labels: list[str], train: ShardSet, val: ShardSet, image_size:
         for key, image, sample in read_shard(shard):  # a truncated shard: a warning, then its end
             split, part = next(((s, p) for s, p in roles if p.keeps(key)), (None, None))
             name = part.label(sample) if part else None
-            if image is None or name not in classes:
-                continue  # what training skips too: no image, no label, or a class not in the label map
+            if image is None or name not in classes:  # what training skips too
+                left_out["count"] += 1
+                if len(left_out["first"]) < SHOWN:
+                    left_out["first"].append(utf8_safe(named_left_out(shard, key, image, name, labels)))
+                continue
             read += 1
             bar.update()
             counts = classes[name]
@@ -73,7 +77,8 @@ def _audit_stream(labels: list[str], train: ShardSet, val: ShardSet, image_size:
             damaged.append({"shard": utf8_safe(shard), "expected": expected[shard], "read": read})
     bar.close()
     small = {name: small[name] for name in labels if name in small}  # in class order, as the folder audit
-    return {"classes": classes, "unreadable": unreadable, "small_examples": small, "damaged": damaged}
+    return {"classes": classes, "unreadable": unreadable, "small_examples": small, "damaged": damaged,
+            "left_out": left_out}
 
 
 def audit_shards(labels: list[str], train: ShardSet, val: ShardSet, image_size: int | None = 224) -> dict:
@@ -86,6 +91,7 @@ def audit_shards(labels: list[str], train: ShardSet, val: ShardSet, image_size: 
         "unreadable": found["unreadable"],
         "small_examples": found["small_examples"],
         "damaged_shards": found["damaged"],
+        "left_out_samples": found["left_out"],
     }
     report["fatal"], report["recommendations"] = verdict(report)
     if found["damaged"]:

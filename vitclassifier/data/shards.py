@@ -150,15 +150,19 @@ def expand(pattern: str) -> list[str]:
     return shards
 
 
-def left_out_reason(image: object, name: str | None, labels: list[str] | None) -> str | None:
-    """Why a sample is left out (no image, no label, a label the index lacks), or None: it is kept."""
+def named_left_out(shard: str, key: str, image: object, name: str | None,
+                   labels: list[str] | None) -> str | None:
+    """A sample left out (no image, no label, a label the index lacks) named with why, as the warning
+    and --check-data's report name it; or None: it is kept."""
     if image is None:
-        return "no image member"
-    if name is None:
-        return "no label (.cls or .json)"
-    if labels is not None and name not in labels:
-        return f"label {printable(name)!r} not in {INDEX_NAME}"
-    return None
+        reason = "no image member"
+    elif name is None:
+        reason = "no label (.cls or .json)"
+    elif labels is not None and name not in labels:
+        reason = f"label {printable(name)!r} not in {INDEX_NAME}"
+    else:
+        return None
+    return f"{printable(Path(shard).name)}/{printable(key)}: {reason}"
 
 
 def warn_left_out(where: str, left_out: list[str]) -> None:
@@ -176,9 +180,8 @@ def _count(shards: list[str], seed: int, val_split: float) -> tuple[list[list[in
         found = [0, 0]
         for key, image, sample in read_shard(shard, warn=False):
             name = label_of(sample, None)
-            reason = left_out_reason(image, name, None)
-            if reason:
-                left_out.append(f"{printable(Path(shard).name)}/{printable(key)}: {reason}")
+            if named := named_left_out(shard, key, image, name, None):
+                left_out.append(named)
                 continue
             role = int(held_out(key, seed, val_split))
             found[role] += 1
@@ -237,10 +240,10 @@ def _check_index(index_path: Path, sets: list[ShardSet]) -> None:
             kept = 0
             for key, members in samples.items():
                 image = next((True for s in IMAGE_SUFFIXES if s in members), None)
-                reason = left_out_reason(image, part.label(members), part.labels)
-                if reason:
-                    left_out.append(f"{printable(Path(shard).name)}/{printable(key)}: {reason}")
-                kept += reason is None
+                named = named_left_out(shard, key, image, part.label(members), part.labels)
+                if named:
+                    left_out.append(named)
+                kept += named is None
             if kept != count:
                 raise UserError(f"{index_path} says {printable(Path(shard).name)} holds {count} sample(s), "
                                 f"but it holds {kept}: the index does not match its shards; write them "

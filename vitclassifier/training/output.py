@@ -1,7 +1,8 @@
 """The output folder of a training run: whose it is, who is writing into it, whether it has room.
 
 A run claims its --output-dir before the first epoch:
-  * never inside --data (its pictures would become training images);
+  * never inside --data, nor at or inside a folder its images are read from (a label file's may lie
+    anywhere): its pictures would become training images;
   * one run at a time: an exclusive lock (flock) held until the run ends, released by the kernel even
     on a kill; a second run, or a --resume while the first still writes, gets one line naming it;
   * never over what is not ours: a folder that holds anything else than this tool's files, and no
@@ -17,10 +18,11 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from vitclassifier.errors import UserError
-from vitclassifier.files import atomic_write_text
+from vitclassifier.files import atomic_write_text, refuse_among_inputs
 from vitclassifier.model.checkpoint import is_complete_checkpoint
 from vitclassifier.text import first_few
 
@@ -122,12 +124,14 @@ def check_free_space(output_dir: Path, needed_bytes: int) -> None:
                         f"--output-dir")
 
 
-def claim_output_dir(output_dir: Path, data_dir: Path, resuming: bool, overwrite: bool,
-                     needed_bytes: int) -> OutputLock:
-    """Check and lock ``output_dir`` for this run (see the module's docstring); returns the lock."""
+def claim_output_dir(output_dir: Path, data_dir: Path, image_folders: Iterable[str | Path], resuming: bool,
+                     overwrite: bool, needed_bytes: int) -> OutputLock:
+    """Check and lock ``output_dir`` for this run (see the module's docstring); returns the lock.
+    ``image_folders``: the folders the data's images are read from."""
     if output_dir.resolve().is_relative_to(data_dir.resolve()):
         raise UserError(f"--output-dir {output_dir} is inside --data {data_dir}: the run's pictures would "
                         f"become training images; choose a folder outside the data")
+    refuse_among_inputs(output_dir, image_folders, "--output-dir", "an image folder of the data")
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         lock = OutputLock(output_dir)
