@@ -143,8 +143,7 @@ def test_each_draw_of_an_image_gets_a_view_of_its_own_and_a_resume_counts_as_bef
     """--balanced-sampler draws with replacement: the second draw of an image in an epoch is seeded
     apart from the first; a resumed epoch counts the draws of the batches it skips."""
     from vitclassifier.config import RecipeOptions
-    from vitclassifier.training.distributed import EpochSampler, World, image_seed
-    from vitclassifier.training.trainer import augmentation_seeds
+    from vitclassifier.training.distributed import EpochSampler, World, augmentation_seeds, image_seed
     recipe = RecipeOptions()
     seeds = augmentation_seeds(recipe, 3, ["a", "b", "a"], {"a": 0, "b": 1}, Counter())
     assert seeds[0] == image_seed(recipe, 3, 0) and seeds[1] == image_seed(recipe, 3, 1)

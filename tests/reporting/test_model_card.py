@@ -18,12 +18,13 @@ CONFUSION = [[8, 1, 0, 0, 0, 0, 0, 0, 0], [0, 9, 0, 0, 0, 0, 0, 0, 1], [0, 0, 7,
 
 
 def training_info() -> dict:
-    """A training_info.json as checkpoint.save_model and report_run write it, plus the recipe's decisions."""
+    """A training_info.json as checkpoint.save_model and report_run write it, plus the recipe's decisions
+    (and the Hub id report_run passes along for a preset)."""
     hits = sum(CONFUSION[i][i] for i in range(len(CONFUSION)))
     count = sum(map(sum, CONFUSION))
     return {"epoch": 6, "score": [hits / count, -0.41], "select_by": "accuracy", "weights": "raw",
             "val_acc": hits / count, "val_loss": 0.4123, "val_macro_f1": 0.8437, "labels": HOSTILE,
-            "model": "vit-tiny", "pretrained": True,
+            "model": "vit-tiny", "hub_id": "facebook/deit-tiny-patch16-224", "pretrained": True,
             "data": {"form": "folder", "data": "/home/me/private/set"},
             "train_images": 240, "val_images": count, "temperature": 1.0, "temperature_fitted": 1.31,
             "temperature_range": [1.1, 1.5], "ece_before": 0.091, "ece_after": 0.034,

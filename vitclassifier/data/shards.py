@@ -99,7 +99,7 @@ def label_of(sample: dict, labels: list[str] | None) -> str | None:
             value = None
         if isinstance(value, str):
             return value
-        if isinstance(value, int) and labels and 0 <= value < len(labels):
+        if isinstance(value, int) and not isinstance(value, bool) and labels and 0 <= value < len(labels):
             return labels[value]
     if "cls" in sample:
         text = sample["cls"].decode("utf-8", "replace").strip()

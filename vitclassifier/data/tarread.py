@@ -74,7 +74,8 @@ def scan_shard(path: str) -> dict[str, dict[str, bytes | None]]:
                 continue
             wanted = suffix in ("cls", "json")
             samples.setdefault(key, {})[suffix] = (
-                read_bounded(archive.extractfile(info), info.name, info.size) if wanted else None)
+                read_bounded(archive.extractfile(info), f"member {info.name} of shard {path}", info.size)
+                if wanted else None)
     return samples
 
 

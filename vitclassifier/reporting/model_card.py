@@ -16,7 +16,6 @@ import torch
 import yaml
 
 from vitclassifier.files import atomic_write_text
-from vitclassifier.model.vit import PRESETS
 from vitclassifier.reporting.intervals import Interval, accuracy_interval, macro_f1_interval
 from vitclassifier.reporting.metrics import per_class_scores
 from vitclassifier.text import printable
@@ -36,12 +35,12 @@ def text(name: object) -> str:
 
 
 def base_model(info: dict) -> str | None:
-    """The Hub id the run started from (a preset's or one typed), for the header's base_model; None
-    from random weights, a local folder, or where training_info.json does not say it was pre-trained."""
-    name = info.get("model")
+    """The Hub id the run started from (``hub_id``: a preset's, given by the caller, else the one typed),
+    for the header's base_model; None from random weights, a local folder, or where training_info.json
+    does not say it was pre-trained."""
+    name = info.get("hub_id", info.get("model"))
     if not isinstance(name, str) or info.get("pretrained") is not True:
         return None
-    name = PRESETS[name][0] if name in PRESETS else name
     is_hub_id = re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None and not Path(name).exists()
     return name if is_hub_id else None
 

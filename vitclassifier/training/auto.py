@@ -36,12 +36,12 @@ from vitclassifier.reporting.plots import write_lr_curve
 from vitclassifier.text import printable
 from vitclassifier.training.auto_recipe import Facts, as_json, decide
 from vitclassifier.training.crossval import cross_validate
-from vitclassifier.training.distributed import World, image_seed
+from vitclassifier.training.distributed import World, augmentation_seeds
 from vitclassifier.training.features import extract_features
 from vitclassifier.training.label_checks import Flipped, check_augmentation
 from vitclassifier.training.lr_finder import LRCurve, lr_range_test
 from vitclassifier.training.probe import Probe, feature_tensors, fit_probe
-from vitclassifier.training.recipe import make_optimizer, mix_batches
+from vitclassifier.training.recipe import class_weights, make_optimizer, mix_batches
 from vitclassifier.training.setup import build_model, main_print
 
 SWEEP_STEPS = 40  # the range test's steps: a few dozen (fastai's lr_find takes 100 on large sets)
@@ -207,22 +207,22 @@ def training_step(config: TrainConfig, source: Source, model: torch.nn.Module, p
     augment, index = BatchAugment(prep, **data.augment), source.sample_index()
     mix = mix_batches(len(source.labels), recipe.mixup, recipe.cutmix)
     drawn: Counter = Counter()
+    loss_weight = (class_weights(source.train_labels(), len(source.labels)).to(device)
+                   if recipe.class_weights == "auto" else None)
     trainable = [p for p in model.parameters() if p.requires_grad]
 
     def step(batch: tuple) -> float:
         images, labels, paths, _ = batch
         images, labels = images.to(device), labels.to(device)
-        seeds = []
-        for path in paths:
-            seeds.append(image_seed(recipe, 0, index[path], drawn[path]))
-            drawn[path] += 1
+        seeds = augmentation_seeds(recipe, 0, paths, index, drawn)
         inputs, targets = augment(images, seeds), labels
         if mix:
             inputs, targets = mix(inputs, labels)
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, dtype):
             logits = model(pixel_values=inputs).logits.float()
-            loss = F.cross_entropy(logits, targets, label_smoothing=recipe.label_smoothing)
+            loss = F.cross_entropy(logits, targets, weight=loss_weight,
+                                   label_smoothing=recipe.label_smoothing)
         loss.backward()
         if recipe.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(trainable, recipe.grad_clip)

@@ -9,6 +9,7 @@ averages, cross the processes, so validation metrics are exact counts over the w
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -108,6 +109,17 @@ def merge_dicts_across(mapping: dict, world: World) -> dict:
     gathered: list = [None] * world.size
     dist.all_gather_object(gathered, mapping)
     return {key: value for part in gathered for key, value in part.items()}
+
+
+def augmentation_seeds(recipe: RecipeOptions, epoch: int, paths: list[str], sample_index: dict,
+                       drawn: Counter) -> list[int]:
+    """One seed per image of the batch (image_seed), counting this epoch's draws of each in ``drawn``."""
+    seeds = []
+    for path in paths:
+        index = sample_index[path]
+        seeds.append(image_seed(recipe, epoch, index, drawn[index]))
+        drawn[index] += 1
+    return seeds
 
 
 class EpochSampler(Sampler[int]):

@@ -8,6 +8,7 @@ from torch.utils.data import DataLoader
 
 from vitclassifier.model.checkpoint import fold_temperature, load_checkpoint, read_info
 from vitclassifier.model.relevance import mistake_maps
+from vitclassifier.model.vit import PRESETS
 from vitclassifier.reporting.calibration import calibrate_run, calibration_line
 from vitclassifier.reporting.model_card import write_model_card
 from vitclassifier.reporting.report import write_report
@@ -32,5 +33,8 @@ def report_run(
     if fit:
         print(calibration_line(calibration, directory / "best"))
     print(f"Pictures and tables: {directory}/curves.png, confusion_matrix.png, per_class.csv, mistakes.png")
-    write_model_card(directory / "best", read_info(directory / "best"), evaluation["confusion"])  # last: it
-    return calibration  # reads what fold_temperature recorded
+    info = read_info(directory / "best")  # last: it reads what fold_temperature recorded
+    preset = PRESETS.get(str(info.get("model")))  # the card names a preset by its Hub id
+    write_model_card(directory / "best", {**info, **({"hub_id": preset[0]} if preset else {})},
+                     evaluation["confusion"])
+    return calibration

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from vitclassifier.config import RecipeOptions, TrainConfig
+from vitclassifier.config import TrainConfig
 from vitclassifier.devices import pick_device
 from vitclassifier.errors import UserError
 from vitclassifier.model.checkpoint import save_model
@@ -35,8 +35,8 @@ from vitclassifier.text import counted, printable, shell_word
 from vitclassifier.training.auto import Plan, plan_run
 from vitclassifier.training.distributed import (
     World,
+    augmentation_seeds,
     close_world,
-    image_seed,
     init_world,
     merge_dicts_across,
     step_seed,
@@ -351,17 +351,6 @@ class Trainer:
         """The output folder's lock (held by the main process from set-up to the end)."""
         if self.parts.lock is not None:
             self.parts.lock.release()
-
-
-def augmentation_seeds(recipe: RecipeOptions, epoch: int, paths: list[str], sample_index: dict,
-                       drawn: Counter) -> list[int]:
-    """One seed per image of the batch (image_seed), counting this epoch's draws of each in ``drawn``."""
-    seeds = []
-    for path in paths:
-        index = sample_index[path]
-        seeds.append(image_seed(recipe, epoch, index, drawn[index]))
-        drawn[index] += 1
-    return seeds
 
 
 def check_classes_readable(bad_files: dict, samples: list, labels: list[str]) -> None:
