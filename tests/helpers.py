@@ -153,3 +153,18 @@ def count_decodes(monkeypatch) -> list:
     decoded, load = [], ImageFile.ImageFile.load
     monkeypatch.setattr(ImageFile.ImageFile, "load", lambda image: (decoded.append(image), load(image))[1])
     return decoded
+
+
+def stop_after_first_epoch(monkeypatch, argv: list[str]) -> None:
+    """Run train.py with ``argv`` and press Ctrl-C right after its first epoch is saved (exit 130)."""
+    import train
+    from vitclassifier.training import trainer
+    write_metrics = trainer.write_metrics
+
+    def write_then_interrupt(path, rows):
+        write_metrics(path, rows)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "write_metrics", write_then_interrupt)
+    assert train.main(argv) == 130
+    monkeypatch.setattr(trainer, "write_metrics", write_metrics)

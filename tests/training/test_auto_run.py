@@ -6,11 +6,10 @@ import json
 
 import pytest
 import torch
-from helpers import make_pattern_folder, save_tiny_vit
+from helpers import make_pattern_folder, save_tiny_vit, stop_after_first_epoch
 
 import train
 from vitclassifier.reporting.intervals import small_set_note
-from vitclassifier.training import trainer
 
 pytestmark = pytest.mark.slow  # every test here trains a tiny ViT
 OPTIONS = ["--batch-size", "8", "--num-workers", "0", "--no-rotate", "--no-color-jitter", "--no-crop",
@@ -96,17 +95,9 @@ def test_the_model_card_repeats_training_info(tmp_path, small_data, vit):
 def test_a_resumed_auto_run_does_not_measure_again(tmp_path, small_data, vit, monkeypatch, capsys):
     out = tmp_path / "run"
     argv = args(out, small_data, vit, "--epochs", "2")
-    write_metrics = trainer.write_metrics
-
-    def write_then_interrupt(path, rows):
-        write_metrics(path, rows)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(trainer, "write_metrics", write_then_interrupt)
-    assert train.main(argv) == 130
+    stop_after_first_epoch(monkeypatch, argv)
     first = capsys.readouterr().out
     assert "Automatic recipe, measured in" in first
-    monkeypatch.setattr(trainer, "write_metrics", write_metrics)
     recorded = torch.load(out / "last" / "training_state.pt", weights_only=True)["plan"]
     assert train.main(argv + ["--resume"]) == 0
     assert "Automatic recipe" not in capsys.readouterr().out

@@ -12,7 +12,7 @@ import time
 
 import pytest
 import torch
-from helpers import ROOT, assert_same_metrics, read_rows, run_args
+from helpers import ROOT, assert_same_metrics, read_rows, run_args, stop_after_first_epoch
 from PIL import Image
 
 import train
@@ -59,16 +59,8 @@ def test_resume_continues_to_the_same_metrics(tmp_path, tiny_vit, pattern_data, 
     """Ctrl-C right after epoch 1 of the 2-epoch run, then --resume: same numbers as straight through."""
     out = tmp_path / "run"
     argv = run_args(out, pattern_data, tiny_vit)
-    write_metrics = trainer.write_metrics
-
-    def write_then_interrupt(path, rows):
-        write_metrics(path, rows)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(trainer, "write_metrics", write_then_interrupt)
-    assert train.main(argv) == 130
+    stop_after_first_epoch(monkeypatch, argv)
     assert len(read_rows(out / "metrics.csv")) == 1
-    monkeypatch.setattr(trainer, "write_metrics", write_metrics)
     assert train.main(argv + ["--resume"]) == 0
     resumed, straight = read_rows(out / "metrics.csv"), read_rows(trained_run / "metrics.csv")
     assert len(resumed) == 2
