@@ -34,6 +34,14 @@ def test_every_typed_option_overrides_its_automatic_choice() -> None:
         assert kept.value == value and "as you typed" in kept.reason
 
 
+def test_a_flat_range_test_keeps_the_fixed_lr() -> None:
+    """From random weights on a small set the sweep's loss may barely move: its pick is then noise."""
+    flat = decided(dataclasses.replace(FACTS, lr_suggestion=1e-6, lr_dip=0.02))["lr"]
+    assert flat.value == FIXED["lr"] and "flat curve" in flat.reason
+    dipped = decided(dataclasses.replace(FACTS, lr_suggestion=2e-4, lr_dip=0.4))["lr"]
+    assert dipped.value == 2e-4 and "suggests" in dipped.reason
+
+
 def test_the_small_set_gets_the_measured_lr_a_probe_head_and_no_flip() -> None:
     chosen = decided()
     assert chosen["lr"].value == 2e-4 and chosen["head_lr"].value == 2e-4

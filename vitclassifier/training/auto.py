@@ -232,6 +232,11 @@ def training_step(config: TrainConfig, source: Source, model: torch.nn.Module, p
     return step
 
 
+def loss_dip(losses: list[float]) -> float:
+    """How far a range test's smoothed loss fell below where it started: 0.3 is 30%."""
+    return round(1 - min(losses) / max(losses[0], 1e-12), 3)
+
+
 def make_facts(config: TrainConfig, source: Source, prep: Preprocessing, measured: Measured) -> Facts:
     """What decide() reads: the data's counts, the model, the measurements and their cost in epochs
     (counted in images, not timed: the decisions, and so the run, must not depend on the machine's load)."""
@@ -243,6 +248,7 @@ def make_facts(config: TrainConfig, source: Source, prep: Preprocessing, measure
         image_size_median=prep.image_size, pretrained=config.model.pretrained, model_name=config.model.name,
         batch_size=config.data.batch_size * config.recipe.grad_accum,
         lr_suggestion=float(f"{curve.suggestion:.2g}") if curve else None,  # two digits: the test's precision
+        lr_dip=loss_dip(curve.losses) if curve and curve.losses else None,
         probe_accuracy=measured.probe.val_accuracy if measured.probe else None,
         flip_switch_off=flip.switch_off if flip else None, flip_reason=flip.reason if flip else "",
         measurement_epochs=round(measured.work / max(1, len(source.train())), 2))

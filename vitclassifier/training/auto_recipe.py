@@ -7,7 +7,9 @@ says it kept it). The rules, and where they come from:
 - **lr**: the LR range test's suggestion (lr_finder.py). The fixed recipe's 5e-5 suits a ViT-B
   pre-trained on ImageNet-21k and fine-tuned on a large set; on 50 images per class of a far
   domain, 2e-4 tuned by hand gave 68% against 36% (issue 29). The suggestion is kept within
-  LR_RANGE of the fixed LR: a range test on a few dozen small-set steps is noisy.
+  LR_RANGE of the fixed LR: a range test on a few dozen small-set steps is noisy. A curve whose loss
+  fell less than MIN_DIP (random weights on a small set: docs/measurements.md, 2026-12-08) has no
+  LR that stands out, and keeps the fixed LR.
 - **head_lr**: when the head starts from the linear probe (LP-FT, Kumar et al. 2022), the same LR as
   the backbone: a fitted head needs no 10x catch-up, and its smaller gradients distort the
   features less. Otherwise 10x for a pre-trained backbone (docs/recipe.md: +2.8 points on digits).
@@ -30,6 +32,7 @@ from dataclasses import asdict, dataclass
 TARGET_STEPS = 500  # BiT-HyperRule's schedule for data sets under 20k images
 TIME_CAP = 3.0  # the automatic recipe takes at most this multiple of the fixed recipe's time
 LR_RANGE = 20.0  # the range test's suggestion is kept within fixed LR / LR_RANGE .. fixed LR x LR_RANGE
+MIN_DIP = 0.1  # a range test whose loss fell less than this found no LR that stands out: its pick is noise
 PATIENCE_SHARE = 0.2
 
 
@@ -45,6 +48,7 @@ class Facts:
     model_name: str
     batch_size: int  # images per optimizer step (batch size x gradient accumulation)
     lr_suggestion: float | None = None
+    lr_dip: float | None = None  # how far the range test's smoothed loss fell below its start (0.3: 30%)
     probe_accuracy: float | None = None
     flip_switch_off: bool | None = None
     flip_reason: str = ""
@@ -75,6 +79,9 @@ def choose_lr(facts: Facts, chosen: dict) -> tuple[float, str]:
     fixed = chosen["lr"]
     if facts.lr_suggestion is None:
         return fixed, "no LR range test was run: the fixed recipe's"
+    if facts.lr_dip is not None and facts.lr_dip < MIN_DIP:  # e.g. random weights on a small set
+        return fixed, (f"the LR range test's loss fell only {facts.lr_dip:.0%} (a flat curve: no LR stands "
+                       f"out), so the fixed recipe's")
     low, high = fixed / LR_RANGE, fixed * LR_RANGE
     value = min(max(facts.lr_suggestion, low), high)
     reason = f"the LR range test suggests {facts.lr_suggestion:.2g} (a tenth of the LR at its lowest loss)"
