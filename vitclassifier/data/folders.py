@@ -142,3 +142,10 @@ def load_splits(root: Path, val_split: float, seed: int, min_classes: int = 2):
         return labels, train, val
     classes = scan_class_folders(root, min_classes)
     return sorted(classes), *stratified_split(classes, val_split, seed)
+
+
+def folders_of(samples) -> set[str]:
+    """The folders the image files among ``samples`` (path, or (path, label)) lie in, once each: a
+    label file's may lie anywhere beside it, and no output may go among them. Dataset rows have none."""
+    paths = (sample[0] if isinstance(sample, tuple) else sample for sample in samples)
+    return {os.path.dirname(path) for path in paths if isinstance(path, (str, Path))}

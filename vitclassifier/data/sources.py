@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from vitclassifier.data.audit import audit_dataset, format_report
 from vitclassifier.data.dataset import ImageFolderDataset
 from vitclassifier.data.exclude import apply_exclude
-from vitclassifier.data.folders import load_splits, scan_class_folders, validation_folder
+from vitclassifier.data.folders import folders_of, load_splits, scan_class_folders, validation_folder
 from vitclassifier.data.hfdata import HUB_PREFIX, VAL_SPLITS, is_hf_data, load_hf, open_splits_of
 from vitclassifier.data.labelfile import LABEL_FILE_SUFFIXES, VAL_VALUES, load_label_file, read_label_file
 from vitclassifier.data.shardaudit import audit_shards
@@ -152,6 +152,10 @@ class Source(ABC):
     @abstractmethod
     def sample_index(self) -> dict:
         """Training image name -> its index, for the augmentation seeds (training/distributed.image_seed)."""
+
+    def image_folders(self) -> set[str]:
+        """The folders the image files are read from (outputs never go among them); shards: none."""
+        return set() if self.streamed else folders_of((*self.train(), *self.val()))
 
     @abstractmethod
     def validation_data(self, transform, resize_size: int | None, batch_size: int) -> Dataset:

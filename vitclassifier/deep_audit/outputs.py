@@ -10,10 +10,10 @@ without our marker that already holds one of our file names is refused.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 from vitclassifier import tables
+from vitclassifier.data.folders import folders_of
 from vitclassifier.data.images import DECODE_ERRORS, load_image
 from vitclassifier.deep_audit.cache import CACHE_PREFIX
 from vitclassifier.errors import UserError
@@ -52,8 +52,7 @@ def claim_folder(out: Path, data: Path, samples: list) -> None:
     ``samples``: the images audited; the folders of those that are files (a label file's) are inputs too."""
     if Path(data).is_dir():
         refuse_inside(out, Path(data), "--audit-out", "the data folder")
-    image_folders = (os.path.dirname(sample) for sample in samples if isinstance(sample, (str, Path)))
-    refuse_among_inputs(out, image_folders, "--audit-out", "an image folder of the data")
+    refuse_among_inputs(out, folders_of(samples), "--audit-out", "an image folder of the data")
     check_output_folder(out, "--audit-out")
     if out.is_dir() and not (out / MARKER).is_file():
         ours = [name for name in OUR_FILES if (out / name).exists()]

@@ -5,12 +5,10 @@ schedule, and a saved run's optimizer states restored. ``build_components`` retu
 ``Components``, which the Trainer (trainer.py) runs the epochs with."""
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -108,15 +106,6 @@ def build_model(config: TrainConfig, labels: list[str], device: torch.device, dt
     return model, prep, trainable
 
 
-def image_folders(source: Source) -> set[str]:
-    """The folders the images are read from, once each: a label file's may lie anywhere beside it, and
-    --output-dir must not be among them. Rows of a dataset and shards have none."""
-    if source.streamed:
-        return set()
-    return {os.path.dirname(sample) for sample, _ in (*source.train(), *source.val())
-            if isinstance(sample, (str, Path))}
-
-
 def claim_output(config: TrainConfig, world: World, device: torch.device, model: torch.nn.Module,
                  source: Source, resuming: bool) -> OutputLock | None:
     """Check and lock --output-dir (main process), with room for every checkpoint a run keeps at once,
@@ -126,7 +115,7 @@ def claim_output(config: TrainConfig, world: World, device: torch.device, model:
     needed = (8 + 2 * (config.recipe.ema > 0)) * model_bytes + 2**20
     runtime = config.runtime
     return on_main_process(world, device, lambda: claim_output_dir(
-        runtime.output_dir, config.data.folder, image_folders(source), resuming, runtime.overwrite, needed))
+        runtime.output_dir, config.data.folder, source.image_folders(), resuming, runtime.overwrite, needed))
 
 
 def build_loaders(config: TrainConfig, source: Source, model: torch.nn.Module, prep: Preprocessing,
