@@ -155,6 +155,22 @@ def count_decodes(monkeypatch) -> list:
     return decoded
 
 
+def train_script_interrupted_at(folder: Path, epoch: int, step: int) -> Path:
+    """A train.py that gets a real SIGINT at a known step: in the process (rank 0 under torchrun) it
+    runs in, when step ``step`` of ``epoch`` begins. A timed kill from outside raced the run."""
+    script = folder / "train_interrupted.py"
+    script.write_text(
+        f"import os, signal, sys\nsys.path.insert(0, {str(ROOT)!r})\n"
+        "import train\nfrom vitclassifier.training.trainer import Trainer\n"
+        "forward_backward = Trainer.forward_backward\n\n"
+        "def interrupted(self, *args):\n"
+        f"    if (self.state.epoch, self.state.step) == ({epoch}, {step}) and self.world.rank == 0:\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "    return forward_backward(self, *args)\n\n"
+        "Trainer.forward_backward = interrupted\nsys.exit(train.main(sys.argv[1:]))\n")
+    return script
+
+
 def stop_after_first_epoch(monkeypatch, argv: list[str]) -> None:
     """Run train.py with ``argv`` and press Ctrl-C right after its first epoch is saved (exit 130)."""
     import train

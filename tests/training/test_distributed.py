@@ -7,10 +7,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
+from pathlib import Path
 
 import pytest
-from helpers import ROOT, assert_same_metrics, read_rows, run_args
+from helpers import ROOT, assert_same_metrics, read_rows, run_args, train_script_interrupted_at
 
 from vitclassifier.data.folders import load_splits
 from vitclassifier.training.output import LOCK, MARKER  # how a run claims and locks its output folder
@@ -21,11 +21,11 @@ pytestmark = [
 ]
 
 
-def torchrun(out, data, model, *extra) -> list[str]:
+def torchrun(out, data, model, *extra, script: Path = ROOT / "train.py") -> list[str]:
     """The command line of a 2-process run with half the single-process batch (the same global batch)."""
     options = run_args(out, data, model) + ["--batch-size", "4", "--dropout", "0"]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-            str(ROOT / "train.py"), *options, *extra]
+            str(script), *options, *extra]
 
 
 def run_to_the_end(command: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
@@ -74,20 +74,10 @@ def test_two_processes_learn_like_one_with_the_same_global_batch(ddp_run, tmp_pa
 
 
 def test_stop_and_resume_under_torchrun_repeat_the_run(ddp_run, tmp_path, tiny_vit, pattern_data):
-    out = tmp_path / "run"
-    process = subprocess.Popen(torchrun(out, pattern_data, tiny_vit), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True,
-                               env={**os.environ, "OMP_NUM_THREADS": "1"})
-    try:
-        deadline = time.time() + 200
-        while not (out / "metrics.csv").exists() and process.poll() is None and time.time() < deadline:
-            time.sleep(0.02)
-        time.sleep(0.3)
-        process.send_signal(signal.SIGINT)  # torchrun passes it on to both processes
-        stdout, stderr = process.communicate(timeout=200)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
+    out = tmp_path / "run"  # rank 0 alone gets the signal: both processes stop at the same step
+    script = train_script_interrupted_at(tmp_path, epoch=2, step=5)
+    stopped = run_to_the_end(torchrun(out, pattern_data, tiny_vit, script=script), timeout=200)
+    stdout, stderr = stopped.stdout, stopped.stderr
     assert "Stopped in epoch 2" in stdout + stderr, stderr[-3000:]
     resumed = run_to_the_end([sys.executable, "-m", "torch.distributed.run", "--standalone",
                               "--nproc_per_node=2", str(ROOT / "train.py"), "--resume", str(out)])

@@ -8,11 +8,16 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
-from helpers import ROOT, assert_same_metrics, read_rows, run_args, stop_after_first_epoch
+from helpers import (
+    assert_same_metrics,
+    read_rows,
+    run_args,
+    stop_after_first_epoch,
+    train_script_interrupted_at,
+)
 from PIL import Image
 
 import train
@@ -34,19 +39,14 @@ def test_a_second_signal_stops_at_once():
 def test_sigint_mid_epoch_saves_and_resume_matches_the_uninterrupted_run(tmp_path, tiny_vit, pattern_data,
                                                                            trained_run):
     out = tmp_path / "run"
-    process = subprocess.Popen([sys.executable, str(ROOT / "train.py"),
-                                *run_args(out, pattern_data, tiny_vit)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (out / "metrics.csv").exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.5)
-    process.send_signal(signal.SIGINT)  # epoch 1 is saved; epoch 2 is under way
-    _, err = process.communicate(timeout=120)
+    script = train_script_interrupted_at(tmp_path, epoch=2, step=5)
+    process = subprocess.run([sys.executable, str(script), *run_args(out, pattern_data, tiny_vit)],
+                             capture_output=True, text=True, timeout=300)
+    err = process.stderr
     assert process.returncode == 130, err
-    assert "Stopped in epoch 2 after step" in err and "--resume" in err
+    assert "Stopped in epoch 2 after step 6 of 120" in err and "--resume" in err  # the step under way ends
     state = torch.load(out / "last" / "training_state.pt", weights_only=True)
-    assert state["epoch"] == 2 and 0 <= state["step"] < 120  # 120 steps per epoch
+    assert (state["epoch"], state["step"]) == (2, 6)
 
     assert train.main(["--resume", str(out)]) == 0  # the other options come from the save
     assert_same_metrics(out, trained_run)
