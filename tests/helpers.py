@@ -14,9 +14,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]  # the repository: the commands and the vitclassifier package
 
 CLASSES = ["horizontal", "plain", "vertical"]
+# --recipe fixed: the automatic recipe's measurements are tested in tests/training/test_auto*
 TRAIN_OPTIONS = ["--epochs", "2", "--batch-size", "8", "--lr", "1e-3", "--num-workers", "0",
                  "--warmup", "0.05", "--no-rotate", "--no-color-jitter", "--no-crop", "--seed", "1",
-                 "--precision", "fp32"]
+                 "--precision", "fp32", "--recipe", "fixed"]
 # the metrics.csv columns two runs that should be the same run must agree on
 COMPARED = ("train_loss", "train_acc", "val_loss", "val_acc", "val_top3", "val_macro_f1", "lr")
 

@@ -105,7 +105,7 @@ class RecipeOptions:
     recipe: str = option(
         "auto: decide the learning rates, epochs, patience, head warm-up and flip from the data, the model "
         "and short measurements (an LR range test, a linear probe, a flip check), each decision printed "
-        "and recorded, every option you type kept; fixed: the defaults as they are (docs/recipe.md)", "fixed",
+        "and recorded, every option you type kept; fixed: the defaults as they are (docs/recipe.md)", "auto",
         choices=RECIPES, group=RECIPE, place=16.5)
     epochs: int = option("number of passes over the training set", 10, place=6, at_least=1)
     grad_accum: int = option("add up the gradients of N batches per optimizer step (effective batch: N x "

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from vitclassifier.config import TrainConfig
-from vitclassifier.training.auto_recipe import RULES, TIME_CAP, Facts, decide, from_json
+from vitclassifier.training.auto_recipe import RULES, SCRATCH_TIME_CAP, TIME_CAP, Facts, decide, from_json
 
 FIXED = TrainConfig().with_default_lrs().as_options()  # the fixed recipe: every default, LRs resolved
 FACTS = Facts(train_images=250, images_per_class_min=50, images_per_class_median=50, num_classes=5,
@@ -67,9 +67,16 @@ def test_fewer_images_never_get_fewer_epochs_and_the_time_cap_holds(batch_size) 
     assert previous == FIXED["epochs"]  # a large set trains as long as the fixed recipe
 
 
-def test_the_capped_length_says_so() -> None:
-    reason = decided(dataclasses.replace(FACTS, train_images=40))["epochs"].reason
-    assert f"at most {TIME_CAP:g}x the fixed recipe's" in reason
+def test_the_capped_length_says_so_and_random_weights_may_take_longer() -> None:
+    capped = decided(dataclasses.replace(FACTS, train_images=40))["epochs"]
+    assert f"at most {TIME_CAP:g}x the fixed recipe's" in capped.reason
+    assert f"about {(capped.value + FACTS.measurement_epochs) / FIXED['epochs']:.1f}x" in capped.reason
+    scratch = decided(dataclasses.replace(FACTS, train_images=40, pretrained=False, probe_accuracy=None))
+    epochs = scratch["epochs"]
+    assert epochs.value + FACTS.measurement_epochs <= SCRATCH_TIME_CAP * FIXED["epochs"]
+    assert epochs.value > TIME_CAP * FIXED["epochs"]  # longer, and the line says why
+    assert "from random weights a small set needs many more steps" in epochs.reason
+    assert f"about {(epochs.value + FACTS.measurement_epochs) / FIXED['epochs']:.1f}x" in epochs.reason
 
 
 def test_decisions_round_trip_through_json() -> None:

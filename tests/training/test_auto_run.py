@@ -3,6 +3,7 @@ measurements leave no trace, a resumed run doesn't measure again; --lr-find; the
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -64,7 +65,9 @@ def test_auto_decides_records_and_starts_from_the_probe(tmp_path, small_data, vi
     decisions = {d["option"]: d for d in info["recipe"]["decisions"]}
     assert decisions["epochs"]["value"] == 1 and decisions["epochs"]["reason"] == "kept as you typed it"
     assert decisions["no_flip"]["value"] is True and decisions["no_flip"]["reason"] == "kept as you typed it"
-    assert "LR range test" in decisions["lr"]["reason"]  # its suggestion, or the fixed LR on a flat curve
+    # 48 training images, 1 epoch: 20 steps of 8 images would cost more than a quarter of the run
+    assert "no LR range test: 20 steps of 8 images would cost more than 25% of the fixed recipe's 1 epochs" \
+        in printed and decisions["lr"]["reason"] == "no LR range test was run: the fixed recipe's"
     assert decisions["head_lr"]["value"] == decisions["lr"]["value"]  # LP-FT: the probe's head
     assert decisions["freeze_epochs"]["value"] == 0
     facts = info["recipe"]["facts"]
@@ -81,8 +84,10 @@ def test_auto_decides_records_and_starts_from_the_probe(tmp_path, small_data, vi
 def test_the_model_card_repeats_training_info(tmp_path, small_data, vit):
     from huggingface_hub import ModelCard
     out = tmp_path / "run"
-    assert train.main(args(out, small_data, vit, "--epochs", "1")) == 0
+    # 4 epochs of 24 steps: a range test of 24 steps is a quarter of it
+    assert train.main(args(out, small_data, vit, "--epochs", "4", "--batch-size", "2")) == 0
     info = info_of(out)
+    assert info["recipe"]["facts"]["lr_dip"] is not None  # the range test ran
     card = ModelCard.load(out / "best" / "README.md")
     assert card.data.library_name == "transformers" and card.data.pipeline_tag == "image-classification"
     results = {r.metric_type: r.metric_value for r in card.data.eval_results}
@@ -170,11 +175,24 @@ def test_folds_refused_before_any_work(tmp_path, small_data, vit, capsys, more, 
     assert refusal in capsys.readouterr().err and not out.exists()
 
 
+def test_an_output_folder_that_would_be_refused_is_refused_before_the_measurements(tmp_path, small_data, vit,
+                                                                                  capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert train.main(args(out, small_data, vit, "--epochs", "1")) == 2
+    captured = capsys.readouterr()
+    assert "holds files this tool did not write (notes.txt)" in captured.err
+    assert "Automatic recipe" not in captured.out and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
 def test_lr_find_prints_a_suggestion_and_saves_the_curve(tmp_path, small_data, vit, capsys):
     out = tmp_path / "lr"
     assert train.main(args(out, small_data, vit, "--lr-find")) == 0
     printed = capsys.readouterr().out
     assert "Suggested peak LR" in printed and "head LR" in printed
+    steps = int(re.search(r"LR range test: (\d+) steps of 8 training images", printed)[1])
+    assert steps > 15  # --recipe auto would afford 15 here (a quarter of 10 epochs); the sweep may end early
     assert (out / "lr_find.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (out / "best").exists()  # nothing trained
 

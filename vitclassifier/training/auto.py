@@ -36,15 +36,18 @@ from vitclassifier.reporting.plots import write_lr_curve
 from vitclassifier.text import printable
 from vitclassifier.training.auto_recipe import Facts, as_json, decide
 from vitclassifier.training.crossval import cross_validate
-from vitclassifier.training.distributed import World, augmentation_seeds
+from vitclassifier.training.distributed import World, augmentation_seeds, on_main_process
 from vitclassifier.training.features import extract_features
 from vitclassifier.training.label_checks import Flipped, check_augmentation
 from vitclassifier.training.lr_finder import LRCurve, lr_range_test
+from vitclassifier.training.output import refuse_unclaimable
 from vitclassifier.training.probe import Probe, feature_tensors, fit_probe
 from vitclassifier.training.recipe import class_weights, make_optimizer, mix_batches
 from vitclassifier.training.setup import build_model, main_print
 
 SWEEP_STEPS = 40  # the range test's steps: a few dozen (fastai's lr_find takes 100 on large sets)
+MIN_SWEEP_STEPS = 20  # fewer steps make no curve: the range test is then skipped
+SWEEP_SHARE = 0.25  # ... and under --recipe auto it costs at most this share of the fixed recipe's training
 
 
 @dataclass
@@ -75,23 +78,28 @@ def open_data(config: TrainConfig) -> Source:
 
 def plan_run(config: TrainConfig, given: set[str], world: World,
              device: torch.device) -> tuple[TrainConfig, Plan]:
-    """A fresh run's plan: --folds' cross-validation first (crossval.py; K checked before any work), then
-    the recipe (plan_recipe); the folds' summary recorded with the recipe's decisions."""
-    folds = cross_validate(config, open_data(config), world, device) if config.recipe.folds else None
-    config, plan = plan_recipe(config, given, world, device)
+    """A fresh run's plan: --output-dir checked first (the measurements take minutes: a refusal comes
+    before them), then --folds' cross-validation (crossval.py), then the recipe (plan_recipe); the
+    folds' summary recorded with the recipe's decisions."""
+    if config.recipe.recipe == "fixed" and not config.recipe.folds:
+        return config, Plan(None, {"recipe": {"recipe": "fixed"}})
+    source, runtime = open_data(config), config.runtime
+    on_main_process(world, device, lambda: refuse_unclaimable(
+        runtime.output_dir, config.data.folder, source.image_folders(), False, runtime.overwrite))
+    folds = cross_validate(config, source, world, device) if config.recipe.folds else None
+    config, plan = plan_recipe(config, given, world, device, source)
     if folds is not None:
         plan.info["folds"] = folds
     return config, plan
 
 
-def plan_recipe(config: TrainConfig, given: set[str], world: World,
-                device: torch.device) -> tuple[TrainConfig, Plan]:
+def plan_recipe(config: TrainConfig, given: set[str], world: World, device: torch.device,
+                source: Source) -> tuple[TrainConfig, Plan]:
     """The run's options decided from its data, model and measurements (those in ``given``, typed by
     the user, kept); each decision printed in one line. ``--recipe fixed``: the options as they are."""
     if config.recipe.recipe == "fixed":
         return config, Plan(None, {"recipe": {"recipe": "fixed"}})
     say, started = main_print(world), time.time()
-    source = open_data(config)
     if source.streamed:
         reason = "streamed shards are read in order only, so nothing was measured: the fixed recipe's options"
         say(f"Automatic recipe: {reason}")
@@ -133,7 +141,7 @@ def find_lr(config: TrainConfig, given: set[str], picture: Path) -> LRCurve:
         raise UserError("--lr-find needs a listed data set: streamed shards are read in order only")
     dtype = autocast_dtype(device, config.runtime.precision)
     model, prep, _ = build_model(config, source.labels, device, dtype, None)
-    curve = measure(config, given, source, model, prep, device, dtype, flip=False).curve
+    curve = measure(config, given, source, model, prep, device, dtype, lr_find=True).curve
     picture.parent.mkdir(parents=True, exist_ok=True)
     write_lr_curve(curve.lrs, curve.losses, curve.suggestion, picture)
     print(f"LR range test: {len(curve.lrs)} steps of {config.data.batch_size} training images, "
@@ -144,9 +152,9 @@ def find_lr(config: TrainConfig, given: set[str], picture: Path) -> LRCurve:
 
 
 def measure(config: TrainConfig, given: set[str], source: Source, model: torch.nn.Module, prep: Preprocessing,
-            device: torch.device, dtype: torch.dtype | None, flip: bool = True) -> Measured:
+            device: torch.device, dtype: torch.dtype | None, lr_find: bool = False) -> Measured:
     """The probe and the flip check (pre-trained weights, --recipe auto), then the LR range test from the
-    probe's head."""
+    probe's head (``lr_find``: the range test the user asked for, no flip check, always SWEEP_STEPS)."""
     measured, batch = Measured(), config.data.batch_size
     if config.model.pretrained and config.recipe.recipe == "auto":
         transform = eval_transform(prep)
@@ -158,7 +166,7 @@ def measure(config: TrainConfig, given: set[str], source: Source, model: torch.n
         if len(y) and len(val_y):
             measured.probe = fit_probe(X, y, len(source.labels), val_X, val_y, seed=config.recipe.seed)
             measured.probe.load_into(model)
-        if measured.probe is not None and flip and not config.data.no_flip:
+        if measured.probe is not None and not lr_find and not config.data.no_flip:
             flipped_X, _ = feature_tensors(extract_features(model, Flipped(val_set), batch, device, dtype))
             measured.work += len(val_set) / 3
             measured.flip = check_augmentation("flip", measured.probe.logits(val_X),
@@ -166,10 +174,23 @@ def measure(config: TrainConfig, given: set[str], source: Source, model: torch.n
     elif not config.model.pretrained:
         measured.notes += ("random weights: no linear probe (features of random weights say nothing), so no "
                            "LP-FT and no flip check",)
+    steps = SWEEP_STEPS if lr_find else sweep_steps(config, len(source.train()))
+    if steps < MIN_SWEEP_STEPS:
+        measured.notes += (f"no LR range test: {MIN_SWEEP_STEPS} steps of {batch} images would cost more "
+                           f"than {SWEEP_SHARE:.0%} of the fixed recipe's {config.recipe.epochs} epochs on "
+                           f"{len(source.train())} training images",)
+        return measured
     same_lr = measured.probe is not None and "head_lr" not in given  # decide gives the head the backbone's LR
-    measured.curve = sweep(config, source, model, prep, device, dtype, same_lr)
+    measured.curve = sweep(config, source, model, prep, device, dtype, same_lr, steps)
     measured.work += len(measured.curve.lrs) * batch
     return measured
+
+
+def sweep_steps(config: TrainConfig, train_images: int) -> int:
+    """The range test's steps under --recipe auto: SWEEP_STEPS, fewer when they would cost more than
+    SWEEP_SHARE of the fixed recipe's training (a set of a few dozen images)."""
+    affordable = SWEEP_SHARE * config.recipe.epochs * train_images / config.data.batch_size
+    return min(SWEEP_STEPS, int(affordable))
 
 
 class ReadableBatches:
@@ -183,7 +204,7 @@ class ReadableBatches:
 
 
 def sweep(config: TrainConfig, source: Source, model: torch.nn.Module, prep: Preprocessing,
-          device: torch.device, dtype: torch.dtype | None, same_lr: bool) -> LRCurve:
+          device: torch.device, dtype: torch.dtype | None, same_lr: bool, steps: int) -> LRCurve:
     """The LR range test on the training split, with the run's step; the model is restored after it."""
     data, recipe = config.data, config.recipe
     images = source.training_data(train_decode(prep, data.augment["crop"], data.augment["rotate"]),
@@ -195,7 +216,7 @@ def sweep(config: TrainConfig, source: Source, model: torch.nn.Module, prep: Pre
     optimizer = make_optimizer(model, recipe.lr, recipe.weight_decay, recipe.layer_decay, head_lr)
     step = training_step(config, source, model, prep, optimizer, device, dtype)
     return lr_range_test(model, optimizer, step, ReadableBatches(loader), recipe.lr, head_lr,
-                         steps=SWEEP_STEPS)
+                         steps=steps)
 
 
 def training_step(config: TrainConfig, source: Source, model: torch.nn.Module, prep: Preprocessing,

@@ -124,14 +124,20 @@ def check_free_space(output_dir: Path, needed_bytes: int) -> None:
                         f"--output-dir")
 
 
+def refuse_unclaimable(output_dir: Path, data_dir: Path, image_folders: Iterable[str | Path], resuming: bool,
+                       overwrite: bool) -> None:
+    """The refusals of claim_output_dir, read-only and without the lock: --recipe auto says them before
+    its minutes of measurements, and the claim checks them again, locked, when the run starts."""
+    refuse_among_data(output_dir, data_dir, image_folders)
+    if output_dir.is_dir():
+        refuse_foreign_or_old_run(output_dir, resuming, overwrite)
+
+
 def claim_output_dir(output_dir: Path, data_dir: Path, image_folders: Iterable[str | Path], resuming: bool,
                      overwrite: bool, needed_bytes: int) -> OutputLock:
     """Check and lock ``output_dir`` for this run (see the module's docstring); returns the lock.
     ``image_folders``: the folders the data's images are read from."""
-    if output_dir.resolve().is_relative_to(data_dir.resolve()):
-        raise UserError(f"--output-dir {output_dir} is inside --data {data_dir}: the run's pictures would "
-                        f"become training images; choose a folder outside the data")
-    refuse_among_inputs(output_dir, image_folders, "--output-dir", "an image folder of the data")
+    refuse_among_data(output_dir, data_dir, image_folders)
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         lock = OutputLock(output_dir)
@@ -145,19 +151,30 @@ def claim_output_dir(output_dir: Path, data_dir: Path, image_folders: Iterable[s
     return lock
 
 
-def claim_locked(output_dir: Path, resuming: bool, overwrite: bool, needed_bytes: int) -> None:
+def refuse_among_data(output_dir: Path, data_dir: Path, image_folders: Iterable[str | Path]) -> None:
+    if output_dir.resolve().is_relative_to(data_dir.resolve()):
+        raise UserError(f"--output-dir {output_dir} is inside --data {data_dir}: the run's pictures would "
+                        f"become training images; choose a folder outside the data")
+    refuse_among_inputs(output_dir, image_folders, "--output-dir", "an image folder of the data")
+
+
+def refuse_foreign_or_old_run(output_dir: Path, resuming: bool, overwrite: bool) -> None:
     foreign = foreign_entries(output_dir)
     if foreign:
         raise UserError(f"--output-dir {output_dir} holds files this tool did not write "
                         f"({first_few(foreign)}); nothing was changed. Train into an empty or new "
                         f"--output-dir")
     has_run = any((output_dir / name).exists() for name in CHECKPOINTS)
-    if has_run and not resuming:
-        if not overwrite:
-            raise UserError(f"--output-dir {output_dir} already holds {describe_run(output_dir)}. Continue "
-                            f"it with --resume, replace it with --overwrite, or train into another "
-                            f"--output-dir")
-        remove_our_files(output_dir)
+    if has_run and not resuming and not overwrite:
+        raise UserError(f"--output-dir {output_dir} already holds {describe_run(output_dir)}. Continue "
+                        f"it with --resume, replace it with --overwrite, or train into another "
+                        f"--output-dir")
+
+
+def claim_locked(output_dir: Path, resuming: bool, overwrite: bool, needed_bytes: int) -> None:
+    refuse_foreign_or_old_run(output_dir, resuming, overwrite)
+    if not resuming and any((output_dir / name).exists() for name in CHECKPOINTS):
+        remove_our_files(output_dir)  # --overwrite
     try:
         check_free_space(output_dir, needed_bytes)
         atomic_write_text(output_dir / MARKER, json.dumps({"tool": "vitclassifier", "claimed": time.time()}))
