@@ -38,7 +38,8 @@ FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", 
                    "ankle-boot"]
 CASES = {"digits:transfer": ("digits", True), "digits:scratch": ("digits", False),
          "fashion:scratch": ("fashion", False)}
-RECIPES = ("fixed", "auto", "hf")
+RECIPES = ("fixed", "auto", "hf", "grid")
+TABLE_ORDER = ("fixed", "auto", "hf", "grid, best by val", "grid, best on test")
 TEST_PER_CLASS = 50  # held out per class and seed, the same for every N
 SCORE = re.compile(r"images \| loss \S+ acc (\S+) top3 \S+ macro-F1 (\S+)")
 
@@ -190,19 +191,29 @@ def cpu_seconds() -> float:
     return time.process_time() + children.ru_utime + children.ru_stime
 
 
-def run_one(args: argparse.Namespace, case: str, per_class: int, seed: int, recipe: str) -> dict:
-    """Train one recipe on one sample and score it on the held-out test folder."""
+def grid() -> list[list[str]]:
+    """The grid search's settings (--recipe fixed with each): LR x epochs x flip."""
+    return [["--lr", lr, "--epochs", epochs, *flip] for lr in ("5e-5", "2e-4", "1e-3")
+            for epochs in ("10", "20") for flip in ([], ["--no-flip"])]
+
+
+def run_one(args: argparse.Namespace, case: str, per_class: int, seed: int, recipe: str,
+            setting: tuple[str, ...] = ()) -> dict:
+    """Train one recipe (``grid``: --recipe fixed with ``setting``) on one sample and score it on the
+    held-out test folder."""
     name, transfer = CASES[case]
     train, test = make_small_set(name, args.work / "data" / f"{name}-{per_class}-seed{seed}", per_class,
                                  seed, args.image_size)
     model = str(pretrain(args.work, args.image_size, args.pretrain_per_class, args.pretrain_epochs,
                          args.device)) if transfer else "vit-tiny"
-    out = args.work / "runs" / f"{case.replace(':', '-')}-{per_class}-seed{seed}-{recipe}"
+    slug = "".join(setting).replace("--", "-")
+    out = args.work / "runs" / f"{case.replace(':', '-')}-{per_class}-seed{seed}-{recipe}{slug}"
     start, cpu_start = time.perf_counter(), cpu_seconds()
     if recipe == "hf":
         checkpoint = train_hf(train, out, model, transfer, args, seed)
     else:
-        options = (["--epochs", str(args.epochs)] if recipe == "fixed" else []) + recipe_options(recipe)
+        options = (["--epochs", str(args.epochs)] if recipe == "fixed" else list(setting)) + \
+            recipe_options("fixed" if recipe == "grid" else recipe)
         if not (out / "best" / "training_info.json").is_file():
             run_train("--data", str(train), "--output-dir", str(out), "--overwrite", "--model", model,
                       *([] if transfer else ["--no-pretrained"]), "--image-size", str(args.image_size),
@@ -211,6 +222,9 @@ def run_one(args: argparse.Namespace, case: str, per_class: int, seed: int, reci
     seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
     result = {"case": case, "per_class": per_class, "seed": seed, "recipe": recipe, "seconds": seconds,
               "cpu_seconds": cpu, **evaluate(checkpoint, test, args.device)}
+    if recipe == "grid":
+        info = json.loads((checkpoint / "training_info.json").read_text())
+        result.update(setting=" ".join(setting), val_acc=info["val_acc"])
     print(json.dumps(result), flush=True)
     return result
 
@@ -220,8 +234,9 @@ def print_table(results: list[dict]) -> None:
     print("\n| case | images per class | recipe | test top-1 (mean ± SD over seeds) | seeds | seconds | "
           "CPU s |")
     print("|---|---|---|---|---|---|---|")
+    results = [r for r in results if r["recipe"] != "grid"] + best_of_grid(results)
     keys = sorted({(r["case"], r["per_class"], r["recipe"]) for r in results},
-                  key=lambda key: (key[0], key[1], RECIPES.index(key[2])))
+                  key=lambda key: (key[0], key[1], TABLE_ORDER.index(key[2])))
     for case, per_class, recipe in keys:
         runs = [r for r in results if (r["case"], r["per_class"], r["recipe"]) == (case, per_class, recipe)]
         accs = np.array([r["test_acc"] for r in runs]) * 100
@@ -229,6 +244,17 @@ def print_table(results: list[dict]) -> None:
         print(f"| {case} | {per_class} | {recipe} | {accs.mean():.1f}%{spread} | {len(runs)} | "
               f"{np.mean([r['seconds'] for r in runs]):.0f} | "
               f"{np.mean([r['cpu_seconds'] for r in runs]):.0f} |")
+
+
+def best_of_grid(results: list[dict]) -> list[dict]:
+    """Per sample (case, images per class, seed): the grid's setting with the best validation accuracy
+    (what a user's grid search would keep), and the one best on the test images (an oracle)."""
+    best = []
+    for key in sorted({(r["case"], r["per_class"], r["seed"]) for r in results if r["recipe"] == "grid"}):
+        runs = [r for r in results if r["recipe"] == "grid" and (r["case"], r["per_class"], r["seed"]) == key]
+        best.append({**max(runs, key=lambda r: r["val_acc"]), "recipe": "grid, best by val"})
+        best.append({**max(runs, key=lambda r: r["test_acc"]), "recipe": "grid, best on test"})
+    return best
 
 
 def listed(kind: Callable[[str], object]) -> Callable[[str], list]:
@@ -243,8 +269,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--per-class", type=listed(int), default=[10, 25, 50, 100],
                         help="training images per class (comma-separated)")
     parser.add_argument("--seeds", type=listed(int), default=[0, 1, 2], help="sample and training seeds")
-    parser.add_argument("--recipes", type=listed(str), default=list(RECIPES),
-                        help="of fixed, auto (train.py --recipe) and hf (transformers.Trainer)")
+    parser.add_argument("--recipes", type=listed(str), default=["fixed", "auto", "hf"],
+                        help="of fixed, auto (train.py --recipe), hf (transformers.Trainer) and grid (fixed "
+                             "with each LR x epochs x flip of grid())")
     parser.add_argument("--epochs", type=int, default=10, help="epochs of fixed and hf (train.py's default)")
     parser.add_argument("--image-size", type=int, default=32, help="pixels; the images are upscaled to it")
     parser.add_argument("--pretrain-per-class", type=int, default=1000, help="Fashion-MNIST images a class")
@@ -261,8 +288,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
-    results = [run_one(args, case, per_class, seed, recipe) for case in args.cases
-               for per_class in args.per_class for seed in args.seeds for recipe in args.recipes]
+    results = [run_one(args, case, per_class, seed, recipe, tuple(setting)) for case in args.cases
+               for per_class in args.per_class for seed in args.seeds for recipe in args.recipes
+               for setting in (grid() if recipe == "grid" else [()])]
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     print_table(results)

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from vitclassifier.config import TrainConfig
 from vitclassifier.data.augment import BatchAugment, train_decode
 from vitclassifier.data.dataset import collate_skipping_bad
-from vitclassifier.data.sources import Source, open_source
+from vitclassifier.data.sources import Source
 from vitclassifier.data.transforms import Preprocessing, eval_transform
 from vitclassifier.devices import autocast, autocast_dtype, pick_device
 from vitclassifier.errors import UserError
@@ -43,7 +43,7 @@ from vitclassifier.training.lr_finder import LRCurve, lr_range_test
 from vitclassifier.training.output import refuse_unclaimable
 from vitclassifier.training.probe import Probe, feature_tensors, fit_probe
 from vitclassifier.training.recipe import class_weights, make_optimizer, mix_batches
-from vitclassifier.training.setup import build_model, main_print
+from vitclassifier.training.setup import build_model, main_print, open_data
 
 SWEEP_STEPS = 40  # the range test's steps: a few dozen (fastai's lr_find takes 100 on large sets)
 MIN_SWEEP_STEPS = 20  # fewer steps make no curve: the range test is then skipped
@@ -68,14 +68,6 @@ class Measured:
     notes: tuple[str, ...] = ()
 
 
-def open_data(config: TrainConfig) -> Source:
-    """--data as load_data opens it (--exclude applied), without the audit's print."""
-    data = config.data
-    source = open_source(data.folder, data.data_format, data.val_split, config.recipe.seed, data.image_column,
-                         data.label_column)
-    return source.excluding(data.exclude, quiet=True) if data.exclude is not None else source
-
-
 def plan_run(config: TrainConfig, given: set[str], world: World,
              device: torch.device) -> tuple[TrainConfig, Plan]:
     """A fresh run's plan: --output-dir checked first (the measurements take minutes: a refusal comes
@@ -83,7 +75,7 @@ def plan_run(config: TrainConfig, given: set[str], world: World,
     folds' summary recorded with the recipe's decisions."""
     if config.recipe.recipe == "fixed" and not config.recipe.folds:
         return config, Plan(None, {"recipe": {"recipe": "fixed"}})
-    source, runtime = open_data(config), config.runtime
+    source, runtime = open_data(config, quiet=True), config.runtime
     on_main_process(world, device, lambda: refuse_unclaimable(
         runtime.output_dir, config.data.folder, source.image_folders(), False, runtime.overwrite))
     folds = cross_validate(config, source, world, device) if config.recipe.folds else None
@@ -136,7 +128,7 @@ def agreed(world: World, value: object) -> object:
 def find_lr(config: TrainConfig, given: set[str], picture: Path) -> LRCurve:
     """``train.py --lr-find``: the range test alone, from the head the run would start from (the probe's
     under --recipe auto with pre-trained weights); prints the suggestion and saves the curve."""
-    source, device = open_data(config), pick_device(config.runtime.device)
+    source, device = open_data(config, quiet=True), pick_device(config.runtime.device)
     if source.streamed:
         raise UserError("--lr-find needs a listed data set: streamed shards are read in order only")
     dtype = autocast_dtype(device, config.runtime.precision)

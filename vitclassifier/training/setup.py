@@ -68,13 +68,17 @@ def main_print(world: World) -> Callable:
     return print if world.is_main else (lambda *a, **k: None)
 
 
-def load_data(config: TrainConfig, world: World, device: torch.device, saved: dict | None) -> Source:
-    """--data as its Source (--exclude applied), audited; on a resume it must be what that run trained on."""
+def open_data(config: TrainConfig, quiet: bool = False) -> Source:
+    """--data as its Source, --exclude applied (``quiet``: without saying what it left out)."""
     data = config.data
     source = open_source(data.folder, data.data_format, data.val_split, config.recipe.seed, data.image_column,
                          data.label_column)
-    if data.exclude is not None:
-        source = source.excluding(data.exclude, quiet=not world.is_main)
+    return source.excluding(data.exclude, quiet=quiet) if data.exclude is not None else source
+
+
+def load_data(config: TrainConfig, world: World, device: torch.device, saved: dict | None) -> Source:
+    """--data as its Source (--exclude applied), audited; on a resume it must be what that run trained on."""
+    data, source = config.data, open_data(config, quiet=not world.is_main)
     if saved is not None and (saved["labels"] != source.labels or saved["data"] != source.fingerprint()):
         raise UserError(f"cannot resume {saved['dir']}: the data in {data.folder} changed since that run "
                         f"(classes then: {saved['labels']}, now: {source.labels}; "
