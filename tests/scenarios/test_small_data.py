@@ -39,3 +39,13 @@ def test_digits_become_class_folders_of_upscaled_pngs(tmp_path):
     with Image.open(next(train.glob("7/*.png"))) as image:
         assert image.size == (24, 24) and image.mode == "L"
         assert np.asarray(image).max() > 128  # the digit's strokes survived the scaling
+
+
+def test_the_grid_search_keeps_the_setting_best_on_validation_and_names_the_oracle():
+    settings = small_data.grid()
+    assert len(settings) == 12 and ["--lr", "2e-4", "--epochs", "20", "--no-flip"] in settings
+    runs = [{"case": "digits:transfer", "per_class": 50, "seed": 0, "recipe": "grid", "setting": setting,
+             "val_acc": val, "test_acc": test} for setting, val, test in (("a", 0.9, 0.5), ("b", 0.7, 0.8))]
+    by_val, oracle = small_data.best_of_grid(runs + [{**runs[0], "recipe": "fixed"}])
+    assert (by_val["recipe"], by_val["setting"]) == ("grid, best by val", "a")
+    assert (oracle["recipe"], oracle["setting"]) == ("grid, best on test", "b")
