@@ -31,15 +31,8 @@ from vitclassifier.data.folders import folders_of, load_splits, scan_class_folde
 from vitclassifier.data.hfdata import HUB_PREFIX, VAL_SPLITS, is_hf_data, load_hf, open_splits_of
 from vitclassifier.data.labelfile import LABEL_FILE_SUFFIXES, VAL_VALUES, load_label_file, read_label_file
 from vitclassifier.data.shardaudit import audit_shards
-from vitclassifier.data.shards import (
-    INDEX_NAME,
-    NameIndex,
-    ShardSet,
-    ShardStream,
-    TrainStream,
-    is_shards,
-    open_shards,
-)
+from vitclassifier.data.shardindex import open_shards
+from vitclassifier.data.shards import INDEX_NAME, NameIndex, ShardSet, ShardStream, TrainStream, is_shards
 from vitclassifier.errors import UserError
 from vitclassifier.text import printable
 
