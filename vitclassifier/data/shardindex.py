@@ -9,6 +9,7 @@ import json
 import tarfile
 from pathlib import Path
 
+from vitclassifier.data.remote import check_exist, read_small
 from vitclassifier.data.shards import (
     INDEX_NAME,
     ShardSet,
@@ -22,14 +23,19 @@ from vitclassifier.data.shards import (
 from vitclassifier.data.tarread import IMAGE_SUFFIXES, MAX_SHARDS, pattern_count, scan_shard
 from vitclassifier.errors import UserError
 from vitclassifier.text import printable
+from vitclassifier.urls import PIPE, is_url, shown
 
 
 def expand(pattern: str) -> list[str]:
-    """The shard paths of a brace pattern (webdataset's own expansion), each one checked to exist."""
+    """The shard paths of a brace pattern (webdataset's own expansion), each one checked to exist (on a
+    store: one listing per folder, remote.check_exist)."""
     if pattern_count(pattern) > MAX_SHARDS:
-        raise UserError(f"--data {printable(pattern)} names {pattern_count(pattern)} shards, more than the "
+        raise UserError(f"--data {shown(pattern)} names {pattern_count(pattern)} shards, more than the "
                         f"{MAX_SHARDS} one pattern may name: check its {{first..last}} range")
     shards = list(require_webdataset().shardlists.expand_urls(pattern))
+    if is_url(pattern):
+        check_exist(shards, pattern)
+        return shards
     missing = [s for s in shards if not Path(s).is_file()]
     if missing:
         raise UserError(f"--data {printable(pattern)}: {len(missing)} of its {len(shards)} shard(s) do not "
@@ -62,24 +68,50 @@ def _label_order(name: str) -> tuple:
     return (not name.isdecimal(), int(name) if name.isdecimal() else 0, name)
 
 
-def _from_index(index_path: Path, pattern_shards: list[str] | None) -> tuple[ShardSet, ShardSet] | None:
-    """The training and validation sets --to-shards described, if the given shards are its training ones."""
+def _join(folder: str, name: str) -> str:
+    return f"{folder}/{name}" if is_url(folder) else str(Path(folder) / name)
+
+
+def _same(shard: str) -> str:
+    """A shard path as the index's are joined (a local one normalised), to compare them."""
+    return shard if is_url(shard) else str(Path(shard))
+
+
+def _read_index(folder: str) -> bytes | None:
+    """The index.json of a folder (local or on a store), or None where it has none."""
+    where = _join(folder, INDEX_NAME)
+    if is_url(folder):
+        return read_small(where)
     try:
-        index = json.loads(index_path.read_text())
+        return Path(where).read_bytes() if Path(where).is_file() else None
+    except OSError as error:
+        raise UserError(f"{printable(where)} is not a shard index written by --to-shards "
+                        f"({printable(error)}): remove it, or write the shards again") from None
+
+
+def _from_index(text: bytes, folder: str, pattern_shards: list[str] | None
+                ) -> tuple[ShardSet, ShardSet] | None:
+    """The training and validation sets --to-shards described, if the given shards are its training
+    ones. The index of shards on a store is not checked against them (that would download them all):
+    a shard that ends early is then found by the readers, as a truncated one."""
+    where = _join(folder, INDEX_NAME)
+    try:
+        index = json.loads(text)
         labels = [str(name) for name in index["labels"]]
-        roles = {role: [(str(index_path.parent / _plain(e["name"])), int(e["count"])) for e in index[role]]
+        roles = {role: [(_join(folder, _plain(e["name"])), int(e["count"])) for e in index[role]]
                  for role in ("train", "val")}
         class_counts = {role: {str(k): int(v) for k, v in index.get(f"{role}_classes", {}).items()}
                         for role in roles}
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise UserError(f"{index_path} is not a shard index written by --to-shards ({printable(error)}): "
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise UserError(f"{shown(where)} is not a shard index written by --to-shards ({printable(error)}): "
                         f"remove it, or write the shards again") from None
-    if pattern_shards is not None and sorted(map(str, map(Path, pattern_shards))) != sorted(
+    if pattern_shards is not None and sorted(map(_same, pattern_shards)) != sorted(
             s for s, _ in roles["train"]):
         return None
     sets = [ShardSet([s for s, _ in roles[r]], [c for _, c in roles[r]], labels, class_counts[r])
             for r in ("train", "val")]
-    _check_index(index_path, sets)
+    if not is_url(folder):
+        _check_index(Path(where), sets)
     return sets[0], sets[1]
 
 
@@ -116,25 +148,31 @@ def _check_index(index_path: Path, sets: list[ShardSet]) -> None:
     warn_left_out(str(index_path.parent), left_out)
 
 
-def open_shards(path: Path, val_split: float, seed: int) -> tuple[list[str], ShardSet, ShardSet]:
-    """(labels, training set, validation set) of --data given as shards."""
+def open_shards(path: Path | str, val_split: float, seed: int) -> tuple[list[str], ShardSet, ShardSet]:
+    """(labels, training set, validation set) of --data given as shards: local ones, or a URL
+    (urls.is_url) of a store's folder or shard pattern, or pipe: commands (no index for those)."""
     text = str(path)
-    index_path = path / INDEX_NAME if path.is_dir() else Path(text.split("{")[0]).parent / INDEX_NAME
-    shards = None if path.is_dir() else expand(text)
-    if index_path.is_file():
-        found = _from_index(index_path, shards)
+    whole = (".tar" not in text and not text.startswith(PIPE)) if is_url(path) else path.is_dir()
+    if whole:
+        folder = text.rstrip("/") if is_url(path) else text
+    else:
+        before = text.split("{")[0]
+        folder = before.rsplit("/", 1)[0] if is_url(path) else str(Path(before).parent)
+    shards = None if whole else expand(text)
+    index = None if text.startswith(PIPE) else _read_index(folder)
+    if index is not None:
+        found = _from_index(index, folder, shards)
         if found is not None:
             return found[0].labels, *found
     if shards is None:
-        raise UserError(f"--data {printable(str(path))}: no {INDEX_NAME} in it; give the shards as a "
-                        f"pattern, e.g. "
-                        f"'{printable(str(path))}/train-{{000000..000009}}.tar'")
+        raise UserError(f"--data {shown(text)}: no {INDEX_NAME} in it; give the shards as a pattern, e.g. "
+                        f"'{shown(text)}/train-{{000000..000009}}.tar'")
     print(f"Counting the samples of {len(shards)} shard(s) once (no {INDEX_NAME} from --to-shards "
           f"beside them)")
     counts, classes = _count(shards, seed, val_split)
     labels = sorted(set(classes[0]) | set(classes[1]), key=_label_order)
     if len(labels) < 2:
-        raise UserError(f"--data {printable(text)}: the shards hold {len(labels)} class(es) with images "
+        raise UserError(f"--data {shown(text)}: the shards hold {len(labels)} class(es) with images "
                         f"(labels from .cls or .json members); training needs at least two")
     train, val = (ShardSet(shards, counts[role], labels, classes[role], (seed, val_split, bool(role)),
                            indexed=False) for role in (0, 1))

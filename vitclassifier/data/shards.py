@@ -33,6 +33,7 @@ from vitclassifier.data.images import DECODE_ERRORS, FileTooLarge, load_image
 from vitclassifier.data.tarread import IMAGE_SUFFIXES, shard_members
 from vitclassifier.errors import UserError
 from vitclassifier.text import printable
+from vitclassifier.urls import base_name, is_url, shown
 
 INDEX_NAME = "index.json"
 INSTALL = "pip install webdataset (or pip install -r requirements-extras.txt)"
@@ -50,9 +51,12 @@ def require_webdataset():
     return webdataset
 
 
-def is_shards(path: Path) -> bool:
-    """A brace pattern or a .tar file, or a folder holding an index.json beside .tar files."""
+def is_shards(path: Path | str) -> bool:
+    """A brace pattern or a .tar file, or a folder holding an index.json beside .tar files; a URL
+    (object store, web, pipe:) names shards always (urls.is_url)."""
     text = str(path)
+    if is_url(path):
+        return True
     return text.endswith(".tar") or ("{" in text and ".tar" in text) or (path / INDEX_NAME).is_file()
 
 
@@ -78,14 +82,15 @@ def read_shard(path: str, warn: bool = True, broken: list | None = None):
             yield sample["__key__"], image, sample
     except (OSError, EOFError, ValueError, tarfile.TarError) as error:
         if broken is not None:
-            broken.append((path, printable(error)))
+            broken.append((path, shown(error)))
         if not warn:
             return
         if isinstance(error, FileTooLarge):
-            print(f"warning: {printable(error)}; skipping the rest of the shard", file=sys.stderr)
+            print(f"warning: {shown(error)}; skipping the rest of the shard", file=sys.stderr)
         else:
-            print(f"warning: shard {printable(path)} is damaged or truncated ({printable(error)}); skipping "
-                  f"the rest of it", file=sys.stderr)
+            what = "could not be read to its end" if is_url(path) else "is damaged or truncated"
+            print(f"warning: shard {shown(path)} {what} ({shown(error)}); skipping the rest of it (its "
+                  f"samples count as unreadable)", file=sys.stderr)
 
 
 def label_of(sample: dict, labels: list[str] | None) -> str | None:
@@ -127,7 +132,7 @@ class ShardSet:
 
     def fingerprint(self) -> str:
         """Which shards with how many samples of which classes (a resume must see the same)."""
-        text = json.dumps([[Path(s).name for s in self.shards], self.counts, self.labels, self.holdout])
+        text = json.dumps([[base_name(s) for s in self.shards], self.counts, self.labels, self.holdout])
         return hashlib.sha1(text.encode()).hexdigest()
 
     def label_list(self) -> list[int]:
@@ -147,7 +152,7 @@ def named_left_out(shard: str, key: str, image: object, name: str | None,
         reason = f"label {printable(name)!r} not in {INDEX_NAME}"
     else:
         return None
-    return f"{printable(Path(shard).name)}/{printable(key)}: {reason}"
+    return f"{printable(base_name(shard))}/{printable(key)}: {reason}"
 
 
 def warn_left_out(where: str, left_out: list[str]) -> None:
@@ -195,7 +200,7 @@ class ShardStream(IterableDataset):
                 name = self.set.label(sample)
                 if image is None or name not in self.index or not self.set.keeps(key):
                     continue
-                item = (f"{Path(shard).name}/{key}", image, self.index[name])
+                item = (f"{base_name(shard)}/{key}", image, self.index[name])
                 if self.plan.shuffle_seed is None:
                     yield item
                     continue

@@ -124,11 +124,11 @@ def check_free_space(output_dir: Path, needed_bytes: int) -> None:
                         f"--output-dir")
 
 
-def claim_output_dir(output_dir: Path, data_dir: Path, image_folders: Iterable[str | Path], resuming: bool,
-                     overwrite: bool, needed_bytes: int) -> OutputLock:
+def claim_output_dir(output_dir: Path, data_dir: Path | str, image_folders: Iterable[str | Path],
+                     resuming: bool, overwrite: bool, needed_bytes: int) -> OutputLock:
     """Check and lock ``output_dir`` for this run (see the module's docstring); returns the lock.
     ``image_folders``: the folders the data's images are read from."""
-    if output_dir.resolve().is_relative_to(data_dir.resolve()):
+    if isinstance(data_dir, Path) and output_dir.resolve().is_relative_to(data_dir.resolve()):  # not a URL
         raise UserError(f"--output-dir {output_dir} is inside --data {data_dir}: the run's pictures would "
                         f"become training images; choose a folder outside the data")
     refuse_among_inputs(output_dir, image_folders, "--output-dir", "an image folder of the data")
