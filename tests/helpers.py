@@ -184,3 +184,14 @@ def stop_after_first_epoch(monkeypatch, argv: list[str]) -> None:
     monkeypatch.setattr(trainer, "write_metrics", write_then_interrupt)
     assert train.main(argv) == 130
     monkeypatch.setattr(trainer, "write_metrics", write_metrics)
+
+
+# The credentials of the local S3-compatible server (moto): distinctive, so that a test can look for them
+S3_KEY, S3_SECRET = "AKIAVITTESTKEY0001", "vit-test-secret-never-shown"
+
+
+def upload(folder: Path, url: str) -> None:
+    """Every file of ``folder`` into the store at ``url`` (a bucket's folder), as a user would."""
+    import fsspec
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.put(f"{folder}/", f"{path}/", recursive=True)

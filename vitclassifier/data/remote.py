@@ -101,6 +101,18 @@ def read_small(url: str) -> bytes | None:
         raise store_error(url, error) from None
 
 
+def permanent(error: BaseException) -> bool:
+    """Gone or forbidden, not worth a retry; but fsspec's web reader reports a server it cannot reach
+    as FileNotFoundError too, with the connection error as its cause: that one is transient."""
+    chain, cause = [], error
+    while cause is not None and len(chain) < 10:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    unreachable = any(isinstance(c, (ConnectionError, TimeoutError)) or "Connect" in type(c).__name__
+                      for c in chain)
+    return isinstance(error, PERMANENT) and not unreachable
+
+
 class RetryingReader(io.RawIOBase):
     """A shard's bytes in order, from a file of the store re-opened where it stopped after a transient
     error (waits BACKOFF, 2 x BACKOFF, ...; RETRIES times); then, or at once for a permanent error, an
@@ -135,12 +147,12 @@ class RetryingReader(io.RawIOBase):
                 if attempt:
                     self._reopen()
                 return action()
-            except PERMANENT as error:
-                raise OSError(f"{shown(self.url)}: {shown(error)}") from None
             except Exception as error:  # noqa: BLE001 - the stores raise their own kinds for a dropped line
+                if permanent(error):
+                    raise OSError(f"{type(error).__name__}: {shown(error)}") from None
                 if attempt == RETRIES:
-                    raise OSError(f"{shown(self.url)} failed {RETRIES + 1} times, last: "
-                                  f"{type(error).__name__}: {shown(error)}") from None
+                    raise OSError(f"failed {RETRIES + 1} times, last: {type(error).__name__}: "
+                                  f"{shown(error)}") from None
                 wait = BACKOFF * 2 ** attempt
                 print(f"warning: reading {shown(self.url)} failed ({type(error).__name__}: "
                       f"{shown(error)[:200]}); trying again in {wait:g} s", file=sys.stderr)

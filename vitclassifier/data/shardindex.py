@@ -69,7 +69,11 @@ def _label_order(name: str) -> tuple:
 
 
 def _join(folder: str, name: str) -> str:
-    return f"{folder}/{name}" if is_url(folder) else str(Path(folder) / name)
+    """A file of the folder: a URL's query (a signed URL's token) goes on every object's URL."""
+    if not is_url(folder):
+        return str(Path(folder) / name)
+    plain, _, query = folder.partition("?")
+    return f"{plain}/{name}" + (f"?{query}" if query else "")
 
 
 def _same(shard: str) -> str:
@@ -153,11 +157,12 @@ def open_shards(path: Path | str, val_split: float, seed: int) -> tuple[list[str
     (urls.is_url) of a store's folder or shard pattern, or pipe: commands (no index for those)."""
     text = str(path)
     whole = (".tar" not in text and not text.startswith(PIPE)) if is_url(path) else path.is_dir()
-    if whole:
-        folder = text.rstrip("/") if is_url(path) else text
+    if is_url(path):
+        plain, _, query = text.partition("?")
+        folder = (plain.rstrip("/") if whole else plain.split("{")[0].rsplit("/", 1)[0]) + (
+            f"?{query}" if query else "")
     else:
-        before = text.split("{")[0]
-        folder = before.rsplit("/", 1)[0] if is_url(path) else str(Path(before).parent)
+        folder = text if whole else str(Path(text.split("{")[0]).parent)
     shards = None if whole else expand(text)
     index = None if text.startswith(PIPE) else _read_index(folder)
     if index is not None:
