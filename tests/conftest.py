@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, S3_KEY, S3_SECRET, free_port, make_pattern_folder, run_args, save_tiny_vit
+from helpers import ROOT, free_port, make_pattern_folder, run_args, s3_environment, save_tiny_vit
 
 if str(ROOT) not in sys.path:  # the commands (train.py, ...) and the vitclassifier package
     sys.path.insert(0, str(ROOT))
@@ -91,10 +91,9 @@ def s3(s3_server, monkeypatch) -> str:
     """The S3 server's endpoint and credentials in this process's environment (and its children's), as a
     user sets them; fsspec's cached clients are dropped, so that each test meets the environment it sets."""
     s3fs = pytest.importorskip("s3fs", reason="needs s3fs: requirements-extras.txt")
-    host, port = s3_server.get_host_and_port()
-    for name, value in (("AWS_ACCESS_KEY_ID", S3_KEY), ("AWS_SECRET_ACCESS_KEY", S3_SECRET),
-                        ("AWS_ENDPOINT_URL", f"http://{host}:{port}"), ("AWS_DEFAULT_REGION", "us-east-1")):
+    environment = s3_environment(s3_server)
+    for name, value in environment.items():
         monkeypatch.setenv(name, value)
     s3fs.S3FileSystem.clear_instance_cache()
-    yield f"http://{host}:{port}"
+    yield environment["AWS_ENDPOINT_URL"]
     s3fs.S3FileSystem.clear_instance_cache()

@@ -190,6 +190,13 @@ def stop_after_first_epoch(monkeypatch, argv: list[str]) -> None:
 S3_KEY, S3_SECRET = "AKIAVITTESTKEY0001", "vit-test-secret-never-shown"
 
 
+def s3_environment(server) -> dict[str, str]:
+    """What a user sets to reach the S3 server (a moto ThreadedMotoServer): endpoint and credentials."""
+    host, port = server.get_host_and_port()
+    return {"AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+            "AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
 def upload(folder: Path, url: str) -> None:
     """Every file of ``folder`` into the store at ``url`` (a bucket's folder), as a user would."""
     import fsspec
