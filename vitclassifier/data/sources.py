@@ -35,7 +35,7 @@ from vitclassifier.data.shardindex import open_shards
 from vitclassifier.data.shards import INDEX_NAME, NameIndex, ShardSet, ShardStream, TrainStream, is_shards
 from vitclassifier.errors import UserError
 from vitclassifier.text import printable
-from vitclassifier.urls import is_url, redact, shown
+from vitclassifier.urls import data_location, is_url, redact, shown
 
 
 def detect_format(data: Path | str, data_format: str = "auto") -> str:
@@ -353,7 +353,9 @@ FORMS: dict[str, type[Source]] = {"folder": FolderSource, "labels": LabelFileSou
 def open_source(data: Path | str, data_format: str = "auto", val_split: float = 0.2, seed: int = 42,
                 image_column: str | None = None, label_column: str | None = None,
                 min_classes: int = 2) -> Source:
-    """--data as the Source of its form (nothing read yet). ``min_classes``: class folders with fewer
-    are refused (--check-data reports a single class instead)."""
+    """--data as the Source of its form (nothing read yet): a local path, or a URL as text (text that
+    is no URL is taken as a path). ``min_classes``: class folders with fewer are refused (--check-data
+    reports a single class instead)."""
+    data = data_location(data) if isinstance(data, str) else data
     return FORMS[detect_format(data, data_format)](data, val_split, seed, (image_column, label_column),
                                                    min_classes)
