@@ -55,6 +55,19 @@ def test_check_data_over_s3_reports_what_it_reports_on_disk(bucket, local_shards
     assert reports[0] == reports[1] and reports[0]["totals"]["total"] == 24
 
 
+def test_pipe_commands_read_the_shards_their_output_holds(local_shards, tmp_path, capsys):
+    """``pipe:cat ...`` (webdataset's form, for any command that writes a shard to stdout): counted
+    once (no index for commands) and audited as the files themselves are."""
+    reports = []
+    for data in (f"pipe:cat {local_shards}/{PATTERN}", f"{local_shards}/{PATTERN}"):
+        code, _, err = check_data(capsys, data, "--json", str(tmp_path / "report.json"))
+        assert code == 0, err
+        reports.append(json.loads((tmp_path / "report.json").read_text()))
+    assert reports[0]["totals"]["train"] + reports[0]["totals"]["val"] == 18  # the 4 training shards
+    assert [c["total"] for c in reports[0]["classes"].values()] == [
+        c["train"] for c in reports[1]["classes"].values()]
+
+
 def one_error_line(err: str) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err
