@@ -3,14 +3,16 @@ server mode, real HTTP; the ``s3`` fixture): --check-data over s3:// as over the
 the bad-input lines, secrets never shown, a shard that goes away mid-epoch, and an outage retried."""
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 import threading
 import urllib.request
 
 import pytest
 from helpers import S3_KEY, S3_SECRET, make_pattern_folder, upload
 
-from vitclassifier.data.shards import MISSING, ShardStream
+from vitclassifier.data.shards import MISSING, ShardStream, read_shard
 from vitclassifier.data.sources import open_source
 from vitclassifier.data.transforms import Preprocessing, eval_transform
 
@@ -129,6 +131,30 @@ def test_a_url_with_a_password_or_token_is_never_shown_with_them(bucket, s3, cap
     for text in (out, err, out2, err2):
         assert "hunter22" not in text and "tok-secret-1" not in text
     assert "http://***@" in err2 and ".tar?***" in err2
+
+
+def test_the_bounds_of_local_shards_hold_over_s3(bucket, local_shards, monkeypatch, tmp_path, capsys):
+    """A gzip shard whose member inflates past VIT_MAX_FILE_BYTES, and a shard cut inside a member
+    header: read from the store, each ends with the warning it gets on disk."""
+    import fsspec
+    fs = fsspec.filesystem("s3")
+    packed = io.BytesIO()
+    with tarfile.open(fileobj=packed, mode="w:gz") as archive:
+        member = tarfile.TarInfo("a1.png")
+        member.size = 600_000
+        archive.addfile(member, io.BytesIO(bytes(600_000)))
+    fs.pipe(f"{bucket}/big.tar.gz", packed.getvalue())
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes((local_shards / "train-000000.tar").read_bytes()[:1024 + 100])  # in a member header
+    fs.put(str(cut), f"{bucket}/cut.tar")
+    monkeypatch.setenv("VIT_MAX_FILE_BYTES", "100000")
+    assert list(read_shard(f"{bucket}/big.tar.gz")) == []
+    err = capsys.readouterr().err
+    assert "a1.png of shard s3://" in err and "over the bound of 100000 bytes" in err
+    assert list(read_shard(f"{bucket}/cut.tar")) == list(read_shard(str(cut))) == []
+    remote, local = capsys.readouterr().err.splitlines()
+    reason = remote.split("cut.tar could not be read to its end")[1]
+    assert reason == local.split("cut.tar is damaged or truncated")[1] and "truncated" in reason
 
 
 def stream_of(url: str) -> ShardStream:
