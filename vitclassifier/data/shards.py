@@ -88,9 +88,10 @@ def read_shard(path: str, warn: bool = True, broken: list | None = None):
         if isinstance(error, FileTooLarge):
             print(f"warning: {shown(error)}; skipping the rest of the shard", file=sys.stderr)
         else:
-            what = "could not be read to its end" if is_url(path) else "is damaged or truncated"
-            print(f"warning: shard {shown(path)} {what} ({shown(error)}); skipping the rest of it (its "
-                  f"samples count as unreadable)", file=sys.stderr)
+            what, then = ("could not be read to its end", " (its samples count as unreadable)") \
+                if is_url(path) else ("is damaged or truncated", "")
+            print(f"warning: shard {shown(path)} {what} ({shown(error)}); skipping the rest of it{then}",
+                  file=sys.stderr)
 
 
 def label_of(sample: dict, labels: list[str] | None) -> str | None:
