@@ -23,6 +23,7 @@ from vitclassifier.errors import UserError, report_user_error
 from vitclassifier.files import atomic_write_bytes, check_output_file
 from vitclassifier.options import build_parser
 from vitclassifier.text import printable
+from vitclassifier.urls import redact
 
 
 # The library this module hands to scripts and notebooks: the package's public names, imported on
@@ -61,7 +62,7 @@ def check_data(args: CheckDataConfig) -> int:
         # Small images are judged against a size that is known: --image-size, or the --model's input.
         image_size = args.image_size or (deep and deep["image_size"])
         report = {
-            "data": str(root),
+            "data": redact(str(root)),
             "split": source.split_origin(),
             **source.full_audit(image_size),
             **({"deep": deep} if deep else {}),

@@ -1,18 +1,19 @@
 """Shared fixtures: a tiny ViT saved like a Hub checkpoint, a small generated data set, a trained run,
-its int8 OpenVINO export, and a 1 MiB tmpfs (a real full disk).
+its int8 OpenVINO export, a 1 MiB tmpfs (a real full disk) and a local S3-compatible server.
 The functions they are built with are in helpers.py.
 
 Everything is built here, offline: no weights or data are downloaded, nothing is mocked.
 """
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, make_pattern_folder, run_args, save_tiny_vit
+from helpers import ROOT, free_port, make_pattern_folder, run_args, s3_environment, save_tiny_vit
 
 if str(ROOT) not in sys.path:  # the commands (train.py, ...) and the vitclassifier package
     sys.path.insert(0, str(ROOT))
@@ -71,3 +72,28 @@ def small_disk(tmp_path):
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     yield disk
     subprocess.run(["umount", str(disk)], check=True)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on a free port of this machine, real HTTP (moto[server], requirements-dev.txt);
+    its data lives in this process, so it may stop and start again with the same objects."""
+    server_module = pytest.importorskip("moto.server", reason="needs moto[server]: requirements-dev.txt")
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the server's request log is not our output
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch) -> str:
+    """The S3 server's endpoint and credentials in this process's environment (and its children's), as a
+    user sets them; fsspec's cached clients are dropped, so that each test meets the environment it sets."""
+    s3fs = pytest.importorskip("s3fs", reason="needs s3fs: requirements-extras.txt")
+    environment = s3_environment(s3_server)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    s3fs.S3FileSystem.clear_instance_cache()
+    yield environment["AWS_ENDPOINT_URL"]
+    s3fs.S3FileSystem.clear_instance_cache()

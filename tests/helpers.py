@@ -185,3 +185,21 @@ def stop_after_first_epoch(monkeypatch, argv: list[str]) -> None:
     monkeypatch.setattr(trainer, "write_metrics", write_then_interrupt)
     assert train.main(argv) == 130
     monkeypatch.setattr(trainer, "write_metrics", write_metrics)
+
+
+# The credentials of the local S3-compatible server (moto): distinctive, so that a test can look for them
+S3_KEY, S3_SECRET = "AKIAVITTESTKEY0001", "vit-test-secret-never-shown"
+
+
+def s3_environment(server) -> dict[str, str]:
+    """What a user sets to reach the S3 server (a moto ThreadedMotoServer): endpoint and credentials."""
+    host, port = server.get_host_and_port()
+    return {"AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+            "AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def upload(folder: Path, url: str) -> None:
+    """Every file of ``folder`` into the store at ``url`` (a bucket's folder), as a user would."""
+    import fsspec
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.put(f"{folder}/", f"{path}/", recursive=True)

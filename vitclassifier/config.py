@@ -16,6 +16,7 @@ from pathlib import Path
 from vitclassifier.cli import DEVICES, PRECISION_HELP, PRECISIONS
 from vitclassifier.errors import UserError
 from vitclassifier.options import dest, field_problems, option, options_of, type_problems, values_of
+from vitclassifier.urls import data_location
 
 AUGMENTATIONS = ("crop", "flip", "rotate", "color_jitter")
 SELECT_BY_CHOICES = ("accuracy", "macro-f1", "loss")
@@ -35,10 +36,11 @@ PRESET_NAMES = ("vit-tiny", "vit-small", "vit-base", "vit-large")  # model/vit.P
 @dataclass
 class DataOptions:
     """Where the images are, how they are split, loaded and augmented."""
-    folder: Path = option(
+    folder: Path | str = option(
         "folder with one sub-folder per class (or train/ and val/ sub-folders); or a label file (.csv/.tsv/"
         ".jsonl), a Hugging Face dataset (save_to_disk folder, parquet, hf:ID) or tar shards ('train-"
-        "{000000..000009}.tar'): docs/data-formats.md", Path("data"), dest="data", place=1)
+        "{000000..000009}.tar', also on a store: s3://, gs://, az://, https://, pipe:): docs/data-formats.md",
+        Path("data"), dest="data", place=1, type=data_location)
     val_split: float = option("fraction of each class held out for validation (ignored with train/ and val/)",
                               0.2, group=SELECTION, place=31, above=0, below=1,
                               problem="--val-split must be between 0 and 1")
@@ -209,9 +211,10 @@ class TrainConfig:
             values = {}
             for f, annotation in options_of(kind):
                 if dest(f) in options:
-                    value = options[dest(f)]  # saved options hold paths as text
+                    value = options[dest(f)]  # saved options hold paths as text (--data's URLs stay text)
                     paths = Path in (annotation, *typing.get_args(annotation))
-                    values[f.name] = Path(value) if paths and isinstance(value, str) else value
+                    as_path = f.metadata.get("type", Path)
+                    values[f.name] = as_path(value) if paths and isinstance(value, str) else value
             sections[section] = kind(**values)
         config = cls(**sections)
         config.validate()

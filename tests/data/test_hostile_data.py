@@ -18,7 +18,8 @@ from PIL import Image
 from vitclassifier.data.augment import train_decode
 from vitclassifier.data.dataset import ImageFolderDataset
 from vitclassifier.data.images import FileTooLarge
-from vitclassifier.data.shards import open_shards, read_shard
+from vitclassifier.data.shardindex import open_shards
+from vitclassifier.data.shards import read_shard
 from vitclassifier.data.transforms import Preprocessing, eval_transform
 from vitclassifier.errors import UserError
 from vitclassifier.inference.explain import ExplainDataset

@@ -9,6 +9,7 @@ from vitclassifier.cli import DEVICES
 from vitclassifier.config import DATA_FORMATS
 from vitclassifier.data.synthetic import DEFAULT_CLASSES, SHAPES, at_least, parse_classes
 from vitclassifier.options import field_problems, option, type_problems
+from vitclassifier.urls import data_location
 
 FORMS = "data forms (--check-data) and --to-shards options"
 GENERATE, CHECK = "--generate-data options", "--check-data options"
@@ -22,10 +23,10 @@ class CheckDataConfig:
     generate_data: bool = option(
         "write a synthetic shapes data set (one sub-folder per class) and sample images; files it did not "
         "write itself are never replaced", False, exclusive="command")
-    check_data: Path | None = option(
+    check_data: Path | str | None = option(
         "audit a data set as train.py will read it: class counts, unreadable, small and duplicate files, "
         "class imbalance; with --model also near-duplicates, suspected label errors and outliers. Exit code "
-        "1 if training is impossible", None, metavar="DIR", exclusive="command")
+        "1 if training is impossible", None, metavar="DIR", exclusive="command", type=data_location)
     to_shards: list[Path] | None = option(
         "write the class folder DIR as WebDataset tar shards into the new folder OUT (train-*.tar, "
         "val-*.tar, index.json), split by --val-split and --split-seed as train.py splits it", None, nargs=2,

@@ -20,6 +20,7 @@ from vitclassifier.data.audit import EXAMPLES, class_summary, verdict
 from vitclassifier.data.folders import utf8_safe
 from vitclassifier.data.images import DECODE_ERRORS, load_image
 from vitclassifier.data.shards import SHOWN, ShardSet, named_left_out, read_shard
+from vitclassifier.urls import redact
 
 
 def _roles(train: ShardSet, val: ShardSet) -> dict[str, list[tuple[str, ShardSet]]]:
@@ -61,7 +62,7 @@ def _audit_stream(labels: list[str], train: ShardSet, val: ShardSet, image_size:
             counts = classes[name]
             counts[split] += 1
             counts["total"] += 1
-            where = utf8_safe(f"{shard}/{key}")
+            where = utf8_safe(f"{redact(shard)}/{key}")  # a URL's password or token never in the report
             try:
                 width, height = _check_image(image, image_size)
             except DECODE_ERRORS as error:
@@ -74,7 +75,7 @@ def _audit_stream(labels: list[str], train: ShardSet, val: ShardSet, image_size:
                 if len(small[name]) < EXAMPLES:
                     small[name].append({"path": where, "width": width, "height": height})
         if read < expected.get(shard, 0):
-            damaged.append({"shard": utf8_safe(shard), "expected": expected[shard], "read": read})
+            damaged.append({"shard": utf8_safe(redact(shard)), "expected": expected[shard], "read": read})
     bar.close()
     small = {name: small[name] for name in labels if name in small}  # in class order, as the folder audit
     return {"classes": classes, "unreadable": unreadable, "small_examples": small, "damaged": damaged,

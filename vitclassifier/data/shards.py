@@ -13,9 +13,7 @@ Nothing is copied or cached: each epoch streams the shards once. What stays dete
 - a resume skips the samples of the steps already taken, undecoded;
 - a truncated shard is skipped from where it breaks, with a warning; the samples it lacks become
   unreadable entries, so that every process still takes the same number of steps.
-The shard list, per-shard counts and label map come from ``index.json`` when --to-shards wrote one,
-else from one scan of the shards. Without validation shards, a seeded hash of each key holds out
-``--val-split`` of the samples.
+Which shards, their counts and the label map: data/shardindex.py.
 """
 from __future__ import annotations
 
@@ -32,9 +30,10 @@ from pathlib import Path
 from torch.utils.data import IterableDataset, get_worker_info
 
 from vitclassifier.data.images import DECODE_ERRORS, FileTooLarge, load_image
-from vitclassifier.data.tarread import IMAGE_SUFFIXES, MAX_SHARDS, pattern_count, scan_shard, shard_members
+from vitclassifier.data.tarread import IMAGE_SUFFIXES, shard_members
 from vitclassifier.errors import UserError
 from vitclassifier.text import printable
+from vitclassifier.urls import base_name, is_url, shown
 
 INDEX_NAME = "index.json"
 INSTALL = "pip install webdataset (or pip install -r requirements-extras.txt)"
@@ -52,9 +51,12 @@ def require_webdataset():
     return webdataset
 
 
-def is_shards(path: Path) -> bool:
-    """A brace pattern or a .tar file, or a folder holding an index.json beside .tar files."""
+def is_shards(path: Path | str) -> bool:
+    """A brace pattern or a .tar file, or a folder holding an index.json beside .tar files; a URL
+    (object store, web, pipe:) names shards always (urls.is_url)."""
     text = str(path)
+    if is_url(path):
+        return True
     return text.endswith(".tar") or ("{" in text and ".tar" in text) or (path / INDEX_NAME).is_file()
 
 
@@ -80,14 +82,16 @@ def read_shard(path: str, warn: bool = True, broken: list | None = None):
             yield sample["__key__"], image, sample
     except (OSError, EOFError, ValueError, tarfile.TarError) as error:
         if broken is not None:
-            broken.append((path, printable(error)))
+            broken.append((path, shown(error)))
         if not warn:
             return
         if isinstance(error, FileTooLarge):
-            print(f"warning: {printable(error)}; skipping the rest of the shard", file=sys.stderr)
+            print(f"warning: {shown(error)}; skipping the rest of the shard", file=sys.stderr)
         else:
-            print(f"warning: shard {printable(path)} is damaged or truncated ({printable(error)}); skipping "
-                  f"the rest of it", file=sys.stderr)
+            what, then = ("could not be read to its end", " (its samples count as unreadable)") \
+                if is_url(path) else ("is damaged or truncated", "")
+            print(f"warning: shard {shown(path)} {what} ({shown(error)}); skipping the rest of it{then}",
+                  file=sys.stderr)
 
 
 def label_of(sample: dict, labels: list[str] | None) -> str | None:
@@ -129,25 +133,12 @@ class ShardSet:
 
     def fingerprint(self) -> str:
         """Which shards with how many samples of which classes (a resume must see the same)."""
-        text = json.dumps([[Path(s).name for s in self.shards], self.counts, self.labels, self.holdout])
+        text = json.dumps([[base_name(s) for s in self.shards], self.counts, self.labels, self.holdout])
         return hashlib.sha1(text.encode()).hexdigest()
 
     def label_list(self) -> list[int]:
         """Each sample's label index, in class order (what --class-weights auto counts)."""
         return [i for i, name in enumerate(self.labels) for _ in range(self.class_counts.get(name, 0))]
-
-
-def expand(pattern: str) -> list[str]:
-    """The shard paths of a brace pattern (webdataset's own expansion), each one checked to exist."""
-    if pattern_count(pattern) > MAX_SHARDS:
-        raise UserError(f"--data {printable(pattern)} names {pattern_count(pattern)} shards, more than the "
-                        f"{MAX_SHARDS} one pattern may name: check its {{first..last}} range")
-    shards = list(require_webdataset().shardlists.expand_urls(pattern))
-    missing = [s for s in shards if not Path(s).is_file()]
-    if missing:
-        raise UserError(f"--data {printable(pattern)}: {len(missing)} of its {len(shards)} shard(s) do not "
-                        f"exist (first: {printable(missing[0])})")
-    return shards
 
 
 def named_left_out(shard: str, key: str, image: object, name: str | None,
@@ -162,7 +153,7 @@ def named_left_out(shard: str, key: str, image: object, name: str | None,
         reason = f"label {printable(name)!r} not in {INDEX_NAME}"
     else:
         return None
-    return f"{printable(Path(shard).name)}/{printable(key)}: {reason}"
+    return f"{printable(base_name(shard))}/{printable(key)}: {reason}"
 
 
 def warn_left_out(where: str, left_out: list[str]) -> None:
@@ -170,110 +161,6 @@ def warn_left_out(where: str, left_out: list[str]) -> None:
     if left_out:
         print(f"warning: {len(left_out)} sample(s) of {printable(where)} are left out (first: "
               f"{'; '.join(left_out[:SHOWN])})", file=sys.stderr)
-
-
-def _count(shards: list[str], seed: int, val_split: float) -> tuple[list[list[int]], list[dict]]:
-    """Count once: per role (training, held-out validation), the samples of each shard and of each
-    class; the samples left out are named (warn_left_out)."""
-    counts, classes, left_out = [[], []], [{}, {}], []
-    for shard in shards:
-        found = [0, 0]
-        for key, image, sample in read_shard(shard, warn=False):
-            name = label_of(sample, None)
-            if named := named_left_out(shard, key, image, name, None):
-                left_out.append(named)
-                continue
-            role = int(held_out(key, seed, val_split))
-            found[role] += 1
-            classes[role][name] = classes[role].get(name, 0) + 1
-        for role in (0, 1):
-            counts[role].append(found[role])
-    warn_left_out(f"{len(shards)} shard(s)", left_out)
-    return counts, classes
-
-
-def _label_order(name: str) -> tuple:
-    """Class names sorted as text, but bare .cls numbers as numbers (2 before 10)."""
-    return (not name.isdecimal(), int(name) if name.isdecimal() else 0, name)
-
-
-def _from_index(index_path: Path, pattern_shards: list[str] | None) -> tuple[ShardSet, ShardSet] | None:
-    """The training and validation sets --to-shards described, if the given shards are its training ones."""
-    try:
-        index = json.loads(index_path.read_text())
-        labels = [str(name) for name in index["labels"]]
-        roles = {role: [(str(index_path.parent / _plain(e["name"])), int(e["count"])) for e in index[role]]
-                 for role in ("train", "val")}
-        class_counts = {role: {str(k): int(v) for k, v in index.get(f"{role}_classes", {}).items()}
-                        for role in roles}
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise UserError(f"{index_path} is not a shard index written by --to-shards ({printable(error)}): "
-                        f"remove it, or write the shards again") from None
-    if pattern_shards is not None and sorted(map(str, map(Path, pattern_shards))) != sorted(
-            s for s, _ in roles["train"]):
-        return None
-    sets = [ShardSet([s for s, _ in roles[r]], [c for _, c in roles[r]], labels, class_counts[r])
-            for r in ("train", "val")]
-    _check_index(index_path, sets)
-    return sets[0], sets[1]
-
-
-def _plain(name: object) -> str:
-    """A shard name of index.json: a file name beside it, never a path elsewhere."""
-    if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
-        raise ValueError(f"shard name {name!r} is not a file name beside the index")
-    return name
-
-
-def _check_index(index_path: Path, sets: list[ShardSet]) -> None:
-    """Refuse an index whose counts disagree with its shards (a header scan, no image read: an index
-    that undercounts would leave images out of every epoch, one that overcounts run empty steps);
-    name the samples no command reads. A shard that cannot be scanned (cut, damaged, not a regular
-    file) is left to the readers, which say so when they reach it."""
-    left_out = []
-    for part in sets:
-        for shard, count in zip(part.shards, part.counts):
-            try:
-                samples = scan_shard(shard)
-            except (OSError, EOFError, ValueError, tarfile.TarError):
-                continue
-            kept = 0
-            for key, members in samples.items():
-                image = next((True for s in IMAGE_SUFFIXES if s in members), None)
-                named = named_left_out(shard, key, image, part.label(members), part.labels)
-                if named:
-                    left_out.append(named)
-                kept += named is None
-            if kept != count:
-                raise UserError(f"{index_path} says {printable(Path(shard).name)} holds {count} sample(s), "
-                                f"but it holds {kept}: the index does not match its shards; write them "
-                                f"again (--to-shards), or remove {INDEX_NAME} so that they are counted")
-    warn_left_out(str(index_path.parent), left_out)
-
-
-def open_shards(path: Path, val_split: float, seed: int) -> tuple[list[str], ShardSet, ShardSet]:
-    """(labels, training set, validation set) of --data given as shards."""
-    text = str(path)
-    index_path = path / INDEX_NAME if path.is_dir() else Path(text.split("{")[0]).parent / INDEX_NAME
-    shards = None if path.is_dir() else expand(text)
-    if index_path.is_file():
-        found = _from_index(index_path, shards)
-        if found is not None:
-            return found[0].labels, *found
-    if shards is None:
-        raise UserError(f"--data {printable(str(path))}: no {INDEX_NAME} in it; give the shards as a "
-                        f"pattern, e.g. "
-                        f"'{printable(str(path))}/train-{{000000..000009}}.tar'")
-    print(f"Counting the samples of {len(shards)} shard(s) once (no {INDEX_NAME} from --to-shards "
-          f"beside them)")
-    counts, classes = _count(shards, seed, val_split)
-    labels = sorted(set(classes[0]) | set(classes[1]), key=_label_order)
-    if len(labels) < 2:
-        raise UserError(f"--data {printable(text)}: the shards hold {len(labels)} class(es) with images "
-                        f"(labels from .cls or .json members); training needs at least two")
-    train, val = (ShardSet(shards, counts[role], labels, classes[role], (seed, val_split, bool(role)),
-                           indexed=False) for role in (0, 1))
-    return labels, train, val
 
 
 @dataclass
@@ -314,7 +201,7 @@ class ShardStream(IterableDataset):
                 name = self.set.label(sample)
                 if image is None or name not in self.index or not self.set.keeps(key):
                     continue
-                item = (f"{Path(shard).name}/{key}", image, self.index[name])
+                item = (f"{base_name(shard)}/{key}", image, self.index[name])
                 if self.plan.shuffle_seed is None:
                     yield item
                     continue

@@ -31,24 +31,24 @@ from vitclassifier.data.folders import folders_of, load_splits, scan_class_folde
 from vitclassifier.data.hfdata import HUB_PREFIX, VAL_SPLITS, is_hf_data, load_hf, open_splits_of
 from vitclassifier.data.labelfile import LABEL_FILE_SUFFIXES, VAL_VALUES, load_label_file, read_label_file
 from vitclassifier.data.shardaudit import audit_shards
-from vitclassifier.data.shards import (
-    INDEX_NAME,
-    NameIndex,
-    ShardSet,
-    ShardStream,
-    TrainStream,
-    is_shards,
-    open_shards,
-)
+from vitclassifier.data.shardindex import open_shards
+from vitclassifier.data.shards import INDEX_NAME, NameIndex, ShardSet, ShardStream, TrainStream, is_shards
 from vitclassifier.errors import UserError
 from vitclassifier.text import printable
+from vitclassifier.urls import data_location, is_url, redact, shown
 
 
-def detect_format(data: Path, data_format: str = "auto") -> str:
-    """The form of --data (config.DATA_FORMATS): ``data_format`` when given, else told from the path."""
+def detect_format(data: Path | str, data_format: str = "auto") -> str:
+    """The form of --data (config.DATA_FORMATS): ``data_format`` when given, else told from the path.
+    A URL (urls.is_url) names shards: the other forms are read from local paths only."""
+    text = str(data)
+    if is_url(data):
+        if data_format not in ("auto", "shards"):
+            raise UserError(f"--data {shown(text)}: only tar shards are read from a URL (--data-format "
+                            f"{data_format} needs a local path); copy the data here, or write it as shards")
+        return "shards"
     if data_format != "auto":
         return data_format
-    text = str(data)
     if text.startswith(HUB_PREFIX):
         return "hf"
     if data.suffix.lower() in LABEL_FILE_SUFFIXES and not data.is_dir():
@@ -81,7 +81,7 @@ class Source(ABC):
     form: str  # "folder" | "labels" | "hf" | "shards"
     streamed = False  # shards: train/val are streamed and plan their own epochs
 
-    def __init__(self, data: Path, val_split: float, seed: int, columns: tuple[str | None, str | None],
+    def __init__(self, data: Path | str, val_split: float, seed: int, columns: tuple[str | None, str | None],
                  min_classes: int = 2):
         self.data, self.val_split, self.seed, self.columns = data, val_split, seed, columns
         self.min_classes = min_classes
@@ -113,7 +113,7 @@ class Source(ABC):
     def describe_split(self) -> dict:
         """Which source a run trained on (recorded in its checkpoint): the form, the path or Hub id, and
         what --exclude left out."""
-        return {"form": self.form, "data": str(self.data),
+        return {"form": self.form, "data": redact(str(self.data)),
                 **({"exclude": self.exclude} if self.exclude is not None else {})}
 
     def held_out(self) -> str:
@@ -126,8 +126,8 @@ class Source(ABC):
     def refuse_unknown(self, found: list[str], labels: list[str], model_path: Path) -> None:
         """--evaluate: classes the model does not know are refused (where it knows more, fine)."""
         if unknown := sorted(set(found) - set(labels)):
-            raise UserError(f"the classes of {self.data} don't match the checkpoint {model_path}: not in "
-                            f"the checkpoint: {', '.join(map(printable, unknown[:10]))}")
+            raise UserError(f"the classes of {shown(self.data)} don't match the checkpoint {model_path}: "
+                            f"not in the checkpoint: {', '.join(map(printable, unknown[:10]))}")
 
     @abstractmethod
     def train_labels(self) -> list[int]:
@@ -343,17 +343,19 @@ class ShardSource(Source):
             a + b for a, b in zip(train.counts, val.counts)], holdout=None)
         self.refuse_unknown(found, labels, model_path)
         relabelled = dataclasses.replace(whole, labels=labels, indexed=False)
-        return str(self.data), ShardStream(relabelled, transform, resize_size, batch_size)
+        return redact(str(self.data)), ShardStream(relabelled, transform, resize_size, batch_size)
 
 
 FORMS: dict[str, type[Source]] = {"folder": FolderSource, "labels": LabelFileSource, "hf": HfSource,
                                   "shards": ShardSource}
 
 
-def open_source(data: Path, data_format: str = "auto", val_split: float = 0.2, seed: int = 42,
+def open_source(data: Path | str, data_format: str = "auto", val_split: float = 0.2, seed: int = 42,
                 image_column: str | None = None, label_column: str | None = None,
                 min_classes: int = 2) -> Source:
-    """--data as the Source of its form (nothing read yet). ``min_classes``: class folders with fewer
-    are refused (--check-data reports a single class instead)."""
+    """--data as the Source of its form (nothing read yet): a local path, or a URL as text (text that
+    is no URL is taken as a path). ``min_classes``: class folders with fewer are refused (--check-data
+    reports a single class instead)."""
+    data = data_location(data) if isinstance(data, str) else data
     return FORMS[detect_format(data, data_format)](data, val_split, seed, (image_column, label_column),
                                                    min_classes)

@@ -1,8 +1,9 @@
 """The one way a tar shard is read (data/shards.py streams it, --check-data audits it, an index is
-checked against it): opened as a regular file only (a named pipe named by index.json would block for
-ever), every member read with the byte bound (images.file_bound: a 1.5 MB gzip shard may inflate to
-gigabytes, a sparse member claim any size), and an end that is not the end-of-archive blocks (a shard
-cut inside a member header) reported as truncation instead of taken for a normal end.
+checked against it): a URL through data/remote.py (retried), a local one opened as a regular file
+only (a named pipe named by index.json would block for ever), every member read with the byte bound
+(images.file_bound: a 1.5 MB gzip shard may inflate to gigabytes, a sparse member claim any size),
+and an end that is not the end-of-archive blocks (a shard cut inside a member header) reported as
+truncation instead of taken for a normal end.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import tarfile
 from collections.abc import Iterator
 
 from vitclassifier.data.images import IMAGE_EXTENSIONS, file_bound, open_regular, read_bounded, too_many_bytes
+from vitclassifier.data.remote import open_remote
+from vitclassifier.urls import is_url
 
 IMAGE_SUFFIXES = tuple(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
 META = re.compile(r"__[^/]*__($|/)")  # webdataset's meta members (__key__ ...), skipped as it does
@@ -48,7 +51,7 @@ def shard_members(path: str) -> Iterator[dict]:
     """{"fname", "data", "__url__"} of each member of the shard ``path`` in order (what webdataset's
     group_by_keys groups into samples), each read whole within the byte bound."""
     bound = file_bound()
-    with open_regular(path) as file:
+    with (open_remote(path) if is_url(path) else open_regular(path)) as file:
         archive = tarfile.open(fileobj=file, mode="r|*", tarinfo=_Checked)
         for info in _regular_members(archive, path, bound):
             data = read_bounded(archive.extractfile(info), f"member {info.name} of shard {path}", info.size)

@@ -124,8 +124,8 @@ def check_free_space(output_dir: Path, needed_bytes: int) -> None:
                         f"--output-dir")
 
 
-def refuse_unclaimable(output_dir: Path, data_dir: Path, image_folders: Iterable[str | Path], resuming: bool,
-                       overwrite: bool) -> None:
+def refuse_unclaimable(output_dir: Path, data_dir: Path | str, image_folders: Iterable[str | Path],
+                       resuming: bool, overwrite: bool) -> None:
     """The refusals of claim_output_dir, read-only and without the lock: --recipe auto says them before
     its minutes of measurements, and the claim checks them again, locked, when the run starts."""
     refuse_among_data(output_dir, data_dir, image_folders)
@@ -133,8 +133,8 @@ def refuse_unclaimable(output_dir: Path, data_dir: Path, image_folders: Iterable
         refuse_foreign_or_old_run(output_dir, resuming, overwrite)
 
 
-def claim_output_dir(output_dir: Path, data_dir: Path, image_folders: Iterable[str | Path], resuming: bool,
-                     overwrite: bool, needed_bytes: int) -> OutputLock:
+def claim_output_dir(output_dir: Path, data_dir: Path | str, image_folders: Iterable[str | Path],
+                     resuming: bool, overwrite: bool, needed_bytes: int) -> OutputLock:
     """Check and lock ``output_dir`` for this run (see the module's docstring); returns the lock.
     ``image_folders``: the folders the data's images are read from."""
     refuse_among_data(output_dir, data_dir, image_folders)
@@ -151,8 +151,8 @@ def claim_output_dir(output_dir: Path, data_dir: Path, image_folders: Iterable[s
     return lock
 
 
-def refuse_among_data(output_dir: Path, data_dir: Path, image_folders: Iterable[str | Path]) -> None:
-    if output_dir.resolve().is_relative_to(data_dir.resolve()):
+def refuse_among_data(output_dir: Path, data_dir: Path | str, image_folders: Iterable[str | Path]) -> None:
+    if isinstance(data_dir, Path) and output_dir.resolve().is_relative_to(data_dir.resolve()):  # not a URL
         raise UserError(f"--output-dir {output_dir} is inside --data {data_dir}: the run's pictures would "
                         f"become training images; choose a folder outside the data")
     refuse_among_inputs(output_dir, image_folders, "--output-dir", "an image folder of the data")

@@ -21,6 +21,7 @@ from vitclassifier.model.trust import refusal
 from vitclassifier.options import dest, options_of
 from vitclassifier.text import printable
 from vitclassifier.training.state import RunState
+from vitclassifier.urls import redact
 
 # Options that may change when a run is resumed (their field says resume="free" or "session"); any
 # other option given on the command line must match the interrupted run (options not given are taken
@@ -36,8 +37,12 @@ SESSION_OPTIONS = {dest(f) for f, _ in options_of(TrainConfig) if f.metadata.get
 
 
 def saved_options(config: TrainConfig) -> dict:
-    """The run's options as plain data, saved with the training state (all but --resume)."""
-    return {name: value for name, value in config.as_options().items() if name != "resume"}
+    """The run's options as plain data, saved with the training state (all but --resume), their text
+    redacted (urls.redact): a URL's password or token and the environment's credentials are never
+    saved, logged or written into training_info.json (a resume from a URL that held one needs --data
+    again)."""
+    return {name: redact(value) if isinstance(value, str) else value
+            for name, value in config.as_options().items() if name != "resume"}
 
 
 def resume_conflicts(saved: dict, current: dict, given: set[str]) -> list[str]:
@@ -69,7 +74,7 @@ def prepare_resume(config: TrainConfig, given: set[str]) -> tuple[TrainConfig, d
     state = load_training_state(resume_dir)
     RunState.check(state, where)
     saved, current = state["options"], config.as_options()
-    conflicts = resume_conflicts(saved, current, given)
+    conflicts = resume_conflicts(saved, saved_options(config), given)  # as saved: redacted
     if conflicts:
         raise UserError(
             f"cannot resume {resume_dir} with different options: {printable('; '.join(conflicts))}. "

@@ -36,6 +36,7 @@ from vitclassifier.training.recipe import (
 )
 from vitclassifier.training.resume import ignore_stop_signals
 from vitclassifier.training.state import RESUMED_PARTS
+from vitclassifier.urls import shown
 
 
 @dataclass
@@ -80,8 +81,8 @@ def load_data(config: TrainConfig, world: World, device: torch.device, saved: di
     """--data as its Source (--exclude applied), audited; on a resume it must be what that run trained on."""
     data, source = config.data, open_data(config, quiet=not world.is_main)
     if saved is not None and (saved["labels"] != source.labels or saved["data"] != source.fingerprint()):
-        raise UserError(f"cannot resume {saved['dir']}: the data in {data.folder} changed since that run "
-                        f"(classes then: {saved['labels']}, now: {source.labels}; "
+        raise UserError(f"cannot resume {saved['dir']}: the data in {shown(data.folder)} changed since that "
+                        f"run (classes then: {saved['labels']}, now: {source.labels}; "
                         f"or training files added/removed, or the --exclude list changed)")
     on_main_process(world, device, source.quick_audit)
     return source
