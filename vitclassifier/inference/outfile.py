@@ -92,8 +92,8 @@ def claim_out(out: Path, run: str, world: int, resume: bool, overwrite: bool) ->
                             f"it with as many (torchrun --nproc-per-node)")
         if any(header["run"] != run for header in headers.values()):
             raise UserError(f"--out {out}: {journals[0].name} is of another run (another model, other "
-                            f"inputs or options); --resume with the same ones, or start again with "
-                            f"--overwrite")
+                            f"inputs or options); --resume with the same ones, the paths written the same "
+                            f"way, or start again with --overwrite")
         return True
     if out.exists() and not overwrite:
         finished = " (finished: nothing to resume)" if resume else ""
