@@ -55,7 +55,7 @@ class Tally:
 
 def report(tally: Tally, inputs: Inputs, out: Path | None) -> None:
     """The capped table, where the rest went, the unreadable images, the score."""
-    print_table(tally.shown[:TABLE_ROWS])
+    print_table(tally.shown[:TABLE_ROWS], file=sys.stdout)  # the stdout of now (a test captures it)
     rest = tally.rows - tally.errors - min(len(tally.shown), TABLE_ROWS)
     if rest > 0:
         where = f"every row is in {printable(out)}" if out else "give --out FILE to keep every row"
