@@ -102,9 +102,32 @@ def claim_out(out: Path, run: str, world: int, resume: bool, overwrite: bool) ->
     return False
 
 
+def lock(handle, path: Path) -> None:
+    """An exclusive lock on an open journal, or one line saying which run holds it (POSIX flock)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; one run per --out is up to the user
+        return
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise UserError(f"--out: {path.name} is being written by another prediction; wait for it to "
+                        f"finish, or give another --out") from None
+
+
+def open_locked(path: Path):
+    """``path`` opened for reading and writing (created if missing, never through a link), locked."""
+    handle = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666), "r+b")
+    lock(handle, path)
+    return handle
+
+
 def remove_journals(out: Path) -> None:
-    """--overwrite, or a new run: our journals beside ``out`` (claim_out checked they are ours)."""
+    """--overwrite, or a new run: our journals beside ``out`` (claim_out checked they are ours), unless
+    a running prediction holds one."""
     for path in journals_of(out):
+        open_locked(path).close()
         path.unlink(missing_ok=True)
 
 
@@ -115,19 +138,11 @@ class Journal:
     def __init__(self, path: Path, header: dict, resume: bool):
         self.path, self.done, self.synced = path, 0, time.monotonic()
         exists = resume and path.exists()
-        self.handle = open(path, "r+b" if exists else "w+b")  # noqa: SIM115 (held for the whole run)
-        try:
-            import fcntl
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:  # Windows: no flock; one run per --out is up to the user
-            pass
-        except OSError:
-            self.handle.close()
-            raise UserError(f"--out: {path.name} is being written by another prediction; wait for it to "
-                            f"finish, or give another --out") from None
+        self.handle = open_locked(path)  # held for the whole run; emptied only once locked
         if exists:
             self.done = self._recover()
         else:
+            self.handle.truncate()
             self.handle.write(json.dumps({HEADER: 1, **header}).encode() + b"\n")
             self.handle.flush()
 
