@@ -170,3 +170,21 @@ def test_a_label_file_is_predicted_and_scored_as_evaluate_scores_it(tmp_path, fo
                          r"error ([\d.]+)%")
     assert figures.search(predicted).groups() == figures.search(evaluated).groups()
     assert figures.search(predicted).group(1) == str(len(rows))
+
+
+def test_shards_are_resumed_where_the_run_stopped(tmp_path, folder, model, capsys, monkeypatch):
+    from vitclassifier.data.shardwriter import to_shards
+    shards = tmp_path / "shards"
+    to_shards(folder, shards, 0.5, 0, 3)  # the validation half in shards of 3: what --data predicts
+    whole, out = tmp_path / "whole.jsonl", tmp_path / "part.jsonl"
+    argv = ["--model", str(model), "--data", str(shards), "--batch-size", str(BATCH)]
+    predict.main([*argv, "--out", str(whole)])
+    interrupt_after(monkeypatch, 1)
+    assert predict.main([*argv, "--out", str(out)]) == 130
+    monkeypatch.undo()
+    predict.main([*argv, "--out", str(out), "--resume"])
+    rows = whole.read_text().splitlines()
+    assert len(rows) > 2 * BATCH and all('"true_label": "' in row for row in rows)
+    assert out.read_bytes() == whole.read_bytes()  # no image twice, none left out
+    scored = [row for row in rows if '"error": null' in row]  # the unreadable file is in a shard too
+    assert f"{len(scored)} images | acc" in capsys.readouterr().out
