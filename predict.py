@@ -3,6 +3,8 @@
     python predict.py --image sample.jpg --top-k 3
     python predict.py --image photos/ "more/*.png" --json predictions.json --visualize grid.png
     python predict.py --image photos/ --top-k 3 --explain explanations/
+    python predict.py --image photos/ --out predictions.jsonl        # millions of images: docs/scale.md
+    python predict.py --data labels.csv --out predictions.csv        # predicted and scored
 
 Preprocessing is the very function validation uses, built from what the checkpoint carries.
 This file only reads the command line; the work is in vitclassifier.inference.
@@ -17,6 +19,7 @@ from vitclassifier.devices import keep_freed_memory
 from vitclassifier.errors import UserError, report_user_error
 from vitclassifier.export.files import is_export, model_files
 from vitclassifier.files import check_output_file, refuse_inside
+from vitclassifier.inference.bulk import predict_many
 from vitclassifier.inference.explain import NEEDS_CHECKPOINT, check_explain_folder, explain_to_folder
 from vitclassifier.inference.loading import load_for_prediction, prediction_device
 from vitclassifier.inference.options import PredictConfig
@@ -60,6 +63,7 @@ def check_outputs(args: PredictConfig) -> None:
     if args.explain:
         check_explain(args)
     outputs = [("--json", Path(args.json))] if args.json and args.json != "-" else []
+    outputs += [("--out", args.out)] if args.out else []
     if args.visualize:
         if args.visualize.suffix.lower() not in PICTURE_SUFFIXES:
             raise UserError(f"--visualize {args.visualize} needs a picture extension "
@@ -73,6 +77,8 @@ def check_outputs(args: PredictConfig) -> None:
 
 def run(args: PredictConfig) -> int:
     check_outputs(args)
+    if args.out or args.data:  # streamed into --out, resumable, torchrun-able: docs/scale.md
+        return predict_many(args)
     device = prediction_device(args.model, args.device, args.runtime)
     loaded = load_for_prediction(
         args.model, device, args.precision, args.quantize, args.compile, args.runtime
@@ -115,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         return report_user_error(error)
     except KeyboardInterrupt:
-        print("\nInterrupted; nothing was written", file=sys.stderr)
+        kept = f"the finished rows are kept: continue with --resume --out {args.out}" if args.out else \
+            "nothing was written"
+        print(f"\nInterrupted; {kept}", file=sys.stderr)
         return 130
 
 

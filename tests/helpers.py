@@ -42,15 +42,17 @@ def make_pattern_folder(root: Path, per_class: int, size: int = 40) -> Path:
     return root
 
 
-def save_tiny_vit(directory: Path, num_labels: int = 1000, image_size: int = 32) -> Path:
-    """A tiny ViT with an ImageNet-sized head, saved the way a Hub checkpoint is."""
+def save_tiny_vit(directory: Path, num_labels: int = 1000, image_size: int = 32,
+                  labels: list[str] | None = None) -> Path:
+    """A tiny ViT with an ImageNet-sized head (or one class per name of ``labels``), saved the way a
+    Hub checkpoint is."""
     import torch
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
     torch.manual_seed(0)
+    labels = labels or [f"imagenet_class_{i}" for i in range(num_labels)]
     config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                       image_size=image_size, patch_size=8, num_labels=num_labels,
-                       id2label={i: f"imagenet_class_{i}" for i in range(num_labels)},
-                       label2id={f"imagenet_class_{i}": i for i in range(num_labels)})
+                       image_size=image_size, patch_size=8, num_labels=len(labels),
+                       id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)})
     ViTForImageClassification(config).save_pretrained(directory)
     ViTImageProcessor(size={"height": image_size, "width": image_size},
                       image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(directory)

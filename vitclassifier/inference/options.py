@@ -6,20 +6,41 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vitclassifier.cli import DEVICES, PRECISION_HELP, PRECISIONS
+from vitclassifier.config import DATA_FORMATS
 from vitclassifier.export.files import CPU_ONLY_SUFFIXES, is_export
 from vitclassifier.model.relevance import METHODS
 from vitclassifier.options import field_problems, option, type_problems
 from vitclassifier.reporting.plots import MAX_PICTURES
 
 RUN_WHERE = "where to run"
+MANY = "many images (docs/scale.md)"
+OUT_SUFFIXES = (".jsonl", ".csv", ".parquet")
 CHECKPOINT = Path("checkpoints/best")
 
 
 @dataclass(kw_only=True)
 class PredictConfig:
     """What predict.py is asked: which images, which model, how, and which outputs."""
-    image: list[str] = option("image files, folders (searched recursively) or glob patterns", nargs="+",
-                              required=True, metavar="PATH")
+    image: list[str] | None = option("image files, folders (searched recursively) or glob patterns", None,
+                                     nargs="+", metavar="PATH")
+    data: Path | None = option(
+        "instead of --image: labelled data in any form train.py takes (class folders, a label file, a "
+        "Hugging Face dataset, tar shards): predicts the part train.py --evaluate scores (its validation "
+        "part, else all) and scores it on the way; use with --out", None, group=MANY)
+    data_format: str = option("the form of --data (auto: told from the path)", "auto", choices=DATA_FORMATS,
+                              group=MANY)
+    image_column: str | None = option("--data label files and Hugging Face datasets: the image column", None,
+                                      group=MANY)
+    label_column: str | None = option("--data label files and Hugging Face datasets: the label column", None,
+                                      group=MANY)
+    out: Path | None = option(
+        "write one row per image (path, top-k labels and confidences, error) to FILE as the images are "
+        "predicted: .jsonl, .csv or .parquet; a kill keeps every finished row (see docs/scale.md)", None,
+        metavar="FILE", group=MANY)
+    resume: bool = option("--out: continue the interrupted run that wrote FILE, skipping the images done",
+                          False, group=MANY)
+    overwrite: bool = option("--out: replace FILE (or an interrupted run's rows) if this tool wrote it",
+                             False, group=MANY)
     model: Path = option("checkpoint directory, or a model made by export.py: .onnx (run with onnxruntime), "
                          ".xml (OpenVINO IR, e.g. --format openvino-int8: the fastest on CPUs) or .pt "
                          "(TorchScript)", CHECKPOINT)
@@ -73,7 +94,25 @@ class PredictConfig:
             (self.model.suffix not in CPU_ONLY_SUFFIXES or not on_cpu_only,
              f"--model {self.model} is an export that runs on the CPU: leave out --device"),
         ]
-        return field_problems(self) + [message for ok, message in checks if not ok]
+        return field_problems(self) + [message for ok, message in checks + self.many_checks() if not ok]
+
+    def many_checks(self) -> list[tuple[bool, str]]:
+        """The checks of --data, --out, --resume and --overwrite."""
+        out = self.out
+        return [
+            ((self.image is None) != (self.data is None),
+             "give the images with --image or --data (one of them)"),
+            (out is None or out.suffix.lower() in OUT_SUFFIXES,
+             f"--out {out} must end in {', '.join(OUT_SUFFIXES)} (the format is told by the suffix)"),
+            (out is not None or not (self.resume or self.overwrite),
+             "--resume and --overwrite go with --out"),
+            (not (self.resume and self.overwrite),
+             "--resume continues FILE, --overwrite replaces it: choose one"),
+            (out is None or not (self.json or self.explain),
+             "--out writes every prediction as it goes: leave out --json and --explain"),
+            (self.data is None or not (self.visualize or self.explain or self.json),
+             "--data is predicted into --out: --visualize, --explain and --json take --image"),
+        ]
 
 
 @dataclass(kw_only=True)
