@@ -86,7 +86,7 @@ def image_inputs(items: list[str], loaded: LoadedModel) -> Inputs:
     return Inputs(dataset, ", ".join(items), False, digest_of(map(str, paths)), missing)
 
 
-def data_inputs(data: Path, form: str, columns: tuple[str | None, str | None], model: Path,
+def data_inputs(data: Path | str, form: str, columns: tuple[str | None, str | None], model: Path,
                 loaded: LoadedModel, batch_size: int) -> Inputs:
     """--data: the images train.py --evaluate scores, labelled by the model's classes."""
     source = open_source(data, form, 0.2, 0, *columns)

@@ -11,6 +11,7 @@ from vitclassifier.export.files import CPU_ONLY_SUFFIXES, is_export
 from vitclassifier.model.relevance import METHODS
 from vitclassifier.options import field_problems, option, type_problems
 from vitclassifier.reporting.plots import MAX_PICTURES
+from vitclassifier.urls import data_location
 
 RUN_WHERE = "where to run"
 MANY = "many images (docs/scale.md)"
@@ -23,10 +24,11 @@ class PredictConfig:
     """What predict.py is asked: which images, which model, how, and which outputs."""
     image: list[str] | None = option("image files, folders (searched recursively) or glob patterns", None,
                                      nargs="+", metavar="PATH")
-    data: Path | None = option(
+    data: Path | str | None = option(
         "instead of --image: labelled data in any form train.py takes (class folders, a label file, a "
-        "Hugging Face dataset, tar shards): predicts the part train.py --evaluate scores (its validation "
-        "part, else all) and scores it on the way; use with --out", None, group=MANY)
+        "Hugging Face dataset, tar shards, also on a store: s3://, gs://, az://, https://, pipe:): predicts "
+        "the part train.py --evaluate scores (its validation part, else all) and scores it on the way; use "
+        "with --out", None, group=MANY, type=data_location)
     data_format: str = option("the form of --data (auto: told from the path)", "auto", choices=DATA_FORMATS,
                               group=MANY)
     image_column: str | None = option("--data label files and Hugging Face datasets: the image column", None,
