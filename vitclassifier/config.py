@@ -20,6 +20,7 @@ from vitclassifier.options import dest, field_problems, option, options_of, type
 AUGMENTATIONS = ("crop", "flip", "rotate", "color_jitter")
 SELECT_BY_CHOICES = ("accuracy", "macro-f1", "loss")
 DATA_FORMATS = ("auto", "folder", "labels", "hf", "shards")
+TASKS = ("auto", "single-label", "multi-label")  # --task: one class per image, or several
 RECIPES = ("auto", "fixed")  # --recipe: training/auto.py decides, or the defaults as they are
 DEFAULT_LR = {True: 5e-5, False: 3e-4}
 MIX_ALPHA = (0.01, 100.0)  # mixup/cutmix alphas outside this break the Beta draw or mean "off" anyway
@@ -64,6 +65,10 @@ class DataOptions:
         "label files and Hugging Face datasets: the image column (default: recognised)", None, place=3)
     label_column: str | None = option(
         "label files and Hugging Face datasets: the label column (default: recognised)", None, place=4)
+    task: str = option("single-label: one class per image; multi-label: several labels per image, from a "
+                       "label file (docs/multi-label.md); auto: told from the data", "auto", choices=TASKS,
+                       place=4.5)
+    label_separator: str = option("label files: what separates several labels in one cell", ";", place=4.6)
     exclude: Path | None = option(
         "leave out the images FILE lists: one path per line, relative to --data, or a CSV file with a path "
         "column such as the deep audit's label_issues.csv (docs/audit.md); recorded in "

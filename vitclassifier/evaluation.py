@@ -32,7 +32,7 @@ def evaluate_checkpoint(config: TrainConfig, output_dir: Path | None = None) -> 
     )
     data = config.data
     source = open_source(data.folder, data.data_format, data.val_split, 0, data.image_column,
-                         data.label_column)  # the seed changes nothing: without its own val part, all of it
+                         data.label_column, task=data.task, separator=data.label_separator)  # seed: no effect
     root, dataset = source.evaluation_source(loaded.labels, model_path, eval_transform(loaded.prep),
                                              loaded.prep.resize_size, data.batch_size)
     ctx = EvalContext(loaded.device, loaded.dtype)

@@ -30,6 +30,14 @@ from vitclassifier.data.exclude import apply_exclude
 from vitclassifier.data.folders import folders_of, load_splits, scan_class_folders, validation_folder
 from vitclassifier.data.hfdata import HUB_PREFIX, VAL_SPLITS, is_hf_data, load_hf, open_splits_of
 from vitclassifier.data.labelfile import LABEL_FILE_SUFFIXES, VAL_VALUES, load_label_file, read_label_file
+from vitclassifier.data.multilabel import (
+    as_label_sets,
+    detect_task,
+    label_counts,
+    load_multi_label_file,
+    read_multi_label_file,
+    relabel,
+)
 from vitclassifier.data.shardaudit import audit_shards
 from vitclassifier.data.shards import (
     INDEX_NAME,
@@ -80,11 +88,12 @@ class Source(ABC):
     """--data in one form: its label map and train/val split, and what each use of it needs."""
     form: str  # "folder" | "labels" | "hf" | "shards"
     streamed = False  # shards: train/val are streamed and plan their own epochs
+    multi_label = False  # several labels per image (data/multilabel.py): samples carry multi-hot tuples
 
     def __init__(self, data: Path, val_split: float, seed: int, columns: tuple[str | None, str | None],
-                 min_classes: int = 2):
+                 min_classes: int = 2, task: str = "auto", separator: str = ";"):
         self.data, self.val_split, self.seed, self.columns = data, val_split, seed, columns
-        self.min_classes = min_classes
+        self.min_classes, self.task, self.separator = min_classes, task, separator
         self.exclude: dict | None = None  # what --exclude left out (data/exclude.apply_exclude's record)
         self._split: tuple[list[str], object, object] | None = None
 
@@ -94,8 +103,16 @@ class Source(ABC):
 
     def _read_once(self) -> tuple[list[str], object, object]:
         if self._split is None:
+            if self.task == "multi-label" and self.form != "labels":
+                raise UserError(f"--task multi-label reads several labels per image from a label file "
+                                f"(.csv, .tsv, .jsonl; docs/multi-label.md), not from {self.form} data")
             self._split = self.read()
         return self._split
+
+    def task_line(self) -> str:
+        """The task as the run's first line names it."""
+        self._read_once()
+        return "multi-label" if self.multi_label else "single-label"
 
     @property
     def labels(self) -> list[str]:
@@ -117,6 +134,8 @@ class Source(ABC):
                 **({"exclude": self.exclude} if self.exclude is not None else {})}
 
     def held_out(self) -> str:
+        if self._read_once() and self.multi_label:  # read first: reading tells the task
+            return f"{self.val_split * 100:g}% held out by iterative stratification, seed {self.seed}"
         return f"{self.val_split * 100:g}% of each class held out, seed {self.seed}"
 
     def split_origin(self) -> str:
@@ -183,6 +202,11 @@ class ListSource(Source):
     def train_labels(self) -> list[int]:
         return [label for _, label in self.train()]
 
+    def _audited(self) -> tuple[list[str], list, list]:
+        """What the audit counts: the classes, or for multi-label data the label sets."""
+        labels, train, val = self._read_once()  # first: reading tells whether it is multi-label
+        return as_label_sets(labels, train, val) if self.multi_label else (labels, train, val)
+
     def fingerprint(self) -> str:
         digest = data_fingerprint(self.train(), self.data)
         return digest if self.exclude is None else f"{digest}+exclude:{self.exclude['sha256']}"
@@ -196,7 +220,9 @@ class ListSource(Source):
         return kept
 
     def quick_audit(self) -> None:
-        report = audit_dataset(self.labels, self.train(), self.val(), image_size=None, decode=False)
+        report = audit_dataset(*self._audited(), image_size=None, decode=False)
+        if self.multi_label:
+            report["fatal"] = [f for f in report["fatal"] if "class(es) with usable" not in f]
         notes = format_report(report, brief=True)
         if notes:
             print(notes)
@@ -204,7 +230,12 @@ class ListSource(Source):
             raise UserError("; ".join(report["fatal"]))
 
     def full_audit(self, image_size: int | None) -> dict:
-        return audit_dataset(self.labels, self.train(), self.val(), image_size)
+        report = audit_dataset(*self._audited(), image_size)
+        if self.multi_label:  # label sets are not classes: one set alone is fine, imbalance is per label
+            report["fatal"] = [f for f in report["fatal"] if "class(es) with usable" not in f]
+            report["recommendations"] = [r for r in report["recommendations"] if "imbalanced" not in r]
+            report["multi_label"] = label_counts(self.labels, self.train(), self.val())
+        return report
 
     def sample_index(self) -> dict:
         return {str(path): index for index, (path, _) in enumerate(self.train())}
@@ -270,10 +301,17 @@ class LabelFileSource(ListSource):
     def read(self) -> tuple[list[str], list, list]:
         if not self.data.is_file():
             raise UserError(f"label file {printable(str(self.data))} does not exist")
+        if detect_task(self.data, self.task, self.separator, *self.columns) == "multi-label":
+            self.multi_label = True
+            return load_multi_label_file(self.data, self.val_split, self.seed, self.separator, *self.columns)
         return load_label_file(self.data, self.val_split, self.seed, *self.columns)
 
     def evaluation_samples(self, labels: list[str], model_path: Path) -> tuple[str, list]:
         """The rows marked val when it has a split column, else every row (no split made)."""
+        if self.task_line() == "multi-label":
+            found, sets, splits = read_multi_label_file(self.data, self.separator, *self.columns)
+            chosen = {p: names for p, names in sets.items() if not splits or splits[p] in VAL_VALUES}
+            return str(self.data), relabel(chosen, found, labels, str(self.data), model_path)
         classes, splits = read_label_file(self.data, *self.columns)
         found = sorted(classes)
         samples = [(p, i) for i, name in enumerate(found) for p in classes[name]
@@ -352,8 +390,9 @@ FORMS: dict[str, type[Source]] = {"folder": FolderSource, "labels": LabelFileSou
 
 def open_source(data: Path, data_format: str = "auto", val_split: float = 0.2, seed: int = 42,
                 image_column: str | None = None, label_column: str | None = None,
-                min_classes: int = 2) -> Source:
+                min_classes: int = 2, task: str = "auto", separator: str = ";") -> Source:
     """--data as the Source of its form (nothing read yet). ``min_classes``: class folders with fewer
-    are refused (--check-data reports a single class instead)."""
+    are refused (--check-data reports a single class instead). ``task``, ``separator``: --task and
+    --label-separator (several labels per image: data/multilabel.py)."""
     return FORMS[detect_format(data, data_format)](data, val_split, seed, (image_column, label_column),
-                                                   min_classes)
+                                                   min_classes, task, separator)

@@ -69,7 +69,7 @@ def open_data(config: TrainConfig) -> Source:
     """--data as load_data opens it (--exclude applied), without the audit's print."""
     data = config.data
     source = open_source(data.folder, data.data_format, data.val_split, config.recipe.seed, data.image_column,
-                         data.label_column)
+                         data.label_column, task=data.task, separator=data.label_separator)
     return source.excluding(data.exclude, quiet=True) if data.exclude is not None else source
 
 
@@ -92,8 +92,10 @@ def plan_recipe(config: TrainConfig, given: set[str], world: World,
         return config, Plan(None, {"recipe": {"recipe": "fixed"}})
     say, started = main_print(world), time.time()
     source = open_data(config)
-    if source.streamed:
-        reason = "streamed shards are read in order only, so nothing was measured: the fixed recipe's options"
+    if source.streamed or source.task_line() == "multi-label":
+        why = ("streamed shards are read in order only" if source.streamed
+               else "several labels per image: the probe and flip check score one class")
+        reason = f"{why}, so nothing was measured: the fixed recipe's options"
         say(f"Automatic recipe: {reason}")
         return config, Plan(None, {"recipe": {"recipe": "auto", "skipped": reason}})
     dtype = autocast_dtype(device, config.runtime.precision)

@@ -72,7 +72,7 @@ def load_data(config: TrainConfig, world: World, device: torch.device, saved: di
     """--data as its Source (--exclude applied), audited; on a resume it must be what that run trained on."""
     data = config.data
     source = open_source(data.folder, data.data_format, data.val_split, config.recipe.seed, data.image_column,
-                         data.label_column)
+                         data.label_column, task=data.task, separator=data.label_separator)
     if data.exclude is not None:
         source = source.excluding(data.exclude, quiet=not world.is_main)
     if saved is not None and (saved["labels"] != source.labels or saved["data"] != source.fingerprint()):
