@@ -221,8 +221,9 @@ class ListSource(Source):
 
     def quick_audit(self) -> None:
         report = audit_dataset(*self._audited(), image_size=None, decode=False)
-        if self.multi_label:
+        if self.multi_label:  # label sets are not classes: one set alone is fine, imbalance is per label
             report["fatal"] = [f for f in report["fatal"] if "class(es) with usable" not in f]
+            report["imbalance_ratio"] = None
         notes = format_report(report, brief=True)
         if notes:
             print(notes)
@@ -231,7 +232,7 @@ class ListSource(Source):
 
     def full_audit(self, image_size: int | None) -> dict:
         report = audit_dataset(*self._audited(), image_size)
-        if self.multi_label:  # label sets are not classes: one set alone is fine, imbalance is per label
+        if self.multi_label:  # as in quick_audit
             report["fatal"] = [f for f in report["fatal"] if "class(es) with usable" not in f]
             report["recommendations"] = [r for r in report["recommendations"] if "imbalanced" not in r]
             report["multi_label"] = label_counts(self.labels, self.train(), self.val())
