@@ -17,6 +17,7 @@ from vitclassifier.reporting.plots import write_curves
 from vitclassifier.tables import dict_rows, write_csv
 
 DEFAULT_THRESHOLD = 0.5
+PROBLEM_TYPE = "multi_label_classification"  # config.json: transformers.pipeline then applies a sigmoid
 MIN_POSITIVES = 3  # fewer validation positives than this: the class keeps DEFAULT_THRESHOLD
 
 

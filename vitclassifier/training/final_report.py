@@ -12,6 +12,7 @@ from vitclassifier.model.vit import PRESETS
 from vitclassifier.reporting.calibration import calibrate_run, calibration_line
 from vitclassifier.reporting.model_card import write_model_card
 from vitclassifier.reporting.multilabel import (
+    PROBLEM_TYPE,
     fit_thresholds,
     multi_label_scores,
     scores_line,
@@ -21,7 +22,7 @@ from vitclassifier.reporting.multilabel import (
 )
 from vitclassifier.reporting.report import write_report
 from vitclassifier.training.evaluate import EvalContext, evaluate
-from vitclassifier.training.multilabel import PROBLEM_TYPE, evaluate_multi_label
+from vitclassifier.training.multilabel import evaluate_multi_label
 
 
 def report_run(

@@ -19,7 +19,6 @@ from vitclassifier.training.distributed import merge_dicts_across, sum_across
 from vitclassifier.training.evaluate import EvalContext
 
 ASL_GAMMA_NEG, ASL_GAMMA_POS, ASL_CLIP = 4.0, 0.0, 0.05  # the paper's defaults
-PROBLEM_TYPE = "multi_label_classification"  # config.json: transformers.pipeline then applies a sigmoid
 
 
 def check_options(config: TrainConfig, multi_label: bool) -> None:

@@ -23,9 +23,10 @@ from vitclassifier.errors import UserError
 from vitclassifier.model.attention import run_in_bf16
 from vitclassifier.model.runnable import HeadOnly
 from vitclassifier.model.vit import create_model, freeze, set_backbone_dropout
+from vitclassifier.reporting.multilabel import PROBLEM_TYPE
 from vitclassifier.training.distributed import EpochSampler, ShardSampler, World, epoch_seed, on_main_process
 from vitclassifier.training.features import can_cache_features, extract_features
-from vitclassifier.training.multilabel import PROBLEM_TYPE, check_options
+from vitclassifier.training.multilabel import check_options
 from vitclassifier.training.output import OutputLock, claim_output_dir
 from vitclassifier.training.probe import Probe
 from vitclassifier.training.recipe import (
