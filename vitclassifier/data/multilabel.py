@@ -14,6 +14,7 @@ import random
 from collections import Counter
 from pathlib import Path
 
+from vitclassifier.data.audit import audit_dataset
 from vitclassifier.data.folders import utf8_safe
 from vitclassifier.data.labelfile import (
     IMAGE_COLUMNS,
@@ -189,13 +190,19 @@ def label_counts(labels: list[str], train: list, val: list) -> dict:
             "label_sets": dict(sorted(sets.items(), key=lambda kv: (-kv[1], kv[0])))}
 
 
-def as_label_sets(labels: list[str], train: list, val: list) -> tuple[list[str], list, list]:
-    """The samples relabelled by their label set (one "class" per distinct set), so the single-label
-    audit counts label sets and flags an image listed under two sets as contradictory."""
+def audit_multi_label(labels: list[str], train: list, val: list, **options) -> dict:
+    """data/audit.py's audit of the samples relabelled by their label set (one "class" per distinct set):
+    it counts label sets, and flags an image listed under two sets as contradictory; then what differs
+    from one class per image: one label set alone is fine, imbalance is per label (counted here)."""
     names = sorted({set_name(t, labels) for _, t in (*train, *val)})
     index = {name: i for i, name in enumerate(names)}
-    return (names, [(p, index[set_name(t, labels)]) for p, t in train],
-            [(p, index[set_name(t, labels)]) for p, t in val])
+    report = audit_dataset(names, [(p, index[set_name(t, labels)]) for p, t in train],
+                           [(p, index[set_name(t, labels)]) for p, t in val], **options)
+    report["fatal"] = [f for f in report["fatal"] if "class(es) with usable" not in f]
+    report["recommendations"] = [r for r in report["recommendations"] if "imbalanced" not in r]
+    report["imbalance_ratio"] = None
+    report["multi_label"] = label_counts(labels, train, val)
+    return report
 
 
 def relabel(sets: dict[Path, list[str]], found: list[str], labels: list[str], where: str,

@@ -31,9 +31,8 @@ from vitclassifier.data.folders import folders_of, load_splits, scan_class_folde
 from vitclassifier.data.hfdata import HUB_PREFIX, VAL_SPLITS, is_hf_data, load_hf, open_splits_of
 from vitclassifier.data.labelfile import LABEL_FILE_SUFFIXES, VAL_VALUES, load_label_file, read_label_file
 from vitclassifier.data.multilabel import (
-    as_label_sets,
+    audit_multi_label,
     detect_task,
-    label_counts,
     load_multi_label_file,
     read_multi_label_file,
     relabel,
@@ -103,16 +102,17 @@ class Source(ABC):
 
     def _read_once(self) -> tuple[list[str], object, object]:
         if self._split is None:
-            if self.task == "multi-label" and self.form != "labels":
-                raise UserError(f"--task multi-label reads several labels per image from a label file "
-                                f"(.csv, .tsv, .jsonl; docs/multi-label.md), not from {self.form} data")
+            if self.task == "multi-label":
+                self.task_line()  # a form that cannot hold several labels per image is refused first
             self._split = self.read()
         return self._split
 
     def task_line(self) -> str:
-        """The task as the run's first line names it."""
-        self._read_once()
-        return "multi-label" if self.multi_label else "single-label"
+        """single-label or multi-label (the run's first line says which), told without splitting --data."""
+        if self.task == "multi-label":
+            raise UserError(f"--task multi-label reads several labels per image from a label file "
+                            f"(.csv, .tsv, .jsonl; docs/multi-label.md), not from {self.form} data")
+        return "single-label"
 
     @property
     def labels(self) -> list[str]:
@@ -134,7 +134,7 @@ class Source(ABC):
                 **({"exclude": self.exclude} if self.exclude is not None else {})}
 
     def held_out(self) -> str:
-        if self._read_once() and self.multi_label:  # read first: reading tells the task
+        if self.task_line() == "multi-label":
             return f"{self.val_split * 100:g}% held out by iterative stratification, seed {self.seed}"
         return f"{self.val_split * 100:g}% of each class held out, seed {self.seed}"
 
@@ -202,10 +202,10 @@ class ListSource(Source):
     def train_labels(self) -> list[int]:
         return [label for _, label in self.train()]
 
-    def _audited(self) -> tuple[list[str], list, list]:
-        """What the audit counts: the classes, or for multi-label data the label sets."""
+    def _audit(self, image_size: int | None, decode: bool = True) -> dict:
         labels, train, val = self._read_once()  # first: reading tells whether it is multi-label
-        return as_label_sets(labels, train, val) if self.multi_label else (labels, train, val)
+        audit = audit_multi_label if self.multi_label else audit_dataset
+        return audit(labels, train, val, image_size=image_size, decode=decode)
 
     def fingerprint(self) -> str:
         digest = data_fingerprint(self.train(), self.data)
@@ -220,10 +220,7 @@ class ListSource(Source):
         return kept
 
     def quick_audit(self) -> None:
-        report = audit_dataset(*self._audited(), image_size=None, decode=False)
-        if self.multi_label:  # label sets are not classes: one set alone is fine, imbalance is per label
-            report["fatal"] = [f for f in report["fatal"] if "class(es) with usable" not in f]
-            report["imbalance_ratio"] = None
+        report = self._audit(None, decode=False)
         notes = format_report(report, brief=True)
         if notes:
             print(notes)
@@ -231,12 +228,7 @@ class ListSource(Source):
             raise UserError("; ".join(report["fatal"]))
 
     def full_audit(self, image_size: int | None) -> dict:
-        report = audit_dataset(*self._audited(), image_size)
-        if self.multi_label:  # as in quick_audit
-            report["fatal"] = [f for f in report["fatal"] if "class(es) with usable" not in f]
-            report["recommendations"] = [r for r in report["recommendations"] if "imbalanced" not in r]
-            report["multi_label"] = label_counts(self.labels, self.train(), self.val())
-        return report
+        return self._audit(image_size)
 
     def sample_index(self) -> dict:
         return {str(path): index for index, (path, _) in enumerate(self.train())}
@@ -302,10 +294,13 @@ class LabelFileSource(ListSource):
     def read(self) -> tuple[list[str], list, list]:
         if not self.data.is_file():
             raise UserError(f"label file {printable(str(self.data))} does not exist")
-        if detect_task(self.data, self.task, self.separator, *self.columns) == "multi-label":
+        if self.task_line() == "multi-label":
             self.multi_label = True
             return load_multi_label_file(self.data, self.val_split, self.seed, self.separator, *self.columns)
         return load_label_file(self.data, self.val_split, self.seed, *self.columns)
+
+    def task_line(self) -> str:
+        return detect_task(self.data, self.task, self.separator, *self.columns)
 
     def evaluation_samples(self, labels: list[str], model_path: Path) -> tuple[str, list]:
         """The rows marked val when it has a split column, else every row (no split made)."""
