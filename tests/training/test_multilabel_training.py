@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import TRAIN_OPTIONS, make_pattern_folder, read_rows
+from helpers import TRAIN_OPTIONS, make_pattern_folder, read_rows, run_args, stop_after_first_epoch
 from PIL import Image
 
 import classifier
@@ -50,6 +50,23 @@ def test_trains_and_the_pipeline_applies_the_sigmoid(multi_label_run) -> None:
         probs = torch.sigmoid(model(pixel_values=pixels).logits.float())[0]
     assert [scores[name] for name in labels] == pytest.approx(probs.tolist(), abs=1e-4)
     assert sum(scores.values()) != pytest.approx(1.0, abs=1e-3)  # not a softmax
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_resumes_exactly(multi_label_run, tiny_vit: Path, tmp_path: Path,
+                                            monkeypatch) -> None:
+    labels_file, whole = multi_label_run
+    out = tmp_path / "interrupted"
+    argv = [*run_args(out, labels_file, tiny_vit), "--recipe", "fixed"]
+    stop_after_first_epoch(monkeypatch, argv)
+    assert train.main(["--resume", str(out)]) == 0
+    rows = [read_rows(run / "metrics.csv") for run in (whole, out)]
+    assert len(rows[0]) == len(rows[1]) == 2
+    for a, b in zip(*rows):  # every column but the time, val_map and val_micro_f1 among them
+        a.pop("seconds"), b.pop("seconds")
+        assert a == b
+    info = [json.loads((run / "best" / "training_info.json").read_text()) for run in (whole, out)]
+    assert info[0]["thresholds"] == info[1]["thresholds"]
 
 
 def test_single_label_options_are_refused(tmp_path: Path, tiny_vit: Path, scenes: Path, capsys) -> None:
