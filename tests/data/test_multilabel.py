@@ -47,6 +47,24 @@ def test_every_form_reads_the_same_label_sets(tmp_path: Path) -> None:
     assert _read(folder / "wide.csv") == expected  # one 0/1 column per class, told from its values
 
 
+def test_a_hugging_face_sequence_of_class_labels_reads_the_same_sets(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    names = ["cat", "dog", "bird"]
+    features = datasets.Features({"image": datasets.Image(),
+                                  "tags": datasets.Sequence(datasets.ClassLabel(names=names))})
+    folder = _images(tmp_path)
+    images = [{"bytes": (folder / name).read_bytes(), "path": None} for name in SETS]
+    table = datasets.Dataset.from_dict({"image": images, "tags": [[names.index(n) for n in s]
+                                                                  for s in SETS.values()]}, features=features)
+    table.save_to_disk(str(tmp_path / "hf"))
+    source = open_source(tmp_path / "hf", val_split=0.4, seed=0)
+    assert source.task_line() == "multi-label" and source.labels == ["bird", "cat", "dog"]
+    found = {ref.row: tuple(n for n, on in zip(source.labels, hot) if on)
+             for ref, hot in (*source.train(), *source.val())}
+    assert found == {row: tuple(sorted(s)) for row, s in enumerate(SETS.values())}
+    assert len(source.val()) == 2  # iterative stratification: 40% of five images
+
+
 def test_single_label_file_stays_single_label(tmp_path: Path) -> None:
     folder = _images(tmp_path)
     (folder / "one.csv").write_text("image,label\n" + "".join(f"{n},{'x' if i % 2 else 'y'}\n"

@@ -211,4 +211,10 @@ def relabel(sets: dict[Path, list[str]], found: list[str], labels: list[str], wh
     if unknown := sorted(set(found) - set(labels)):
         raise UserError(f"the labels of {printable(where)} don't match the checkpoint {model_path}: not in "
                         f"the checkpoint: {', '.join(map(printable, unknown[:10]))}")
-    return [(p, multi_hot(sets[p], labels)) for p in sorted(sets)]
+    return [(p, multi_hot(names, labels)) for p, names in sets.items()]
+
+
+def relabel_hot(samples: list, found: list[str], labels: list[str], where: str, model_path: Path) -> list:
+    """Multi-hot samples over ``found`` re-expressed over the model's ``labels`` (as relabel)."""
+    named = {p: [name for name, on in zip(found, hot) if on] for p, hot in samples}
+    return relabel(named, found, labels, where, model_path)

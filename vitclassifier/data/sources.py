@@ -24,19 +24,13 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
+from vitclassifier.data import multilabel  # several labels per image
 from vitclassifier.data.audit import audit_dataset, format_report
 from vitclassifier.data.dataset import ImageFolderDataset
 from vitclassifier.data.exclude import apply_exclude
 from vitclassifier.data.folders import folders_of, load_splits, scan_class_folders, validation_folder
 from vitclassifier.data.hfdata import HUB_PREFIX, VAL_SPLITS, is_hf_data, load_hf, open_splits_of
 from vitclassifier.data.labelfile import LABEL_FILE_SUFFIXES, VAL_VALUES, load_label_file, read_label_file
-from vitclassifier.data.multilabel import (
-    audit_multi_label,
-    detect_task,
-    load_multi_label_file,
-    read_multi_label_file,
-    relabel,
-)
 from vitclassifier.data.shardaudit import audit_shards
 from vitclassifier.data.shards import (
     INDEX_NAME,
@@ -102,16 +96,19 @@ class Source(ABC):
 
     def _read_once(self) -> tuple[list[str], object, object]:
         if self._split is None:
-            if self.task == "multi-label":
-                self.task_line()  # a form that cannot hold several labels per image is refused first
+            if self.task == "multi-label" and self.form not in ("labels", "hf"):
+                raise UserError(f"--task multi-label reads several labels per image from a label file or a "
+                                f"Hugging Face dataset (docs/multi-label.md), not from {self.form} data")
             self._split = self.read()
+            train = self._split[1]  # several labels per image: multi-hot tuples (data/multilabel.py)
+            self.multi_label = isinstance(train, list) and bool(train) and isinstance(train[0][1], tuple)
         return self._split
 
     def task_line(self) -> str:
-        """single-label or multi-label (the run's first line says which), told without splitting --data."""
+        """single-label or multi-label (the run's first line says which), told without splitting --data
+        where the form allows."""
         if self.task == "multi-label":
-            raise UserError(f"--task multi-label reads several labels per image from a label file "
-                            f"(.csv, .tsv, .jsonl; docs/multi-label.md), not from {self.form} data")
+            self._read_once()  # refused where the form cannot hold several labels per image
         return "single-label"
 
     @property
@@ -204,7 +201,7 @@ class ListSource(Source):
 
     def _audit(self, image_size: int | None, decode: bool = True) -> dict:
         labels, train, val = self._read_once()  # first: reading tells whether it is multi-label
-        audit = audit_multi_label if self.multi_label else audit_dataset
+        audit = multilabel.audit_multi_label if self.multi_label else audit_dataset
         return audit(labels, train, val, image_size=image_size, decode=decode)
 
     def fingerprint(self) -> str:
@@ -295,19 +292,19 @@ class LabelFileSource(ListSource):
         if not self.data.is_file():
             raise UserError(f"label file {printable(str(self.data))} does not exist")
         if self.task_line() == "multi-label":
-            self.multi_label = True
-            return load_multi_label_file(self.data, self.val_split, self.seed, self.separator, *self.columns)
+            return multilabel.load_multi_label_file(self.data, self.val_split, self.seed, self.separator,
+                                                    *self.columns)
         return load_label_file(self.data, self.val_split, self.seed, *self.columns)
 
     def task_line(self) -> str:
-        return detect_task(self.data, self.task, self.separator, *self.columns)
+        return multilabel.detect_task(self.data, self.task, self.separator, *self.columns)
 
     def evaluation_samples(self, labels: list[str], model_path: Path) -> tuple[str, list]:
         """The rows marked val when it has a split column, else every row (no split made)."""
         if self.task_line() == "multi-label":
-            found, sets, splits = read_multi_label_file(self.data, self.separator, *self.columns)
+            found, sets, splits = multilabel.read_multi_label_file(self.data, self.separator, *self.columns)
             chosen = {p: names for p, names in sets.items() if not splits or splits[p] in VAL_VALUES}
-            return str(self.data), relabel(chosen, found, labels, str(self.data), model_path)
+            return str(self.data), multilabel.relabel(chosen, found, labels, str(self.data), model_path)
         classes, splits = read_label_file(self.data, *self.columns)
         found = sorted(classes)
         samples = [(p, i) for i, name in enumerate(found) for p in classes[name]
@@ -322,11 +319,17 @@ class HfSource(ListSource):
     def read(self) -> tuple[list[str], list, list]:
         return load_hf(self.data, self.val_split, self.seed, *self.columns)
 
+    def task_line(self) -> str:
+        return "multi-label" if self._read_once() and self.multi_label else "single-label"
+
     def evaluation_samples(self, labels: list[str], model_path: Path) -> tuple[str, list]:
         """Its validation split when it has one, else every row (no split made)."""
         found, train, val = self._read_once()
         own = any(name in open_splits_of(self.data) for name in VAL_SPLITS)
-        return str(self.data), self.relabelled(val if own else train + val, found, labels, model_path)
+        chosen = val if own else train + val
+        if self.multi_label:
+            return str(self.data), multilabel.relabel_hot(chosen, found, labels, str(self.data), model_path)
+        return str(self.data), self.relabelled(chosen, found, labels, model_path)
 
 
 class ShardSource(Source):
