@@ -5,7 +5,8 @@ Rows stay in the dataset's memory-mapped Arrow files: a sample is a ``RowRef`` (
 row), and its image bytes are read only when the row is decoded, through the same safe
 ``load_image`` as files. Class names come from a ``ClassLabel`` feature when there is one (else the
 label column's distinct values), sorted like class folders; the dataset's own train/validation
-splits are used when it has them, else the folders' stratified, seeded split.
+splits are used when it has them, else the folders' stratified, seeded split. A ``Sequence(ClassLabel)``
+column gives several labels per image (``load_label_sets``: multi-hot samples, data/multilabel.py).
 """
 from __future__ import annotations
 
