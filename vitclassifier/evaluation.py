@@ -19,7 +19,7 @@ from vitclassifier.export.files import is_export
 from vitclassifier.inference.loading import load_for_prediction, prediction_device
 from vitclassifier.model.relevance import mistake_maps
 from vitclassifier.reporting.calibration import expected_calibration_error
-from vitclassifier.reporting.multilabel import write_multi_label_report
+from vitclassifier.reporting.multilabel import sigmoid, write_multi_label_report
 from vitclassifier.reporting.report import write_report
 from vitclassifier.training.evaluate import EvalContext, evaluate
 from vitclassifier.training.multilabel import evaluate_multi_label
@@ -76,7 +76,8 @@ def evaluate_checkpoint(config: TrainConfig, output_dir: Path | None = None) -> 
 
 def report_multi_label(root: str, out: Path, labels: list[str], evaluation: dict, bad_files: dict) -> dict:
     """Several labels per image, scored at the model's own thresholds: per_class.csv and one line."""
-    write_multi_label_report(out, labels, evaluation, None)
+    write_multi_label_report(out, labels, evaluation, None, sigmoid(evaluation["logits"]),
+                             evaluation["labels"].numpy())
     print(f"{root}: {evaluation['count']} images | loss {evaluation['loss']:.4f} mAP {evaluation['map']:.3f} "
           f"micro-F1 {evaluation['micro_f1']:.3f} macro-F1 {evaluation['macro_f1']:.3f} exact match "
           f"{evaluation['acc']:.3f} (at the model's thresholds)\nTables: {out}/per_class.csv")

@@ -59,6 +59,7 @@ def test_evaluate_scores_a_multi_label_file(multi_label_run, tmp_path: Path, cap
     said = capsys.readouterr().out
     assert "mAP" in said and "exact match" in said
     assert (tmp_path / "ev" / "per_class.csv").read_text().startswith("class,ap,")
+    assert (tmp_path / "ev" / "pr_curves.png").is_file()
 
 
 def test_threshold_is_refused_for_one_class_per_image(tiny_vit: Path, tmp_path: Path, capsys) -> None:

@@ -41,6 +41,7 @@ def test_trains_and_the_pipeline_applies_the_sigmoid(multi_label_run) -> None:
     assert config["problem_type"] == "multi_label_classification"
     assert all(row["val_map"] and row["val_micro_f1"] for row in read_rows(out / "metrics.csv"))
     assert {row["class"] for row in read_rows(out / "per_class.csv")} == set(info["thresholds"])
+    assert (out / "pr_curves.png").stat().st_size > 1000
     image = scenes.parent / "scenes" / "scene_0001.jpg"
     scores = {r["label"]: r["score"] for r in pipeline("image-classification", model=str(out / "best"),
                                                         device="cpu")(str(image), top_k=3)}

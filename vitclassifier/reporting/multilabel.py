@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vitclassifier.reporting.plots import write_curves
+from vitclassifier.files import write_via_temp
+from vitclassifier.reporting.plots import drawn, pyplot, write_curves
 from vitclassifier.tables import dict_rows, write_csv
 
 DEFAULT_THRESHOLD = 0.5
@@ -24,14 +25,9 @@ MIN_POSITIVES = 3  # fewer validation positives than this: the class keeps DEFAU
 def average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
     """AP of one class: sum over the distinct scores, from the highest, of (recall gained) x precision
     there; nan without a positive (as scikit-learn, which also warns)."""
-    positives = targets.sum()
-    if positives == 0:
+    if targets.sum() == 0:
         return float("nan")
-    order = np.argsort(-scores, kind="mergesort")
-    scores, targets = scores[order], targets[order]
-    last = np.r_[np.nonzero(np.diff(scores))[0], len(scores) - 1]  # the last index of each distinct score
-    hits = np.cumsum(targets)[last]
-    precision, recall = hits / (last + 1), hits / positives
+    precision, recall = precision_recall(scores, targets)
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
@@ -107,14 +103,47 @@ def sigmoid(logits: torch.Tensor) -> np.ndarray:
     return torch.sigmoid(logits.float()).cpu().numpy()
 
 
-def write_multi_label_report(directory: Path, labels: list[str], scores: dict, rows: list[dict] | None
+def precision_recall(scores: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One label's (precision, recall) at each distinct score, from the highest down."""
+    order = np.argsort(-scores, kind="mergesort")
+    last = np.r_[np.nonzero(np.diff(scores[order]))[0], len(scores) - 1]  # each distinct score's last index
+    hits = np.cumsum(targets[order])[last]
+    return hits / (last + 1), hits / max(1, targets.sum())
+
+
+def write_pr_curves(probs: np.ndarray, targets: np.ndarray, labels: list[str], scores: dict,
+                    path: Path) -> None:
+    """pr_curves.png: every label's precision-recall curve, its AP in the legend, its threshold marked."""
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(6, 5))
+    table = scores["per_class"]
+    for c, name in enumerate(drawn(labels)):
+        if targets[:, c].sum() == 0:
+            continue
+        precision, recall = precision_recall(probs[:, c], targets[:, c])
+        line, = axis.step(recall, precision, where="post", label=f"{name} (AP {table['ap'][c]:.2f})")
+        axis.plot(table["recall"][c], table["precision"][c], "o", color=line.get_color())
+    axis.set(xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02),
+             title="precision-recall per label (dot: its threshold)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    write_via_temp(path, lambda tmp: figure.savefig(tmp, format="png", dpi=100))
+    plt.close(figure)
+
+
+def write_multi_label_report(directory: Path, labels: list[str], scores: dict, rows: list[dict] | None,
+                             probs: np.ndarray | None = None, targets: np.ndarray | None = None
                              ) -> list[Path]:
-    """per_class.csv (AP, precision, recall, F1 at the thresholds, the thresholds, support) and
-    curves.png; returns the files written."""
+    """per_class.csv (AP, precision, recall, F1 at the thresholds, the thresholds, support), pr_curves.png
+    (given the probabilities and targets) and curves.png; returns the files written."""
     directory.mkdir(parents=True, exist_ok=True)
     table = per_class_rows(labels, scores)
     written = [directory / "per_class.csv"]
     write_csv(written[0], dict_rows(list(table[0]), table))
+    if probs is not None and targets is not None and len(targets):
+        write_pr_curves(probs, targets.astype(int), labels, scores, directory / "pr_curves.png")
+        written.append(directory / "pr_curves.png")
     if rows:
         write_curves(rows, directory / "curves.png")
         written.append(directory / "curves.png")

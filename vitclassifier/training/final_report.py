@@ -70,9 +70,9 @@ def report_multi_label(ctx: EvalContext, directory: Path, labels: list[str], val
               "val_map": scores["map"], "val_micro_f1_thresholds": scores["micro_f1"],
               "val_exact_match_thresholds": scores["acc"]}
     update_info(directory / "best", **fitted)
-    write_multi_label_report(directory, labels, scores, rows)
+    write_multi_label_report(directory, labels, scores, rows, probs, targets)
     print(scores_line(scores, evaluation))
     print(f"Thresholds per class in {directory}/best/training_info.json; tables and pictures: "
-          f"{directory}/per_class.csv, curves.png")
+          f"{directory}/per_class.csv, pr_curves.png, curves.png")
     write_model_card(directory / "best", read_info(directory / "best"))
     return fitted
