@@ -69,3 +69,10 @@ def test_threshold_is_refused_for_one_class_per_image(tiny_vit: Path, tmp_path: 
     assert predict.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--threshold is for a model of several labels" in err[0]
+
+
+def test_the_web_page_shows_the_set() -> None:
+    from vitclassifier.inference.webapp import label_set_html
+    shown = label_set_html({"labels": {"<cat>": 0.91, "dog": 0.5}})
+    assert "&lt;cat&gt; 91.0%" in shown and "dog 50.0%" in shown
+    assert "none" in label_set_html({"labels": {}}) and label_set_html({"predictions": []}) == ""
