@@ -67,8 +67,8 @@ def test_a_hugging_face_sequence_of_class_labels_reads_the_same_sets(tmp_path: P
 
 def test_single_label_file_stays_single_label(tmp_path: Path) -> None:
     folder = _images(tmp_path)
-    (folder / "one.csv").write_text("image,label\n" + "".join(f"{n},{'x' if i % 2 else 'y'}\n"
-                                                              for i, n in enumerate(SETS)))
+    (folder / "one.csv").write_text("image,label,flag_a,flag_b\n" + "".join(  # 0/1 columns beside a label
+        f"{n},{'x' if i % 2 else 'y'},{i % 2},0\n" for i, n in enumerate(SETS)))
     source = open_source(folder / "one.csv", val_split=0.4)
     assert source.task_line() == "single-label" and isinstance(source.train()[0][1], int)
     with pytest.raises(UserError, match="--task multi-label reads"):

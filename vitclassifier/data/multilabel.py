@@ -50,7 +50,10 @@ def split_cell(value: str, separator: str) -> list[str]:
 
 
 def wide_columns(columns: list[str], rows: list[dict], image: str | None) -> list[str]:
-    """The 0/1 class columns of the wide form (one column per class), or [] when the file is not so."""
+    """The 0/1 class columns of the wide form (one column per class), or [] when the file is not so (a
+    file with a label column by name keeps it, whatever 0/1 columns it also has)."""
+    if {c.lower() for c in columns} & {c.lower() for c in LABEL_COLUMNS}:
+        return []
     known = {c.lower() for c in (*LABEL_COLUMNS, *SPLIT_COLUMNS, *IMAGE_COLUMNS)}
     candidates = [c for c in columns if c != image and c.lower() not in known]
     wide = [c for c in candidates if all(row.get(c, "").strip().lower() in WIDE_VALUES for row in rows)]
