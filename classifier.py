@@ -57,7 +57,8 @@ def check_data(args: CheckDataConfig) -> int:
             raise UserError("--audit-out is where the deep audit writes: add --model CKPT|PRESET|HUB-ID")
         # a folder with a single class is reported (exit 1), not refused (exit 2)
         source = open_source(root, args.data_format, args.val_split, args.split_seed, args.image_column,
-                             args.label_column, min_classes=1)
+                             args.label_column, min_classes=1, task=args.task,
+                             separator=args.label_separator)
         deep = run_deep_audit(args, source) if args.model else None
         # Small images are judged against a size that is known: --image-size, or the --model's input.
         image_size = args.image_size or (deep and deep["image_size"])
@@ -103,7 +104,12 @@ def shards_command(args: CheckDataConfig) -> int:
 
 def generate_command(args: CheckDataConfig) -> int:
     """``--generate-data``: the synthetic data set; 2 if an output is unusable or not ours to replace."""
+    from vitclassifier.data.scenes import generate_scenes
     try:
+        if args.multi_label:
+            generate_scenes(args.out, args.classes, args.per_class * len(args.classes), args.image_size or 64,
+                            args.seed)
+            return 0
         generate_data(args.out, args.classes, args.per_class, args.image_size or 64, args.seed,
                       args.samples_dir)
     except UserError as error:

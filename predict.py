@@ -83,6 +83,11 @@ def run(args: PredictConfig) -> int:
     loaded = load_for_prediction(
         args.model, device, args.precision, args.quantize, args.compile, args.runtime
     )
+    if args.threshold is not None:
+        if not loaded.multi_label:
+            raise UserError(f"--threshold is for a model of several labels per image; "
+                            f"{printable(args.model)} gives one class per image: use --min-confidence")
+        loaded.thresholds = [args.threshold] * len(loaded.labels)
     paths, failures = expand_inputs(args.image)
     if args.top_k > len(loaded.labels):
         print(

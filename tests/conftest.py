@@ -41,6 +41,20 @@ def trained_run(tmp_path_factory, tiny_vit, pattern_data) -> Path:
 
 
 @pytest.fixture(scope="session")
+def multi_label_run(tmp_path_factory, tiny_vit) -> tuple[Path, Path]:
+    """Generated scenes of several shapes each and a 2-epoch multi-label run of the tiny ViT on them;
+    returns (the label file, the run's output dir)."""
+    import classifier
+    import train
+    data = tmp_path_factory.mktemp("scenes")
+    assert classifier.main(["--generate-data", "--multi-label", "--out", str(data), "--per-class", "16",
+                            "--classes", "circle,star,cross", "--image-size", "32"]) == 0
+    out = tmp_path_factory.mktemp("multi-label-run") / "checkpoints"
+    assert train.main([*run_args(out, data / "labels.csv", tiny_vit), "--recipe", "fixed"]) == 0
+    return data / "labels.csv", out
+
+
+@pytest.fixture(scope="session")
 def openvino_int8_export(trained_run, pattern_data, tmp_path_factory) -> tuple[Path, str]:
     """The trained checkpoint exported by export.py as int8 OpenVINO, calibrated on the pattern
     images; returns (the .xml path, export.py's report)."""

@@ -19,8 +19,9 @@ from vitclassifier.options import dest, field_problems, option, options_of, type
 from vitclassifier.urls import data_location
 
 AUGMENTATIONS = ("crop", "flip", "rotate", "color_jitter")
-SELECT_BY_CHOICES = ("accuracy", "macro-f1", "loss")
+SELECT_BY_CHOICES = ("auto", "accuracy", "macro-f1", "map", "loss")
 DATA_FORMATS = ("auto", "folder", "labels", "hf", "shards")
+TASKS = ("auto", "single-label", "multi-label")  # --task: one class per image, or several
 RECIPES = ("auto", "fixed")  # --recipe: training/auto.py decides, or the defaults as they are
 DEFAULT_LR = {True: 5e-5, False: 3e-4}
 MIX_ALPHA = (0.01, 100.0)  # mixup/cutmix alphas outside this break the Beta draw or mean "off" anyway
@@ -66,6 +67,10 @@ class DataOptions:
         "label files and Hugging Face datasets: the image column (default: recognised)", None, place=3)
     label_column: str | None = option(
         "label files and Hugging Face datasets: the label column (default: recognised)", None, place=4)
+    task: str = option("single-label: one class per image; multi-label: several labels per image, from a "
+                       "label file (docs/multi-label.md); auto: told from the data", "auto", choices=TASKS,
+                       place=4.5)
+    label_separator: str = option("label files: what separates several labels in one cell", ";", place=4.6)
     exclude: Path | None = option(
         "leave out the images FILE lists: one path per line, relative to --data, or a CSV file with a path "
         "column such as the deep audit's label_issues.csv (docs/audit.md); recorded in "
@@ -141,8 +146,12 @@ class RecipeOptions:
                         at_least=0, below=1, problem="--ema is a decay from 0 (off) to below 1, e.g. 0.999")
     patience: int = option("stop after this many epochs without a better validation score (0: never)", 5,
                            group=SELECTION, place=32, at_least=0, problem=NOT_NEGATIVE, resume="free")
-    select_by: str = option("validation score that picks the best model (macro-f1 suits imbalanced classes)",
-                            "accuracy", choices=SELECT_BY_CHOICES, group=SELECTION, place=33)
+    select_by: str = option("validation score that picks the best model (macro-f1 suits imbalanced classes; "
+                            "map: several labels per image; auto: map for several labels per image, else "
+                            "accuracy)", "auto", choices=SELECT_BY_CHOICES, group=SELECTION, place=33)
+    loss: str = option("several labels per image: binary cross-entropy (bce) or the asymmetric loss (asl, "
+                       "for sets with many negatives); one class per image trains with cross-entropy", "bce",
+                       choices=("bce", "asl"), group=SELECTION, place=33.5)
     class_weights: str = option("auto: weight the loss by inverse class frequency (for imbalanced classes)",
                                 "none", choices=["none", "auto"], group=SELECTION, place=34,
                                 problem="--class-weights: choose none or auto")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 from torch.utils.data import DataLoader
 
 from vitclassifier.config import TrainConfig
@@ -18,8 +19,10 @@ from vitclassifier.export.files import is_export
 from vitclassifier.inference.loading import load_for_prediction, prediction_device
 from vitclassifier.model.relevance import mistake_maps
 from vitclassifier.reporting.calibration import expected_calibration_error
+from vitclassifier.reporting.multilabel import sigmoid, write_multi_label_report
 from vitclassifier.reporting.report import write_report
 from vitclassifier.training.evaluate import EvalContext, evaluate
+from vitclassifier.training.multilabel import evaluate_multi_label
 
 
 def evaluate_checkpoint(config: TrainConfig, output_dir: Path | None = None) -> dict:
@@ -32,7 +35,11 @@ def evaluate_checkpoint(config: TrainConfig, output_dir: Path | None = None) -> 
     )
     data = config.data
     source = open_source(data.folder, data.data_format, data.val_split, 0, data.image_column,
-                         data.label_column)  # the seed changes nothing: without its own val part, all of it
+                         data.label_column, task=data.task, separator=data.label_separator)  # seed: no effect
+    if (source.task_line() == "multi-label") != loaded.multi_label:
+        kinds = ("one class", "several labels") if loaded.multi_label else ("several labels", "one class")
+        raise UserError(f"--data {data.folder} has {kinds[0]} per image but the model {model_path} gives "
+                        f"{kinds[1]}: evaluate it on data of its own kind")
     root, dataset = source.evaluation_source(loaded.labels, model_path, eval_transform(loaded.prep),
                                              loaded.prep.resize_size, data.batch_size)
     ctx = EvalContext(loaded.device, loaded.dtype)
@@ -42,12 +49,14 @@ def evaluate_checkpoint(config: TrainConfig, output_dir: Path | None = None) -> 
         collate_fn=collate_skipping_bad,
         num_workers=loader_workers(config.data.num_workers, loaded.device),
     )
-    evaluation = evaluate(
-        ctx, loaded.model, loader, len(loaded.labels), f"evaluating {root}", keep_outputs=True
-    )
+    score = evaluate_multi_label if loaded.multi_label else evaluate
+    evaluation = score(ctx, loaded.model, loader, len(loaded.labels), f"evaluating {root}", keep_outputs=True,
+                       **({"thresholds": np.array(loaded.thresholds)} if loaded.multi_label else {}))
     if "logits" not in evaluation:
         raise UserError(f"no readable image in {root}")
     out = output_dir or Path(f"{model_path.resolve()}-evaluation")
+    if loaded.multi_label:
+        return report_multi_label(root, out, loaded.labels, evaluation, ctx.bad_files)
     explain = None if is_export(model_path) else (  # exports have no gradients: mistakes.png without maps
         lambda mistakes: mistake_maps(loaded.model, loaded.prep, mistakes, loaded.device, loaded.dtype))
     write_report(out, loaded.labels, evaluation, loaded.temperature, explain=explain)
@@ -61,5 +70,17 @@ def evaluate_checkpoint(config: TrainConfig, output_dir: Path | None = None) -> 
         f"(temperature {loaded.temperature:.3f})\nPictures and tables: {out}"
     )
     for path, reason in sorted(ctx.bad_files.items()):
+        print(f"warning: skipped {path}: {reason}", file=sys.stderr)
+    return evaluation
+
+
+def report_multi_label(root: str, out: Path, labels: list[str], evaluation: dict, bad_files: dict) -> dict:
+    """Several labels per image, scored at the model's own thresholds: per_class.csv and one line."""
+    write_multi_label_report(out, labels, evaluation, None, sigmoid(evaluation["logits"]),
+                             evaluation["labels"].numpy())
+    print(f"{root}: {evaluation['count']} images | loss {evaluation['loss']:.4f} mAP {evaluation['map']:.3f} "
+          f"micro-F1 {evaluation['micro_f1']:.3f} macro-F1 {evaluation['macro_f1']:.3f} exact match "
+          f"{evaluation['acc']:.3f} (at the model's thresholds)\nTables: {out}/per_class.csv")
+    for path, reason in sorted(bad_files.items()):
         print(f"warning: skipped {path}: {reason}", file=sys.stderr)
     return evaluation

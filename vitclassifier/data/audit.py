@@ -260,6 +260,19 @@ def _table(report: dict) -> list[str]:
     return [line(header)] + [line(row) for row in rows]
 
 
+def _per_label(report: dict) -> str:
+    counts = report["multi_label"]
+    return f"{len(counts['labels'])} labels, {counts['no_label']} image(s) with no label"
+
+
+def _per_label_table(report: dict) -> list[str]:
+    """Multi-label data: the images carrying each label, in train and val."""
+    counts = report["multi_label"]["labels"]
+    width = max(len("label"), *(len(name) for name in counts))
+    return [f"{'label'.ljust(width)}  train    val", *(f"{name.ljust(width)}  {c['train']:>5}  {c['val']:>5}"
+                                                     for name, c in counts.items())]
+
+
 def _listed(items: list[str]) -> list[str]:
     """The first LISTED items, indented, and a count of the rest."""
     more = (
@@ -272,7 +285,10 @@ def _full(report: dict) -> list[str]:
     lines = [_summary(report) + ("" if report["decoded"] else " (files not decoded)")]
     if report.get("data"):
         lines.append(f"Folder: {report['data']}; split: {report['split']}")
-    lines += ["", *_table(report), "", _imbalance(report)]
+    if "multi_label" in report:  # several labels per image: the label sets are counted as classes
+        lines[0] = _summary(report).replace("classes", "label sets") + f", {_per_label(report)}"
+    lines += ["", *_table(report), ""]
+    lines += _per_label_table(report) if "multi_label" in report else [_imbalance(report)]
     if report["unreadable"]:
         lines += [
             f"Unreadable files ({len(report['unreadable'])}):",

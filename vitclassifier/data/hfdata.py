@@ -5,7 +5,8 @@ Rows stay in the dataset's memory-mapped Arrow files: a sample is a ``RowRef`` (
 row), and its image bytes are read only when the row is decoded, through the same safe
 ``load_image`` as files. Class names come from a ``ClassLabel`` feature when there is one (else the
 label column's distinct values), sorted like class folders; the dataset's own train/validation
-splits are used when it has them, else the folders' stratified, seeded split.
+splits are used when it has them, else the folders' stratified, seeded split. A ``Sequence(ClassLabel)``
+column gives several labels per image (``load_label_sets``: multi-hot samples, data/multilabel.py).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 from vitclassifier.data.folders import stratified_split
 from vitclassifier.data.images import file_bound, read_regular, too_many_bytes
 from vitclassifier.data.labelfile import IMAGE_COLUMNS, LABEL_COLUMNS, find_column
+from vitclassifier.data.multilabel import iterative_split, multi_hot
 from vitclassifier.errors import UserError
 from vitclassifier.hub import hub_reachable
 from vitclassifier.text import printable
@@ -218,6 +220,9 @@ def load_hf(path: Path, val_split: float, seed: int, image_column: str | None = 
     if train_split is None:
         raise UserError(f"the Hugging Face dataset {printable(str(where))} has no split with rows")
     columns = (image_column, label_column)
+    sets_column = _label_sets_column(splits[train_split].features, label_column)
+    if sets_column is not None:  # several labels per image
+        return load_label_sets(splits, train_split, where, (image_column, sets_column), val_split, seed)
     classes = _table_samples(splits, train_split, where, columns)
     if len(classes) < 2:
         raise UserError(f"the Hugging Face dataset {printable(str(where))} has {len(classes)} class(es) "
@@ -236,3 +241,61 @@ def load_hf(path: Path, val_split: float, seed: int, image_column: str | None = 
     train = [(ref, i) for i, name in enumerate(labels) for ref in classes[name]]
     val = [(ref, labels.index(name)) for name in sorted(val_classes) for ref in val_classes[name]]
     return labels, train, val
+
+
+def label_set_names(feature: object) -> list[str] | None:
+    """The class names of a Sequence(ClassLabel) feature (several labels per row), else None."""
+    datasets = _datasets()
+    inner = getattr(feature, "feature", None)
+    sequences = tuple(k for k in (getattr(datasets, "List", None), datasets.Sequence) if isinstance(k, type))
+    several = isinstance(feature, sequences) and isinstance(inner, datasets.ClassLabel)
+    return list(inner.names) if several else None
+
+
+def _label_sets_column(features: dict, wanted: str | None) -> str | None:
+    """The label column when it holds several labels per row: the one --label-column names, else (with no
+    plain ClassLabel column) the first Sequence(ClassLabel) column. None: one label per row."""
+    if wanted is not None:
+        return wanted if wanted in features and label_set_names(features[wanted]) is not None else None
+    if any(isinstance(feature, _datasets().ClassLabel) for feature in features.values()):
+        return None
+    return next((name for name, feature in features.items() if label_set_names(feature) is not None), None)
+
+
+def _label_set_samples(splits: dict, split: str, where: str, columns: tuple[str | None, str]
+                       ) -> tuple[list[str], dict]:
+    """This split's class names and {RowRef: the names of its labels} (an empty list: no label)."""
+    datasets = _datasets()
+    dataset = splits[split]
+    image = _column(dataset.features, columns[0], (datasets.Image,), IMAGE_COLUMNS, "--image-column", where)
+    names = label_set_names(dataset.features.get(columns[1]))
+    if names is None:
+        raise UserError(f"the {split} split of {printable(where)} has no several-label column "
+                        f"{printable(columns[1])!r} as its training split has")
+    if isinstance(dataset.features[image], datasets.Image):
+        dataset = dataset.cast_column(image, datasets.Image(decode=False))
+    table = Table(f"{where}:{split}", dataset.select_columns([image]), image)
+    rows = dataset.select_columns([columns[1]])[columns[1]]
+    found = ({names[v] for v in values or [] if 0 <= v < len(names)} for values in rows)
+    return names, {RowRef(table.name, row, table): sorted(these) for row, these in enumerate(found)}
+
+
+def load_label_sets(splits: dict, train_split: str, where: str, columns: tuple[str | None, str],
+                    val_split: float, seed: int) -> tuple[list[str], list, list]:
+    """A Sequence(ClassLabel) column: (labels, train, val) as multi-hot samples (data/multilabel.py), split
+    by the dataset's validation split, else by iterative stratification."""
+    names, train = _label_set_samples(splits, train_split, where, columns)
+    labels = sorted(names)
+    if len(labels) < 2:
+        raise UserError(f"the Hugging Face dataset {printable(where)} names {len(labels)} label(s); training "
+                        f"needs at least two")
+    hot = [(ref, multi_hot(found, labels)) for ref, found in train.items()]
+    val_name = next((name for name in VAL_SPLITS if name in splits), None)
+    if val_name is None:
+        to_val = iterative_split([target for _, target in hot], val_split, seed)
+        return labels, [s for s, v in zip(hot, to_val) if not v], [s for s, v in zip(hot, to_val) if v]
+    val_names, val = _label_set_samples(splits, val_name, where, columns)
+    if sorted(val_names) != labels:
+        raise UserError(f"the {val_name} split of {printable(where)} names other labels than its training "
+                        f"split")
+    return labels, hot, [(ref, multi_hot(found, labels)) for ref, found in val.items()]

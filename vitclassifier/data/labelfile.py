@@ -49,7 +49,8 @@ def read_rows(path: Path) -> tuple[list[str], list[dict]]:
             if not isinstance(row, dict):
                 raise UserError(f"label file {printable(str(path))}, line {number}: expected a JSON "
                                 f"object per line")
-            rows.append({str(k): "" if v is None else str(v) for k, v in row.items()})
+            rows.append({str(k): "" if v is None else json.dumps(v) if isinstance(v, list) else str(v)
+                         for k, v in row.items()})  # a list (several labels) stays JSON: data/multilabel.py
         columns = list(dict.fromkeys(key for row in rows for key in row))
         return columns, rows
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vitclassifier.cli import DEVICES
-from vitclassifier.config import DATA_FORMATS
+from vitclassifier.config import DATA_FORMATS, TASKS
 from vitclassifier.data.synthetic import DEFAULT_CLASSES, SHAPES, at_least, parse_classes
 from vitclassifier.options import field_problems, option, type_problems
 from vitclassifier.urls import data_location
@@ -35,6 +35,10 @@ class CheckDataConfig:
                               "auto", choices=DATA_FORMATS, group=FORMS)
     image_column: str | None = option("label files, HF datasets: the image column", None, group=FORMS)
     label_column: str | None = option("label files, HF datasets: the label column", None, group=FORMS)
+    task: str = option("single-label: one class per image; multi-label: several labels per image "
+                       "(docs/multi-label.md); auto: told from the data", "auto", choices=TASKS, group=FORMS)
+    label_separator: str = option("label files: the separator of several labels in one cell", ";",
+                                  group=FORMS)
     shard_size: int = option("--to-shards: images per shard", 1000, type=at_least(1), group=FORMS)
     image_size: int | None = option(
         "--generate-data: side of each image in pixels (default: 64); --check-data: images with a shorter "
@@ -44,6 +48,9 @@ class CheckDataConfig:
     classes: list[str] | str = option(  # text until argparse parses it (parse_classes)
         f"comma-separated shapes, or a count; available: {', '.join(SHAPES)}", DEFAULT_CLASSES,
         type=parse_classes, group=GENERATE)
+    multi_label: bool = option("--generate-data: scenes of 0 to 3 shapes labelled with the shapes present "
+                               "(--per-class x classes scenes, a label file OUT/labels.csv)", False,
+                               group=GENERATE)
     per_class: int = option("images per class", 1200, type=at_least(2), group=GENERATE)
     seed: int = option("random seed; same seed, same files", 0, group=GENERATE)
     samples_dir: Path = option("where sample.jpg, samples/ go", Path("."), group=GENERATE)

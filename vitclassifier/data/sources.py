@@ -24,6 +24,7 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
+from vitclassifier.data import multilabel  # several labels per image
 from vitclassifier.data.audit import audit_dataset, format_report
 from vitclassifier.data.dataset import ImageFolderDataset
 from vitclassifier.data.exclude import apply_exclude
@@ -80,11 +81,12 @@ class Source(ABC):
     """--data in one form: its label map and train/val split, and what each use of it needs."""
     form: str  # "folder" | "labels" | "hf" | "shards"
     streamed = False  # shards: train/val are streamed and plan their own epochs
+    multi_label = False  # several labels per image (data/multilabel.py): samples carry multi-hot tuples
 
     def __init__(self, data: Path | str, val_split: float, seed: int, columns: tuple[str | None, str | None],
-                 min_classes: int = 2):
+                 min_classes: int = 2, task: str = "auto", separator: str = ";"):
         self.data, self.val_split, self.seed, self.columns = data, val_split, seed, columns
-        self.min_classes = min_classes
+        self.min_classes, self.task, self.separator = min_classes, task, separator
         self.exclude: dict | None = None  # what --exclude left out (data/exclude.apply_exclude's record)
         self._split: tuple[list[str], object, object] | None = None
 
@@ -94,8 +96,20 @@ class Source(ABC):
 
     def _read_once(self) -> tuple[list[str], object, object]:
         if self._split is None:
+            if self.task == "multi-label" and self.form not in ("labels", "hf"):
+                raise UserError(f"--task multi-label reads several labels per image from a label file or a "
+                                f"Hugging Face dataset (docs/multi-label.md), not from {self.form} data")
             self._split = self.read()
+            train = self._split[1]  # several labels per image: multi-hot tuples (data/multilabel.py)
+            self.multi_label = isinstance(train, list) and bool(train) and isinstance(train[0][1], tuple)
         return self._split
+
+    def task_line(self) -> str:
+        """single-label or multi-label (the run's first line says which), told without splitting --data
+        where the form allows."""
+        if self.task == "multi-label":
+            self._read_once()  # refused where the form cannot hold several labels per image
+        return "single-label"
 
     @property
     def labels(self) -> list[str]:
@@ -117,6 +131,8 @@ class Source(ABC):
                 **({"exclude": self.exclude} if self.exclude is not None else {})}
 
     def held_out(self) -> str:
+        if self.task_line() == "multi-label":
+            return f"{self.val_split * 100:g}% held out by iterative stratification, seed {self.seed}"
         return f"{self.val_split * 100:g}% of each class held out, seed {self.seed}"
 
     def split_origin(self) -> str:
@@ -183,6 +199,11 @@ class ListSource(Source):
     def train_labels(self) -> list[int]:
         return [label for _, label in self.train()]
 
+    def _audit(self, image_size: int | None, decode: bool = True) -> dict:
+        labels, train, val = self._read_once()  # first: reading tells whether it is multi-label
+        audit = multilabel.audit_multi_label if self.multi_label else audit_dataset
+        return audit(labels, train, val, image_size=image_size, decode=decode)
+
     def fingerprint(self) -> str:
         digest = data_fingerprint(self.train(), self.data)
         return digest if self.exclude is None else f"{digest}+exclude:{self.exclude['sha256']}"
@@ -196,7 +217,7 @@ class ListSource(Source):
         return kept
 
     def quick_audit(self) -> None:
-        report = audit_dataset(self.labels, self.train(), self.val(), image_size=None, decode=False)
+        report = self._audit(None, decode=False)
         notes = format_report(report, brief=True)
         if notes:
             print(notes)
@@ -204,7 +225,7 @@ class ListSource(Source):
             raise UserError("; ".join(report["fatal"]))
 
     def full_audit(self, image_size: int | None) -> dict:
-        return audit_dataset(self.labels, self.train(), self.val(), image_size)
+        return self._audit(image_size)
 
     def sample_index(self) -> dict:
         return {str(path): index for index, (path, _) in enumerate(self.train())}
@@ -270,10 +291,20 @@ class LabelFileSource(ListSource):
     def read(self) -> tuple[list[str], list, list]:
         if not self.data.is_file():
             raise UserError(f"label file {printable(str(self.data))} does not exist")
+        if self.task_line() == "multi-label":
+            return multilabel.load_multi_label_file(self.data, self.val_split, self.seed, self.separator,
+                                                    *self.columns)
         return load_label_file(self.data, self.val_split, self.seed, *self.columns)
+
+    def task_line(self) -> str:
+        return multilabel.detect_task(self.data, self.task, self.separator, *self.columns)
 
     def evaluation_samples(self, labels: list[str], model_path: Path) -> tuple[str, list]:
         """The rows marked val when it has a split column, else every row (no split made)."""
+        if self.task_line() == "multi-label":
+            found, sets, splits = multilabel.read_multi_label_file(self.data, self.separator, *self.columns)
+            chosen = {p: names for p, names in sets.items() if not splits or splits[p] in VAL_VALUES}
+            return str(self.data), multilabel.relabel(chosen, found, labels, str(self.data), model_path)
         classes, splits = read_label_file(self.data, *self.columns)
         found = sorted(classes)
         samples = [(p, i) for i, name in enumerate(found) for p in classes[name]
@@ -288,11 +319,17 @@ class HfSource(ListSource):
     def read(self) -> tuple[list[str], list, list]:
         return load_hf(self.data, self.val_split, self.seed, *self.columns)
 
+    def task_line(self) -> str:
+        return "multi-label" if self._read_once() and self.multi_label else "single-label"
+
     def evaluation_samples(self, labels: list[str], model_path: Path) -> tuple[str, list]:
         """Its validation split when it has one, else every row (no split made)."""
         found, train, val = self._read_once()
         own = any(name in open_splits_of(self.data) for name in VAL_SPLITS)
-        return str(self.data), self.relabelled(val if own else train + val, found, labels, model_path)
+        chosen = val if own else train + val
+        if self.multi_label:
+            return str(self.data), multilabel.relabel_hot(chosen, found, labels, str(self.data), model_path)
+        return str(self.data), self.relabelled(chosen, found, labels, model_path)
 
 
 class ShardSource(Source):
@@ -352,10 +389,11 @@ FORMS: dict[str, type[Source]] = {"folder": FolderSource, "labels": LabelFileSou
 
 def open_source(data: Path | str, data_format: str = "auto", val_split: float = 0.2, seed: int = 42,
                 image_column: str | None = None, label_column: str | None = None,
-                min_classes: int = 2) -> Source:
+                min_classes: int = 2, task: str = "auto", separator: str = ";") -> Source:
     """--data as the Source of its form (nothing read yet): a local path, or a URL as text (text that
     is no URL is taken as a path). ``min_classes``: class folders with fewer are refused (--check-data
-    reports a single class instead)."""
+    reports a single class instead). ``task``, ``separator``: --task and --label-separator (several
+    labels per image: data/multilabel.py)."""
     data = data_location(data) if isinstance(data, str) else data
     return FORMS[detect_format(data, data_format)](data, val_split, seed, (image_column, label_column),
-                                                   min_classes)
+                                                   min_classes, task, separator)

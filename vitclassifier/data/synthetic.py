@@ -39,32 +39,33 @@ def _polygon(cx: float, cy: float, radius: float, corners: int, angle: float, in
     return points
 
 
-def draw_shape(shape: str, size: int, rng: random.Random) -> Image.Image:
-    """Draw one random instance of ``shape``: colours, size, place, angle and noise vary."""
-    scale = 2  # draw large, then downsample: cheap anti-aliasing
-    canvas = size * scale
+def pick_colours(rng: random.Random) -> tuple[tuple, tuple]:
+    """(background, a foreground colour that stands out from it)."""
     background = tuple(rng.randint(0, 255) for _ in range(3))
-    while True:  # a foreground colour that stands out from the background
+    return background, foreground(background, rng)
+
+
+def foreground(background: tuple, rng: random.Random) -> tuple:
+    """A colour that stands out from ``background``."""
+    while True:
         colour = tuple(rng.randint(0, 255) for _ in range(3))
         if sum(abs(a - b) for a, b in zip(colour, background)) > 240:
-            break
-    image = Image.new("RGB", (canvas, canvas), background)
-    draw = ImageDraw.Draw(image)
-    radius = canvas * rng.uniform(0.26, 0.4)
-    cx = canvas / 2 + rng.uniform(-1, 1) * (canvas / 2 - radius)  # anywhere it fits whole
-    cy = canvas / 2 + rng.uniform(-1, 1) * (canvas / 2 - radius)
+            return colour
+
+
+def paint(draw: ImageDraw.ImageDraw, shape: str, where: tuple[float, float, float], colour: tuple,
+          rng: random.Random, canvas: int) -> None:
+    """One instance of ``shape`` at (centre x, centre y, radius), at a random angle and stroke width."""
+    cx, cy, radius = where
     angle = rng.uniform(0, 2 * math.pi)
     width = max(2, int(radius * rng.uniform(0.25, 0.4)))
     if shape == "circle":
         draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=colour)
     elif shape == "ring":
         draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], outline=colour, width=width)
-    elif shape == "square":
-        draw.polygon(_polygon(cx, cy, radius, 4, angle), fill=colour)
-    elif shape == "triangle":
-        draw.polygon(_polygon(cx, cy, radius, 3, angle), fill=colour)
-    elif shape == "hexagon":
-        draw.polygon(_polygon(cx, cy, radius, 6, angle), fill=colour)
+    elif shape in ("square", "triangle", "hexagon"):
+        draw.polygon(_polygon(cx, cy, radius, {"square": 4, "triangle": 3, "hexagon": 6}[shape], angle),
+                     fill=colour)
     elif shape == "star":
         draw.polygon(_polygon(cx, cy, radius, 5, angle, inner=0.45), fill=colour)
     elif shape == "cross":
@@ -83,10 +84,26 @@ def draw_shape(shape: str, size: int, rng: random.Random) -> Image.Image:
             )
     else:
         raise ValueError(f"unknown shape {shape!r}")
+
+
+def finish(image: Image.Image, size: int, rng: random.Random) -> Image.Image:
+    """Downsample the double-size canvas (cheap anti-aliasing), blur and add noise a little."""
     image = image.resize((size, size), Image.LANCZOS).filter(ImageFilter.GaussianBlur(rng.uniform(0, 0.5)))
     noise = np.random.default_rng(rng.randrange(2**32)).normal(0, rng.uniform(0, 12), (size, size, 3))
     pixels = np.clip(np.asarray(image, dtype=np.float32) + noise, 0, 255).astype(np.uint8)
     return Image.fromarray(pixels)
+
+
+def draw_shape(shape: str, size: int, rng: random.Random) -> Image.Image:
+    """Draw one random instance of ``shape``: colours, size, place, angle and noise vary."""
+    canvas = size * 2  # drawn large, then downsampled
+    background, colour = pick_colours(rng)
+    image = Image.new("RGB", (canvas, canvas), background)
+    radius = canvas * rng.uniform(0.26, 0.4)
+    cx = canvas / 2 + rng.uniform(-1, 1) * (canvas / 2 - radius)  # anywhere it fits whole
+    cy = canvas / 2 + rng.uniform(-1, 1) * (canvas / 2 - radius)
+    paint(ImageDraw.Draw(image), shape, (cx, cy, radius), colour, rng, canvas)
+    return finish(image, size, rng)
 
 
 def parse_classes(spec: str) -> list[str]:

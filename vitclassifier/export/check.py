@@ -28,6 +28,7 @@ from vitclassifier.files import atomic_write_bytes, check_output_file, refuse_in
 from vitclassifier.model.checkpoint import load_checkpoint, read_info
 from vitclassifier.model.runnable import LogitsOnly
 from vitclassifier.options import field_problems, option, type_problems
+from vitclassifier.reporting.multilabel import threshold_map, thresholds_of
 
 EXACT_FORMATS = ("onnx", "torchscript")  # fp32 as PyTorch runs it; the others round to int8 or bf16
 TOLERANCE = 1e-3  # max |logit difference| accepted for the exact formats
@@ -233,8 +234,11 @@ def export_checkpoint(config: ExportConfig) -> bool:
     batch = images.repeat(-(-BENCH_BATCH // len(images)), 1, 1, 1)[:BENCH_BATCH]
     with torch.inference_mode():
         reference = net(images)
-    temperature = float(read_info(config.model).get("temperature", 1.0))  # calibrated by train.py
-    meta = describe(prep, labels, config.model, config.format, temperature)
+    info = read_info(config.model)
+    temperature = float(info.get("temperature", 1.0))  # calibrated by train.py
+    several = getattr(model.config, "problem_type", None) == "multi_label_classification"
+    meta = describe(prep, labels, config.model, config.format, temperature,
+                    threshold_map(labels, thresholds_of(info, labels)) if several else None)
     # batch 2 as the example: tracing or exporting with 1 could bake that size into the graph
     engine = write_artefact(net, images[:2], prep, meta, config)
     described_json = sidecar(config.out)

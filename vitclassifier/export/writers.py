@@ -28,8 +28,13 @@ META_KEYS = ("labels", "image_size", "crop_pct", "mean", "std")  # what every ex
 ONNX_MIN_OPSET = 17
 
 
-def describe(prep: Preprocessing, labels: list[str], source: Path, fmt: str, temperature: float) -> dict:
-    """What the sidecar JSON and the embedded metadata say: enough to preprocess and read the output."""
+def describe(prep: Preprocessing, labels: list[str], source: Path, fmt: str, temperature: float,
+             thresholds: dict[str, float] | None = None) -> dict:
+    """What the sidecar JSON and the embedded metadata say: enough to preprocess and read the output.
+    ``thresholds``: a model of several labels per image, with its threshold per label."""
+    several = {"problem_type": "multi_label_classification", "thresholds": thresholds,
+               "output": "logits (sigmoid(logits) gives each label's probability; a label is predicted at or "
+                         "above its threshold)"} if thresholds is not None else {}
     return {
         "format": fmt,
         "source": str(source),
@@ -46,6 +51,7 @@ def describe(prep: Preprocessing, labels: list[str], source: Path, fmt: str, tem
         "input": "pixel_values",
         "output": "logits (softmax(logits / temperature) gives the confidences)",
         "exported_with": f"torch {torch.__version__}",
+        **several,
     }
 
 

@@ -46,7 +46,7 @@ from vitclassifier.files import (
     write_via_temp,
 )
 from vitclassifier.inference.loading import LoadedModel
-from vitclassifier.inference.predict import ranked, top_k_results
+from vitclassifier.inference.predict import confidences, ranked, top_k_results, with_label_sets
 from vitclassifier.model.relevance import explain_batch, image_weights, upsample
 from vitclassifier.reporting.heatmaps import explanation_picture, panel_image, panel_size
 from vitclassifier.text import first_few, printable
@@ -153,6 +153,7 @@ def explained_batches(
     """Per batch: the readable images explained for their top-k classes, and the unreadable ones as
     (path, reason). Confidences are ranked exactly as predict.py ranks them."""
     model, k = explainable(loaded), min(top_k, len(loaded.labels))
+    several = loaded.multi_label
     loader = DataLoader(ExplainDataset(paths, loaded.prep), batch_size=batch_size,
                         collate_fn=collate_explained, pin_memory=loaded.device.type == "cuda")
     for pixels, items, bad in loader:
@@ -160,10 +161,11 @@ def explained_batches(
             yield [], bad
             continue
         explained = explain_batch(model, pixels.to(loaded.device, non_blocking=True),
-                                  lambda logits: ranked([logits], loaded.temperature, k)[1], method,
-                                  loaded.dtype)
-        top = ranked([explained.logits], loaded.temperature, k)
-        results = top_k_results([item[0] for item in items], top, loaded.labels, min_confidence)
+                                  lambda logits: ranked([logits], loaded.temperature, k, several)[1],
+                                  method, loaded.dtype)
+        probabilities = confidences([explained.logits], loaded.temperature, loaded.multi_label)
+        results = with_label_sets(top_k_results([item[0] for item in items], probabilities.topk(k, dim=1),
+                                                loaded.labels, min_confidence), probabilities, loaded)
         yield [ExplainedImage(result, grids.numpy(), shown, size, index)
                for result, grids, (_, shown, size, index) in zip(results, explained.maps, items)], bad
 

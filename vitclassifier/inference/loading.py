@@ -20,6 +20,7 @@ from vitclassifier.model.attention import run_in_bf16
 from vitclassifier.model.checkpoint import load_checkpoint, read_info
 from vitclassifier.model.runnable import Runnable
 from vitclassifier.model.trust import check_temperature
+from vitclassifier.reporting.multilabel import DEFAULT_THRESHOLD, PROBLEM_TYPE
 from vitclassifier.text import printable
 
 
@@ -32,6 +33,24 @@ class LoadedModel:
     temperature: float  # the calibrated softmax temperature: confidences are softmax(logits / T)
     dtype: torch.dtype | None  # autocast precision (None: fp32, or a runtime that chose its own)
     device: torch.device
+    thresholds: list[float] | None = None  # several labels per image: each label's, on sigmoid(logits)
+
+    @property
+    def multi_label(self) -> bool:
+        return self.thresholds is not None
+
+
+def multi_label_thresholds(problem_type: object, saved: object, labels: list[str], where: str
+                           ) -> list[float] | None:
+    """A multi-label model's threshold per label (what it saved, else 0.5), checked as input: each a number
+    from 0 to 1. None: one class per image."""
+    if problem_type != PROBLEM_TYPE:
+        return None
+    saved = saved if isinstance(saved, dict) else {}
+    values = [saved.get(name, DEFAULT_THRESHOLD) for name in labels]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in values):
+        raise UserError(f"cannot load {printable(where)}: its thresholds must be numbers from 0 to 1")
+    return [float(v) for v in values]
 
 
 def prediction_device(model_path: Path, device: str, runtime: str = "pytorch") -> torch.device:
@@ -90,7 +109,10 @@ def load_for_prediction(
         prep, labels = read_meta(model.meta, path)  # checked, as is everything below: an export is input
         model.expect(len(labels), prep.image_size)
         temperature = check_temperature(model.meta.get("temperature", 1.0), model.where)
-        return LoadedModel(model, prep, labels, temperature, None, device)
+        meta = model.meta
+        thresholds = multi_label_thresholds(meta.get("problem_type"), meta.get("thresholds"), labels,
+                                            str(path))
+        return LoadedModel(model, prep, labels, temperature, None, device, thresholds)
     if path.is_file():
         raise UserError(f"--model {printable(path)} is a file this tool cannot run: give a checkpoint folder "
                         f"(e.g. checkpoints/best) or an export made by export.py, recognised by its suffix: "
@@ -98,6 +120,9 @@ def load_for_prediction(
                         f"and .int8.pt)")
     model, prep, labels = load_checkpoint(path)
     # the temperature still to divide by: 1 when calibration is folded into the head (read_info checks it)
-    temperature = read_info(path).get("temperature", 1.0)
+    info = read_info(path)
+    temperature = info.get("temperature", 1.0)
+    thresholds = multi_label_thresholds(getattr(model.config, "problem_type", None), info.get("thresholds"),
+                                        labels, str(path))
     runnable, dtype = prepare_model(model, device, precision, quantize, compile_model, runtime)
-    return LoadedModel(runnable, prep, labels, temperature, dtype, device)
+    return LoadedModel(runnable, prep, labels, temperature, dtype, device, thresholds)

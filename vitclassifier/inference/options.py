@@ -51,6 +51,10 @@ class PredictConfig:
     min_confidence: float = option(
         "answer 'unknown' (with the best guess shown) when the top confidence is below P (0-1)", 0.0,
         metavar="P", at_least=0, at_most=1, problem="--min-confidence is a probability from 0 to 1")
+    threshold: float | None = option(
+        "a model of several labels per image: predict every label whose probability reaches P, instead of "
+        "the thresholds fitted per label on validation (saved in the model)", None, metavar="P", at_least=0,
+        at_most=1, problem="--threshold is a probability from 0 to 1")
     tta: bool = option("test-time augmentation: average over the image, its mirror and a zoomed centre (and "
                        "its mirror); 4x the compute", False)
     device: str = option(RUN_WHERE, "auto", choices=DEVICES)

@@ -22,6 +22,7 @@ from vitclassifier.inference.loading import LoadedModel
 from vitclassifier.text import printable
 
 UNKNOWN = "unknown"  # the answer below --min-confidence
+NONE = "none"  # several labels per image: the answer when no label reaches its threshold
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -93,16 +94,39 @@ def predict(
                     model(pixel_values=view).logits.float()
                     for view in (tta_views(images) if tta else [images])
                 ]
-            results += top_k_results(good_paths, ranked(logits, temperature, k), labels, min_confidence)
+            probabilities = confidences(logits, temperature, loaded.multi_label)
+            found = top_k_results(good_paths, probabilities.topk(k, dim=1), labels, min_confidence)
+            results += with_label_sets(found, probabilities, loaded)
     return results, failures
 
 
-def ranked(views: list[torch.Tensor], temperature: float, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The calibrated confidences softmax(logits / T), averaged over the views (--tta), and their
-    top k: (confidences, class indices), each (batch, k). predict.py, the web page and --explain
-    all rank with this."""
-    probabilities = torch.stack([(view / temperature).softmax(dim=1) for view in views]).mean(dim=0)
-    return probabilities.topk(k, dim=1)
+def confidences(views: list[torch.Tensor], temperature: float, multi_label: bool = False) -> torch.Tensor:
+    """The calibrated confidences softmax(logits / T), or for several labels per image each label's
+    sigmoid(logits), averaged over the views (--tta): (batch, classes)."""
+    if multi_label:
+        return torch.stack([view.sigmoid() for view in views]).mean(dim=0)
+    return torch.stack([(view / temperature).softmax(dim=1) for view in views]).mean(dim=0)
+
+
+def ranked(views: list[torch.Tensor], temperature: float, k: int,
+           multi_label: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``confidences``' top k: (confidences, class indices), each (batch, k). predict.py, the web page and
+    --explain all rank with this."""
+    return confidences(views, temperature, multi_label).topk(k, dim=1)
+
+
+def with_label_sets(results: list[dict], probabilities: torch.Tensor, loaded: LoadedModel) -> list[dict]:
+    """Several labels per image: each result's ``labels``, every label at or above its threshold (most
+    probable first; empty: none), with ``label_confidences``; ``label`` names them ("none" for none)."""
+    if not loaded.multi_label:
+        return results
+    chosen = probabilities >= torch.tensor(loaded.thresholds, device=probabilities.device)
+    for result, row, on in zip(results, probabilities.tolist(), chosen.tolist()):
+        picked = sorted((i for i, yes in enumerate(on) if yes), key=lambda i: -row[i])
+        result["label"] = ", ".join(loaded.labels[i] for i in picked) or NONE
+        result["labels"] = [loaded.labels[i] for i in picked]
+        result["label_confidences"] = {loaded.labels[i]: round(row[i], 6) for i in picked}
+    return results
 
 
 def top_k_results(paths: list[str], top: tuple[torch.Tensor, torch.Tensor], labels: list[str],
@@ -129,12 +153,21 @@ def print_table(results: list[dict], file: TextIO = sys.stdout) -> None:
     for result in results:
         unsure = result.get("label") == UNKNOWN
         name = printable(utf8_safe(result["path"]))  # utf8_safe: a Latin-1 file name can be printed too
-        print(f"{name}{'  -> unknown: no label is confident enough' if unsure else ''}", file=file)
+        print(f"{name}{'  -> unknown: no label is confident enough' if unsure else ''}{label_set(result)}",
+              file=file)
         for rank, p in enumerate(result["predictions"], 1):
             # a model that outputs NaN still gets its table (nan%, no bar), as before
             bar = "#" * round(p["confidence"] * 20) if math.isfinite(p["confidence"]) else ""
             label = printable(p["label"])
             print(f"  {rank}. {label:<{width}}  {p['confidence'] * 100:6.2f}%  {bar}", file=file)
+
+
+def label_set(result: dict) -> str:
+    """Several labels per image: the labels at or above their thresholds with their probabilities."""
+    if "labels" not in result:
+        return ""
+    found = ", ".join(f"{printable(name)} {p * 100:.1f}%" for name, p in result["label_confidences"].items())
+    return f"  -> {found or NONE}"
 
 
 def predictions_json(model_path: Path, results: list[dict], failures: list[tuple[str, str]]) -> str:

@@ -58,6 +58,14 @@ def bars_html(predictions: list[dict]) -> str:
     return f'<div class="vit-bars">{"".join(rows)}</div>'
 
 
+def label_set_html(result: dict) -> str:
+    """A model of several labels per image: every label at or above its threshold, or none (escaped)."""
+    if "labels" not in result:
+        return ""
+    found = ", ".join(f"{html.escape(name)} {p * 100:.1f}%" for name, p in result["labels"].items())
+    return f'<p class="vit-labels"><strong>Labels:</strong> {found or "none"}</p>'
+
+
 def uploaded_path(file: str | dict) -> str:
     """An upload's path on the server: Gradio hands its file records over unprocessed (below)."""
     return file["path"] if isinstance(file, dict) else file
@@ -104,7 +112,8 @@ def make_classify(model_dir: Path, device_name: str, batch_size: int):
             results, failures = predict(loaded, paths, k, batch_size)
         # No "path" key: Gradio takes a dict with one for a file to send, and would replace it.
         shown = [{"name": Path(r["path"]).name, "image": r["path"], "predictions": r["predictions"],
-                  **({"heatmap": r["heatmap"]} if "heatmap" in r else {})} for r in results]
+                  **({"heatmap": r["heatmap"]} if "heatmap" in r else {}),
+                  **({"labels": r["label_confidences"]} if "labels" in r else {})} for r in results]
         return shown, failure_text(failures, len(results) + len(failures))
 
     return loaded.labels, can_explain, classify
@@ -152,7 +161,7 @@ def build_app(model_dir: Path, top_k: int = 3, batch_size: int = 32, device: str
                         top = result["predictions"][0]["label"]
                         gr.Image(result["heatmap"], label=f"where it looked for {top}", height=224, scale=1,
                                  buttons=[], elem_classes="vit-heatmap")
-                    gr.HTML(bars_html(result["predictions"]), scale=2, padding=True)
+                    gr.HTML(label_set_html(result) + bars_html(result["predictions"]), scale=2, padding=True)
 
         with gr.Accordion("Results as JSON", open=False):
             results.render()

@@ -18,7 +18,9 @@ SELECT_BY = {  # --select-by: the score to maximise, ties broken by the lower va
     "accuracy": lambda stats: (stats["acc"], -stats["loss"]),
     "macro-f1": lambda stats: (stats["macro_f1"], -stats["loss"]),
     "loss": lambda stats: (-stats["loss"],),
+    "map": lambda stats: (stats["map"], -stats["loss"]),  # several labels per image
 }
+MULTI_LABEL_FIELDS = ["val_map", "val_micro_f1", "ema_val_map", "ema_val_micro_f1"]
 
 
 def per_class_scores(confusion: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -51,7 +53,8 @@ def read_metrics(path: Path, up_to_epoch: int) -> list[dict]:
 
 def write_metrics(path: Path, rows: list[dict]) -> None:
     """Rewrite metrics.csv atomically (a temporary file renamed over it)."""
-    write_csv(path, dict_rows(METRIC_FIELDS, rows))
+    extra = MULTI_LABEL_FIELDS if rows and "val_map" in rows[0] else []  # several labels per image
+    write_csv(path, dict_rows(METRIC_FIELDS + extra, rows))
 
 
 def new_totals() -> dict:
@@ -70,6 +73,6 @@ def metrics_row(epoch: int, totals: dict, val: dict, ema: dict | None, seconds: 
         "seconds": f"{seconds:.1f}",
     }
     for prefix, stats in (("val_", val), ("ema_val_", ema)):
-        for name in ("loss", "acc", "top3", "macro_f1"):
-            row[prefix + name] = f"{stats[name]:.6f}" if stats else ""
+        for name in ("loss", "acc", "top3", "macro_f1", *(("map", "micro_f1") if "map" in val else ())):
+            row[prefix + name] = f"{stats[name]:.6f}" if stats and name in stats else ""
     return row

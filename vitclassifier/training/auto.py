@@ -92,8 +92,10 @@ def plan_recipe(config: TrainConfig, given: set[str], world: World, device: torc
     if config.recipe.recipe == "fixed":
         return config, Plan(None, {"recipe": {"recipe": "fixed"}})
     say, started = main_print(world), time.time()
-    if source.streamed:
-        reason = "streamed shards are read in order only, so nothing was measured: the fixed recipe's options"
+    if source.streamed or source.task_line() == "multi-label":
+        why = ("streamed shards are read in order only" if source.streamed
+               else "several labels per image: the probe and flip check score one class")
+        reason = f"{why}, so nothing was measured: the fixed recipe's options"
         say(f"Automatic recipe: {reason}")
         return config, Plan(None, {"recipe": {"recipe": "auto", "skipped": reason}})
     dtype = autocast_dtype(device, config.runtime.precision)

@@ -23,8 +23,10 @@ from vitclassifier.errors import UserError
 from vitclassifier.model.attention import run_in_bf16
 from vitclassifier.model.runnable import HeadOnly
 from vitclassifier.model.vit import create_model, freeze, set_backbone_dropout
+from vitclassifier.reporting.multilabel import PROBLEM_TYPE
 from vitclassifier.training.distributed import EpochSampler, ShardSampler, World, epoch_seed, on_main_process
 from vitclassifier.training.features import can_cache_features, extract_features
+from vitclassifier.training.multilabel import check_options
 from vitclassifier.training.output import OutputLock, claim_output_dir
 from vitclassifier.training.probe import Probe
 from vitclassifier.training.recipe import (
@@ -73,7 +75,7 @@ def open_data(config: TrainConfig, quiet: bool = False) -> Source:
     """--data as its Source, --exclude applied (``quiet``: without saying what it left out)."""
     data = config.data
     source = open_source(data.folder, data.data_format, data.val_split, config.recipe.seed, data.image_column,
-                         data.label_column)
+                         data.label_column, task=data.task, separator=data.label_separator)
     return source.excluding(data.exclude, quiet=quiet) if data.exclude is not None else source
 
 
@@ -206,7 +208,8 @@ def announcement(config: TrainConfig, world: World, device: torch.device, parts:
     global_batch = world.size * config.data.batch_size * config.recipe.grad_accum
     processes = f" | {world.size} processes, global batch {global_batch}" if world.distributed else ""
     random_init = " (random init)" if config.model.no_pretrained else ""
-    return (f"{len(source.labels)} classes, {len(source.train())} training and {len(source.val())} "
+    kind = "multi-label, {} labels" if source.multi_label else "single-label, {} classes"
+    return (f"{kind.format(len(source.labels))}, {len(source.train())} training and {len(source.val())} "
             f"validation images | {config.model.name}{random_init} "
             f"@ {parts.prep.image_size}px, {trained:,} of {sum(p.numel() for p in model.parameters()):,} "
             f"parameters trained | {device.type}, {precision}{processes}")
@@ -232,7 +235,10 @@ def build_components(config: TrainConfig, world: World, device: torch.device,
     (released here if set-up fails)."""
     recipe, dtype = config.recipe, autocast_dtype(device, config.runtime.precision)
     source = load_data(config, world, device, saved)
+    check_options(config, source.multi_label)
     model, prep, trainable = build_model(config, source.labels, device, dtype, saved, head)
+    if source.multi_label:  # sigmoid outputs: transformers.pipeline reads this from config.json
+        model.config.problem_type = PROBLEM_TYPE
     lock = claim_output(config, world, device, model, source, saved is not None)
     try:
         mix = mix_batches(len(source.labels), recipe.mixup, recipe.cutmix)

@@ -42,9 +42,17 @@ from vitclassifier.training.distributed import (
     step_seed,
     sum_across,
 )
-from vitclassifier.training.evaluate import EvalContext, evaluate, sum_dtype
+from vitclassifier.training.evaluate import EvalContext, sum_dtype
+from vitclassifier.training.evaluate import evaluate as evaluate_one_label
 from vitclassifier.training.final_report import report_run
 from vitclassifier.training.lpft import probe_note, score_probe
+from vitclassifier.training.multilabel import (
+    check_classes_readable,
+    evaluate_multi_label,
+    exact_hits,
+    multi_label_loss,
+    select_by_of,
+)
 from vitclassifier.training.recipe import set_trainable
 from vitclassifier.training.resume import StopSignal, prepare_resume, saved_options
 from vitclassifier.training.setup import announcement, build_components, main_print
@@ -62,6 +70,7 @@ class Trainer:
         self.say = main_print(world)
         self.parts = build_components(config, world, device, saved, plan.head if plan else None)
         parts, options = self.parts, saved_options(config)
+        self.multi_label = parts.source.multi_label  # several labels per image: training/multilabel.py
         self.net = parts.model  # what the batches go through: wrapped for the stage (begin_epoch)
         self.head_only: bool | None = None  # the stage: the head alone (--freeze-epochs) or all trainable
         self.drawn: Counter = Counter()  # this epoch's draws of each training image so far
@@ -199,10 +208,12 @@ class Trainer:
         inputs, targets = parts.mix(images, labels) if parts.mix else (images, labels)
         with self.ctx.autocast():
             logits = self.net(pixel_values=inputs).logits.float()
-            loss = F.cross_entropy(logits, targets, weight=parts.loss_weight,
-                                   label_smoothing=recipe.label_smoothing)
+            loss = (multi_label_loss(logits, targets, recipe.loss, recipe.label_smoothing) if self.multi_label
+                    else F.cross_entropy(logits, targets, weight=parts.loss_weight,
+                                         label_smoothing=recipe.label_smoothing))
         parts.scaler.scale(loss * len(labels)).backward()
-        return loss.detach(), (logits.argmax(1) == labels).sum()
+        hits = exact_hits(logits, labels) if self.multi_label else (logits.argmax(1) == labels).sum()
+        return loss.detach(), hits
 
     def summed(self, sums: dict) -> dict:
         """The epoch's running training sums over all processes."""
@@ -222,6 +233,7 @@ class Trainer:
     def validate(self) -> tuple[dict, dict | None]:
         """Validation scores of the raw weights and of the EMA (None without --ema)."""
         parts, epoch, classes = self.parts, self.state.epoch, len(self.state.labels)
+        evaluate = evaluate_multi_label if self.multi_label else evaluate_one_label
         val = evaluate(self.ctx, parts.as_net(parts.model), parts.val_loader, classes, f"epoch {epoch} val")
         ema = (evaluate(self.ctx, parts.as_net(parts.ema.model), parts.val_loader, classes,
                         f"epoch {epoch} val (EMA)") if parts.ema else None)
@@ -238,7 +250,7 @@ class Trainer:
 
     def keep_best(self, val: dict, ema: dict | None) -> bool:
         """Save best/ when the better of the raw and EMA weights beats the best so far."""
-        select_by, parts = self.config.recipe.select_by, self.parts
+        select_by, parts = select_by_of(self.config, self.multi_label), self.parts
         select, state = SELECT_BY[select_by], self.state
         use_ema = ema is not None and select(ema) > select(val)
         chosen = ema if use_ema else val
@@ -248,7 +260,8 @@ class Trainer:
             kind = "probe" if state.epoch == 0 else "ema" if use_ema else "raw"  # epoch 0: lpft.py
             state.best = {"epoch": state.epoch, "score": list(select(chosen)), "select_by": select_by,
                           "weights": kind, "val_acc": chosen["acc"], "val_loss": chosen["loss"],
-                          "val_macro_f1": chosen["macro_f1"]}
+                          "val_macro_f1": chosen["macro_f1"],
+                          **{f"val_{k}": chosen[k] for k in ("map", "micro_f1") if k in chosen}}
             if self.world.is_main:
                 weights = parts.ema.model if use_ema else parts.model
                 save_model(weights, parts.prep, self.output_dir / "best", info={
@@ -262,9 +275,10 @@ class Trainer:
     def say_epoch(self, val: dict, ema: dict | None, improved: bool, started: float) -> None:
         row = self.state.rows[-1]
         ema_note = f" | EMA acc {ema['acc']:.3f}" if ema else ""
+        scores = (f"mAP {val['map']:.3f} micro-F1 {val['micro_f1']:.3f} exact {val['acc']:.3f}"
+                  if self.multi_label else f"acc {val['acc']:.3f} top3 {val['top3']:.3f}")
         self.say(f"epoch {self.state.epoch}/{self.config.recipe.epochs}: train loss {row['train_loss'][:6]} "
-                 f"acc {row['train_acc'][:5]} | "
-                 f"val loss {val['loss']:.4f} acc {val['acc']:.3f} top3 {val['top3']:.3f} "
+                 f"acc {row['train_acc'][:5]} | val loss {val['loss']:.4f} {scores} "
                  f"macro-F1 {val['macro_f1']:.3f}{ema_note}"
                  f" | {time.time() - started:.0f}s{'  * best, saved' if improved else ''}")
 
@@ -314,7 +328,7 @@ class Trainer:
         elif self.world.is_main and state.best["score"] is not None:
             alone = EvalContext(self.device, self.parts.dtype, World(), self.ctx.bad_files)  # this process
             state.best.update(report_run(alone, self.output_dir, state.labels, self.parts.report_loader,
-                                         state.rows, self.config.recipe.calibrate))
+                                         state.rows, self.config.recipe.calibrate, self.multi_label))
             pictures, tables = sorted(self.output_dir.glob("*.png")), sorted(self.output_dir.glob("*.csv"))
             self.tracker.log_files(pictures + tables)
             self.tracker.log_model(self.output_dir / "best")
@@ -330,8 +344,10 @@ class Trainer:
         if best["score"] is not None:
             best_dir = self.output_dir / "best"
             interval = small_set_note(best["val_acc"], self.last_val["count"])
+            scores = (f"mAP {best['val_map']:.3f}, exact match {best['val_acc']:.3f}" if "val_map" in best
+                      else f"acc {best['val_acc']:.3f}")
             self.say(f"Done in {minutes:.1f} min. Best epoch {best['epoch']} ({best['weights']} weights): "
-                     f"val acc {best['val_acc']:.3f}{interval}, macro-F1 {best['val_macro_f1']:.3f}, "
+                     f"val {scores}{interval}, macro-F1 {best['val_macro_f1']:.3f}, "
                      f"loss {best['val_loss']:.4f}.{probe_note(best, self.state.plan, self.state.rows)} "
                      f"Model: {printable(best_dir)}  (try: python predict.py --model {shell_word(best_dir)} "
                      f"--image IMAGE)")
@@ -351,15 +367,6 @@ class Trainer:
         """The output folder's lock (held by the main process from set-up to the end)."""
         if self.parts.lock is not None:
             self.parts.lock.release()
-
-
-def check_classes_readable(bad_files: dict, samples: list, labels: list[str]) -> None:
-    """Training cannot learn a class whose every training image is unreadable: say so."""
-    for index, name in enumerate(labels):
-        paths = [str(path) for path, label in samples if label == index]
-        if all(path in bad_files for path in paths):
-            raise UserError(f"every training image of class {name!r} is unreadable ({len(paths)} files, "
-                            f"listed above); fix or remove them, or remove the class folder")
 
 
 def train(config: TrainConfig, given: set[str] = frozenset()) -> dict:
