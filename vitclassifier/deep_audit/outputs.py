@@ -109,7 +109,7 @@ def write_grid(path: Path, cells: list[tuple[list, str]]) -> None:
         shown = _side_by_side(*images) if len(images) == 2 else images[0]
         if shown is not None:
             ax.imshow(shown)
-        ax.set_title(printable(caption), fontsize=7)
+        ax.set_title("\n".join(printable(line) for line in caption.split("\n")), fontsize=7)  # lines kept
     if not cells:
         axes[0, 0].set_title("nothing found", fontsize=9)
     try:
