@@ -73,6 +73,8 @@ def suggest(args: CheckDataConfig) -> dict:
     pool = Path(args.suggest_labels)
     unlabelled, labelled = read_pool(pool, args.image_column, args.label_column)
     labelled += labelled_samples(args.labelled, args.image_column, args.label_column)
+    known = {Path(sample).resolve() for sample in labelled if isinstance(sample, (str, Path))}
+    unlabelled = [path for path in unlabelled if path.resolve() not in known]  # answered in an earlier round
     if not unlabelled:
         raise UserError(f"--suggest-labels {pool}: no unlabelled images found")
     out = args.suggest_out or default_folder(pool)
@@ -80,12 +82,12 @@ def suggest(args: CheckDataConfig) -> dict:
     info = read_info(model)
     embedder = load_embedder(str(model), [], args.device)
     scored = score_pool(embedder, float(info.get("temperature", 1.0)), unlabelled, args.batch_size)
-    known = cached_embeddings(embedder, labelled, out, args.batch_size) if labelled else None
+    seen = cached_embeddings(embedder, labelled, out, args.batch_size) if labelled else None
     labels = list(info.get("labels") or embedder.model.config.id2label.values())
     scores = uncertainty(scored.probabilities, args.uncertainty)
-    known_vectors = known.vectors if known else np.zeros((0, scored.embeddings.shape[1]), np.float32)
+    known_vectors = seen.vectors if seen else np.zeros((0, scored.embeddings.shape[1]), np.float32)
     # thumbnails without pixel_view's blank mark: blank pictures are never near-duplicates (as in the audit)
-    known_thumbs = known.thumbnails if known else np.zeros((0, scored.thumbnails.shape[1]), np.float32)
+    known_thumbs = seen.thumbnails if seen else np.zeros((0, scored.thumbnails.shape[1]), np.float32)
     picks, duplicates = select(
         scores, View(unit_rows(scored.embeddings), unit_rows(known_vectors), args.duplicate_threshold),
         View(unit_rows(scored.thumbnails), unit_rows(known_thumbs), args.pixel_threshold), args.budget)
