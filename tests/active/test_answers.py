@@ -23,14 +23,16 @@ sys.path.insert(0, {root!r})
 from vitclassifier.active.answers import save_answer
 labels, name, count = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 for i in range(count if count >= 0 else 10**9):
-    save_answer(labels, labels.parent / "images" / f"{{name}}_{{i % 1000}}.png", "even" if i % 2 == 0 else "odd")
+    image = labels.parent / "images" / f"{{name}}_{{i % 1000}}.png"
+    save_answer(labels, image, "even" if i % 2 == 0 else "odd")
     if count >= 0 and i % 4 == 0:  # a change of mind: the whole file is written anew
         save_answer(labels, labels.parent / "images" / f"{{name}}_{{i}}.png", "odd")
 """
 
 
 def writer(labels: Path, name: str, count: int) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", WRITER.format(root=str(ROOT)), str(labels), name, str(count)])
+    code = WRITER.format(root=str(ROOT))
+    return subprocess.Popen([sys.executable, "-c", code, str(labels), name, str(count)])
 
 
 def lines_of(labels: Path) -> list[list[str]]:
@@ -80,7 +82,8 @@ def test_train_py_reads_the_file_and_a_changed_answer_replaces_the_old(tmp_path)
     labels = tmp_path / "labels.csv"
     assert [save_answer(labels, images / "x.png", "cat"), save_answer(labels, images / "y.png", "dog"),
             save_answer(labels, images / "z.png", "cat"), save_answer(labels, images / "z.png", "dog"),
-            save_answer(labels, images / "x.png", "cat")] == ["added", "added", "added", "changed", "unchanged"]
+            save_answer(labels, images / "x.png", "cat")] == ["added", "added", "added", "changed",
+                                                              "unchanged"]
     classes, _ = read_label_file(labels)
     assert classes == {"cat": [images / "x.png"], "dog": [images / "y.png", images / "z.png"]}
 

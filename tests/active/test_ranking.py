@@ -18,8 +18,9 @@ def test_margin_and_entropy_rank_an_even_split_above_a_sure_answer():
 
 
 def constructed():
-    """Five variants (alike, but not near-duplicates) of one very uncertain image, two uncertain images far from it and
-    from each other, a sure image, and an uncertain image almost equal to a labelled one."""
+    """Five variants (alike, but not near-duplicates) of one very uncertain image, two uncertain
+    images far from it and from each other, a sure image, and an uncertain image almost equal to a
+    labelled one."""
     rng = np.random.default_rng(0)
     confusing = np.array([1.0, 0, 0, 0]) + rng.normal(0, 0.1, (5, 4))
     others = np.array([[0, 1.0, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1.0], [-1.0, 0.02, 0, 0]])

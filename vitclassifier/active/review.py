@@ -94,8 +94,16 @@ def status_html(suggestions: list[Suggestion], position: int, answered: int, lab
     return (f'<p id="review-status">{answered} of {len(suggestions)} answered (saved in <code>{where}'
             f'</code>). <strong>{html.escape(item.image.name)}</strong>: the model suggests '
             f'<strong id="review-suggestion">{html.escape(item.label)}</strong> '
-            f'({html.escape(item.confidence)})'
+            f'({html.escape(percent(item.confidence))})'
             f'<br><small>{html.escape(item.why)}</small></p>')
+
+
+def percent(confidence: str) -> str:
+    """A confidence from the CSV file as a percentage ("0.4073" -> "41%"); other text as it is."""
+    try:
+        return f"{float(confidence) * 100:.0f}%"
+    except ValueError:
+        return confidence
 
 
 def build_review_app(review: Path, labels_out: Path):
