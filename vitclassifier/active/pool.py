@@ -87,6 +87,6 @@ def score_pool(embedder: Embedder, temperature: float, paths: list[Path], batch_
             progress.update(len(indices) + len(bad))
     if not parts["indices"]:
         raise UserError(f"none of the {len(paths)} pool image(s) could be read")
-    arrays = (np.concatenate(parts[name]).astype(np.float32)
+    arrays = (np.concatenate(parts.pop(name)).astype(np.float32, copy=False)  # each batch freed once joined
               for name in ("probabilities", "embeddings", "thumbnails"))
     return Scored([paths[i] for i in parts["indices"]], *arrays, unreadable)

@@ -33,6 +33,13 @@ def uncertainty(probabilities: np.ndarray, how: str = "margin") -> np.ndarray:
     return (1 - (top[:, 1] - top[:, 0])).astype(np.float32)
 
 
+def unit_in_place(vectors: np.ndarray) -> np.ndarray:
+    """``vectors`` (float32) scaled to rows of length 1 without a second copy of the array."""
+    norms = np.sqrt(np.einsum("ij,ij->i", vectors, vectors))[:, None]
+    vectors /= np.maximum(norms, 1e-12)
+    return vectors
+
+
 def nearest_similarity(unit: np.ndarray, others: np.ndarray) -> np.ndarray:
     """Each row of ``unit``'s largest cosine similarity to a row of ``others`` (-1 when none), a
     block of rows at a time."""

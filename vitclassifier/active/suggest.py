@@ -23,7 +23,7 @@ import numpy as np
 from vitclassifier import tables
 from vitclassifier.active import rounds
 from vitclassifier.active.pool import labelled_samples, read_pool, score_pool
-from vitclassifier.active.ranking import View, select, uncertainty, why
+from vitclassifier.active.ranking import View, select, uncertainty, unit_in_place, why
 from vitclassifier.data.folders import folders_of
 from vitclassifier.data.options import CheckDataConfig
 from vitclassifier.deep_audit.cache import CACHE_PREFIX, cached_embeddings
@@ -89,8 +89,8 @@ def suggest(args: CheckDataConfig) -> dict:
     # thumbnails without pixel_view's blank mark: blank pictures are never near-duplicates (as in the audit)
     known_thumbs = seen.thumbnails if seen else np.zeros((0, scored.thumbnails.shape[1]), np.float32)
     picks, duplicates = select(
-        scores, View(unit_rows(scored.embeddings), unit_rows(known_vectors), args.duplicate_threshold),
-        View(unit_rows(scored.thumbnails), unit_rows(known_thumbs), args.pixel_threshold), args.budget)
+        scores, View(unit_in_place(scored.embeddings), unit_rows(known_vectors), args.duplicate_threshold),
+        View(unit_in_place(scored.thumbnails), unit_rows(known_thumbs), args.pixel_threshold), args.budget)
     rows = suggestion_rows(picks, scored, labels, args.uncertainty, out)
     write_outputs(out, rows, [scored.paths[pick.index] for pick in picks], {
         "model": str(model), "classes": labels, "pool": str(pool.absolute()),
