@@ -93,4 +93,7 @@ class CheckDataConfig:
 
     def problems(self) -> list[str]:
         """What is wrong with these options, one sentence each naming the option."""
-        return type_problems(self) or field_problems(self)
+        wrong = type_problems(self) or field_problems(self)
+        if not wrong and not self.suggest_labels and (self.labelled or self.suggest_out):
+            wrong = ["--labelled and --suggest-out go with --suggest-labels POOL"]
+        return wrong
