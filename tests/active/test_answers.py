@@ -94,3 +94,13 @@ def test_a_label_file_with_other_columns_is_never_changed(tmp_path):
     with pytest.raises(UserError, match="did not write"):
         save_answer(labels, tmp_path / "b.png", "dog")
     assert labels.read_text() == "filename,class,notes\na.png,cat,mine\n"
+
+
+def test_the_review_refuses_a_label_file_beside_the_images_train_py_would_not_find(tmp_path):
+    from vitclassifier.active.review import Suggestion, check_labels_out
+    (tmp_path / "images").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    found = [Suggestion(tmp_path / "images" / "a.png", "cat", "0.5", "")]
+    with pytest.raises(UserError, match="only images inside the label file's folder"):
+        check_labels_out(tmp_path / "elsewhere" / "labels.csv", found)
+    check_labels_out(tmp_path / "labels.csv", found)  # above the images: fine
