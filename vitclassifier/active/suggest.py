@@ -26,11 +26,11 @@ from vitclassifier.active.pool import labelled_samples, read_pool, score_pool
 from vitclassifier.active.ranking import View, select, uncertainty, unit_in_place, why
 from vitclassifier.data.folders import folders_of
 from vitclassifier.data.options import CheckDataConfig
-from vitclassifier.deep_audit.cache import CACHE_PREFIX, cached_embeddings
+from vitclassifier.deep_audit.cache import cached_embeddings
 from vitclassifier.deep_audit.embedding import load_embedder, unit_rows
-from vitclassifier.deep_audit.outputs import short, write_grid
+from vitclassifier.deep_audit.outputs import claim_marked, short, write_grid
 from vitclassifier.errors import UserError
-from vitclassifier.files import atomic_write_text, check_output_folder, refuse_among_inputs, refuse_inside
+from vitclassifier.files import atomic_write_text, refuse_among_inputs, refuse_inside
 from vitclassifier.model.checkpoint import is_complete_checkpoint, read_info
 
 MARKER = ".vitclassifier-suggestions"
@@ -50,18 +50,8 @@ def claim_folder(out: Path, pool: Path, inputs: list) -> None:
     if pool.is_dir():
         refuse_inside(out, pool, "--suggest-out", "the pool folder")
     refuse_among_inputs(out, folders_of(inputs), "--suggest-out", "an image folder of the data")
-    check_output_folder(out, "--suggest-out")
-    if out.is_dir() and not (out / MARKER).is_file():
-        ours = [name for name in OUR_FILES if (out / name).exists()]
-        ours += sorted(path.name for path in out.glob(f"{CACHE_PREFIX}*.npz"))
-        if ours:
-            raise UserError(f"--suggest-out {out} holds {ours[0]}, which --suggest-labels did not write; it "
-                            f"is not replaced: move it away, or give another --suggest-out")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / MARKER, "written by python classifier.py --suggest-labels\n")
-    except OSError as error:
-        raise UserError(f"cannot write --suggest-out {out}: {error.strerror or error}") from None
+    claim_marked(out, "--suggest-out", (MARKER, "python classifier.py --suggest-labels"), OUR_FILES,
+                 "--suggest-labels")
 
 
 def suggest(args: CheckDataConfig) -> dict:
