@@ -3,6 +3,7 @@
     python app.py --model checkpoints/best          # then open http://127.0.0.1:7860
 
 Upload one or several images: each is shown with its top-k labels as confidence bars.
+    python app.py --review SUGGESTIONS.csv --labels-out LABELS.csv   # confirm or correct suggested labels
 This file only reads the command line; the page is vitclassifier.inference.webapp.
 """
 from __future__ import annotations
@@ -37,16 +38,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: the web page needs the gradio package: {EXTRAS}", file=sys.stderr)
         return 2
     try:
-        from vitclassifier.inference.webapp import build_app  # imports gradio: after the check above
-
-        app = build_app(args.model, args.top_k, args.batch_size, args.device)
+        if args.review:  # these import gradio: after the check above
+            from vitclassifier.active.review import build_review_app
+            app, extra = build_review_app(args.review, args.labels_out)
+        else:
+            from vitclassifier.inference.webapp import build_app
+            app, extra = build_app(args.model, args.top_k, args.batch_size, args.device), {}
     except UserError as error:
         return report_user_error(error)
     try:
         # ssr_mode off: server-side rendering would need Node.js and adds nothing for this page. quiet:
         # Gradio's own start-up text speaks of its launch() arguments; ours names this command's options
         app.queue().launch(server_name=args.host, server_port=args.port, share=args.share, ssr_mode=False,
-                           quiet=True, prevent_thread_lock=True)
+                           quiet=True, prevent_thread_lock=True, **extra)
     except OSError as error:  # the port is taken, or the address is not this machine's
         reason = str(error).split(". ")[0]  # Gradio goes on about its own launch() arguments
         print(

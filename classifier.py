@@ -2,6 +2,7 @@
 
     python classifier.py --generate-data            # a synthetic shapes data set in data/
     python classifier.py --check-data data          # audit a data set as train.py will read it
+    python classifier.py --suggest-labels pool --model checkpoints/best --budget 50   # what to label next
 
 As a module it exposes what train.py and predict.py are made of, for scripts and notebooks:
 the folder data set and its preprocessing, the synthetic generator and the ViT wrapper:
@@ -129,9 +130,28 @@ def run_deep_audit(args: CheckDataConfig, source) -> dict:
     return deep_audit(args.check_data, labels, train, val, args)
 
 
+def suggest_command(args: CheckDataConfig) -> int:
+    """``--suggest-labels POOL --model M``: what to label next (docs/active-learning.md)."""
+    from vitclassifier.active.suggest import format_suggestions, suggest
+    try:
+        problems = args.problems()
+        if problems:
+            raise UserError("; ".join(problems))
+        summary = suggest(args)
+    except UserError as error:
+        return report_user_error(error)
+    except OSError as error:
+        where = error.filename or args.suggest_out
+        return report_user_error(UserError(f"{where}: {error.strerror or error}"))
+    print("\n".join(printable(line) for line in format_suggestions(summary)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser("Data tools for the ViT image classifier.", CheckDataConfig)
     args = CheckDataConfig(**vars(parser.parse_args(argv)))
+    if args.suggest_labels:
+        return suggest_command(args)
     if args.to_shards or args.check_data:
         return shards_command(args) if args.to_shards else check_data(args)
     if not args.generate_data:

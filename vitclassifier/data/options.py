@@ -14,6 +14,7 @@ from vitclassifier.urls import data_location
 FORMS = "data forms (--check-data) and --to-shards options"
 GENERATE, CHECK = "--generate-data options", "--check-data options"
 DEEP = "--check-data --model options: the deep audit (docs/audit.md)"
+SUGGEST = "--suggest-labels options: what to label next (docs/active-learning.md)"
 SIMILARITY = "--duplicate-threshold and --pixel-threshold are cosine similarities above 0, at most 1"
 
 
@@ -31,6 +32,11 @@ class CheckDataConfig:
         "write the class folder DIR as WebDataset tar shards into the new folder OUT (train-*.tar, "
         "val-*.tar, index.json), split by --val-split and --split-seed as train.py splits it", None, nargs=2,
         metavar=("DIR", "OUT"), exclusive="command")
+    suggest_labels: Path | None = option(
+        "suggest which images of POOL (a folder of unlabelled images, or a label file whose unlabelled rows "
+        "have an empty label) to label next: uncertain by the --model's calibrated confidences, spread out "
+        "over its embeddings, near-duplicates of labelled images left out; writes suggestions.csv, a "
+        "contact sheet and the history of rounds", None, metavar="POOL", exclusive="command")
     data_format: str = option("the form of the data (auto: told from the path; see docs/data-formats.md)",
                               "auto", choices=DATA_FORMATS, group=FORMS)
     image_column: str | None = option("label files, HF datasets: the image column", None, group=FORMS)
@@ -80,6 +86,21 @@ class CheckDataConfig:
     device: str = option("where to run; auto picks a GPU when there is one", "auto", choices=DEVICES,
                          group=DEEP)
 
+    budget: int = option("--suggest-labels: how many images to suggest", 50, type=at_least(1), group=SUGGEST)
+    labelled: Path | str | None = option(
+        "--suggest-labels: the data already labelled, in any form train.py takes (its near-duplicates are "
+        "left out of the suggestions, and suggestions go far from it)", None, metavar="DATA",
+        type=data_location, group=SUGGEST)
+    uncertainty: str = option("--suggest-labels: margin (1 - the top two confidences' difference) or entropy",
+                              "margin", choices=["margin", "entropy"], group=SUGGEST)
+    suggest_out: Path | None = option(
+        "--suggest-labels: where suggestions.csv, suggestions.png, rounds.csv and rounds.png go (default: "
+        "POOL-suggestions beside the pool; keep it from round to round for the history)", None,
+        metavar="DIR", group=SUGGEST)
+
     def problems(self) -> list[str]:
         """What is wrong with these options, one sentence each naming the option."""
-        return type_problems(self) or field_problems(self)
+        wrong = type_problems(self) or field_problems(self)
+        if not wrong and not self.suggest_labels and (self.labelled or self.suggest_out):
+            wrong = ["--labelled and --suggest-out go with --suggest-labels POOL"]
+        return wrong

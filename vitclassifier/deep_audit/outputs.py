@@ -53,18 +53,26 @@ def claim_folder(out: Path, data: Path, samples: list) -> None:
     if Path(data).is_dir():
         refuse_inside(out, Path(data), "--audit-out", "the data folder")
     refuse_among_inputs(out, folders_of(samples), "--audit-out", "an image folder of the data")
-    check_output_folder(out, "--audit-out")
-    if out.is_dir() and not (out / MARKER).is_file():
-        ours = [name for name in OUR_FILES if (out / name).exists()]
+    claim_marked(out, "--audit-out", (MARKER, "python classifier.py --check-data --model"), OUR_FILES,
+                 "the audit")
+
+
+def claim_marked(out: Path, option: str, marker: tuple[str, str], names: tuple[str, ...], who: str) -> None:
+    """Check that files can be written in ``out`` and that it is ours (``marker``: (file name, the
+    command named in it)) or holds none of ``names`` nor an embedding cache; then create it with the
+    marker. The deep audit's folder and --suggest-labels' are claimed so."""
+    check_output_folder(out, option)
+    if out.is_dir() and not (out / marker[0]).is_file():
+        ours = [name for name in names if (out / name).exists()]
         ours += sorted(path.name for path in out.glob(f"{CACHE_PREFIX}*.npz"))
         if ours:
-            raise UserError(f"--audit-out {out} holds {ours[0]}, which the audit did not write; it is not "
-                            f"replaced: move it away, or give another --audit-out")
+            raise UserError(f"{option} {out} holds {ours[0]}, which {who} did not write; it is not "
+                            f"replaced: move it away, or give another {option}")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / MARKER, "written by python classifier.py --check-data --model\n")
+        atomic_write_text(out / marker[0], f"written by {marker[1]}\n")
     except OSError as error:
-        raise UserError(f"cannot write --audit-out {out}: {error.strerror or error}") from None
+        raise UserError(f"cannot write {option} {out}: {error.strerror or error}") from None
 
 
 def write_csv(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
@@ -109,7 +117,7 @@ def write_grid(path: Path, cells: list[tuple[list, str]]) -> None:
         shown = _side_by_side(*images) if len(images) == 2 else images[0]
         if shown is not None:
             ax.imshow(shown)
-        ax.set_title(printable(caption), fontsize=7)
+        ax.set_title("\n".join(printable(line) for line in caption.split("\n")), fontsize=7)  # lines kept
     if not cells:
         axes[0, 0].set_title("nothing found", fontsize=9)
     try:

@@ -15,6 +15,7 @@ from vitclassifier.urls import data_location
 
 RUN_WHERE = "where to run"
 MANY = "many images (docs/scale.md)"
+REVIEW = "reviewing suggested labels (docs/active-learning.md)"
 OUT_SUFFIXES = (".jsonl", ".csv", ".parquet")
 CHECKPOINT = Path("checkpoints/best")
 
@@ -135,7 +136,20 @@ class AppConfig:
     batch_size: int = option("images per forward pass", 32, at_least=1,
                              problem="--top-k and --batch-size must be at least 1")
     device: str = option(RUN_WHERE, "auto", choices=DEVICES)
+    review: Path | None = option(
+        "instead of classifying uploads: review the suggestions.csv written by classifier.py "
+        "--suggest-labels, one image at a time with the model's suggestion marked; confirm (Enter) or "
+        "correct (a class's button or number key); each answer is saved at once into --labels-out "
+        "(docs/active-learning.md)",
+        None, metavar="SUGGESTIONS.csv", group=REVIEW)
+    labels_out: Path | None = option(
+        "--review: the label file (image,label) each answer is appended to, for train.py --data; in a folder "
+        "above the images", None, metavar="LABELS.csv", group=REVIEW)
 
     def problems(self) -> list[str]:
         """What is wrong with these options, one sentence each naming the option."""
-        return type_problems(self) or field_problems(self)
+        wrong = type_problems(self) or field_problems(self)
+        if not wrong and (self.review is None) != (self.labels_out is None):
+            wrong = ["--review and --labels-out go together: the suggestions to review, and the label file "
+                     "the answers go to"]
+        return wrong
