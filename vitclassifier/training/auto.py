@@ -70,14 +70,11 @@ class Measured:
 
 def plan_run(config: TrainConfig, given: set[str], world: World,
              device: torch.device) -> tuple[TrainConfig, Plan]:
-    """A fresh run's plan: --output-dir checked first (the measurements take minutes: a refusal comes
-    before them), then --folds' cross-validation (crossval.py), then the recipe (plan_recipe); the
-    folds' summary recorded with the recipe's decisions."""
+    """A fresh run's plan: --folds' cross-validation first (crossval.py), then the recipe (plan_recipe);
+    the folds' summary recorded with the recipe's decisions."""
     if config.recipe.recipe == "fixed" and not config.recipe.folds:
         return config, Plan(None, {"recipe": {"recipe": "fixed"}})
-    source, runtime = open_data(config, quiet=True), config.runtime
-    on_main_process(world, device, lambda: refuse_unclaimable(
-        runtime.output_dir, config.data.folder, source.image_folders(), False, runtime.overwrite))
+    source = open_data(config, quiet=True)
     folds = cross_validate(config, source, world, device) if config.recipe.folds else None
     config, plan = plan_recipe(config, given, world, device, source)
     if folds is not None:
@@ -98,8 +95,11 @@ def plan_recipe(config: TrainConfig, given: set[str], world: World, device: torc
         reason = f"{why}, so nothing was measured: the fixed recipe's options"
         say(f"Automatic recipe: {reason}")
         return config, Plan(None, {"recipe": {"recipe": "auto", "skipped": reason}})
-    dtype = autocast_dtype(device, config.runtime.precision)
-    model, prep, _ = build_model(config, source.labels, device, dtype, None)
+    dtype, runtime = autocast_dtype(device, config.runtime.precision), config.runtime
+    model, prep, _ = build_model(config, source.labels, device, dtype, None)  # weights missing: said first
+    # the measurements take minutes: --output-dir's refusals come before them (claimed, locked, later)
+    on_main_process(world, device, lambda: refuse_unclaimable(
+        runtime.output_dir, config.data.folder, source.image_folders(), False, runtime.overwrite))
     say("Automatic recipe: measuring on your data (--recipe fixed skips this) ...")
     measured = measure(config, given, source, model, prep, device, dtype)
     del model
