@@ -7,6 +7,10 @@ from __future__ import annotations
 import csv
 import errno
 import os
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -88,6 +92,30 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def start_app(arguments: list[str], log: Path) -> tuple[subprocess.Popen, str]:
+    """`python app.py ARGUMENTS` on a free loopback port, its output into ``log``, once it answers:
+    (process, URL); the caller stops it."""
+    url = f"http://127.0.0.1:{(port := free_port())}/"
+    with open(log, "w") as output:
+        process = subprocess.Popen([sys.executable, str(ROOT / "app.py"), *arguments, "--port", str(port)],
+                                   stdout=output, stderr=subprocess.STDOUT,
+                                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.monotonic() + STARTUP_SECONDS
+    try:
+        while True:
+            assert process.poll() is None, f"app.py exited early:\n{log.read_text()}"
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                return process, url
+            except OSError:
+                assert time.monotonic() < deadline, (f"app.py did not answer in {STARTUP_SECONDS}s:\n"
+                                                     f"{log.read_text()}")
+                time.sleep(0.5)
+    except AssertionError:
+        process.kill()  # never left behind
+        raise
 
 
 def write_small_images(folder: Path, count: int = 2) -> Path:

@@ -8,17 +8,12 @@ import html
 import importlib.util
 import io
 import json
-import os
 import shutil
-import subprocess
-import sys
-import time
-import urllib.request
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from helpers import CHROMIUM, CLASSES, ROOT, STARTUP_SECONDS, free_port
+from helpers import CHROMIUM, CLASSES, start_app
 from PIL import Image
 
 import app
@@ -42,24 +37,8 @@ def server(trained_run, server_log):
     """`python app.py` serving the trained checkpoint; yields its URL, stops it afterwards."""
     if importlib.util.find_spec("gradio") is None:  # not imported here: that alone takes seconds
         pytest.skip("needs the extras: pip install -r requirements-extras.txt")
-    url = f"http://127.0.0.1:{(port := free_port())}/"
-    log = server_log
-    with open(log, "w") as output:
-        command = [sys.executable, str(ROOT / "app.py"), "--model", str(trained_run / "best"),
-                   "--port", str(port), "--top-k", "2"]
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT,
-                                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    process, url = start_app(["--model", str(trained_run / "best"), "--top-k", "2"], server_log)
     try:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while True:
-            assert process.poll() is None, f"app.py exited early:\n{log.read_text()}"
-            try:
-                urllib.request.urlopen(url, timeout=2)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, (f"app.py did not answer in {STARTUP_SECONDS}s:\n"
-                                                     f"{log.read_text()}")
-                time.sleep(0.5)
         yield url
     finally:
         process.terminate()

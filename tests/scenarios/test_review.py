@@ -6,13 +6,9 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
-from helpers import CHROMIUM, ROOT, STARTUP_SECONDS, free_port
+from helpers import CHROMIUM, start_app
 from PIL import Image
 
 from vitclassifier import tables
@@ -37,30 +33,12 @@ def suggestions(tmp_path):
     return folder / "suggestions.csv", tmp_path / "project" / "labels.csv"
 
 
-def start(review, labels, log):
-    url = f"http://127.0.0.1:{(port := free_port())}/"
-    with open(log, "w") as output:
-        command = [sys.executable, str(ROOT / "app.py"), "--review", str(review), "--labels-out", str(labels),
-                   "--port", str(port)]
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT,
-                                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while True:
-        assert process.poll() is None, f"app.py exited early:\n{log.read_text()}"
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return process, url
-        except OSError:
-            assert time.monotonic() < deadline, f"app.py did not answer:\n{log.read_text()}"
-            time.sleep(0.5)
-
-
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium)")
 @pytest.mark.skipif(importlib.util.find_spec("gradio") is None, reason="needs the extras")
 def test_confirm_one_correct_one_with_a_key_and_the_file_keeps_both(tmp_path):
     from playwright.sync_api import sync_playwright
     review, labels = suggestions(tmp_path)
-    process, url = start(review, labels, tmp_path / "server.log")
+    process, url = start_app(["--review", str(review), "--labels-out", str(labels)], tmp_path / "server.log")
     try:
         with sync_playwright() as driver:
             browser = driver.chromium.launch(executable_path=str(CHROMIUM), args=[

@@ -5,19 +5,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 import torch
-from helpers import CHROMIUM, CLASSES, ROOT, STARTUP_SECONDS, free_port
+from helpers import CHROMIUM, CLASSES, start_app
 
 import train
 
@@ -48,25 +43,6 @@ def listener():
         server.shutdown()
 
 
-def start_app(model: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    """`python app.py --model MODEL` on a free loopback port, once it answers; (process, URL)."""
-    url = f"http://127.0.0.1:{(port := free_port())}/"
-    with open(log, "w") as output:
-        process = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--model", str(model),
-                                    "--port", str(port), "--device", "cpu"],
-                                   stdout=output, stderr=subprocess.STDOUT,
-                                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while True:
-        assert process.poll() is None, f"app.py exited early:\n{log.read_text()}"
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return process, url
-        except OSError:
-            assert time.monotonic() < deadline, f"app.py did not answer:\n{log.read_text()}"
-            time.sleep(0.5)
-
-
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium)")
 def test_html_class_names_are_text_in_the_page(tiny_vit, listener, tmp_path):
     if importlib.util.find_spec("gradio") is None:
@@ -81,7 +57,8 @@ def test_html_class_names_are_text_in_the_page(tiny_vit, listener, tmp_path):
     save_model(model, prep, tmp_path / "hostile")
     from PIL import Image
     Image.new("RGB", (40, 40), (30, 90, 200)).save(tmp_path / "upload.png")
-    process, url = start_app(tmp_path / "hostile", tmp_path / "server.log")
+    hostile = ["--model", str(tmp_path / "hostile"), "--device", "cpu"]
+    process, url = start_app(hostile, tmp_path / "server.log")
     try:
         with playwright.sync_playwright() as driver:
             browser = driver.chromium.launch(executable_path=str(CHROMIUM), args=[
