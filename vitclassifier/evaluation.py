@@ -23,6 +23,7 @@ from vitclassifier.reporting.multilabel import sigmoid, write_multi_label_report
 from vitclassifier.reporting.report import write_report
 from vitclassifier.training.evaluate import EvalContext, evaluate
 from vitclassifier.training.multilabel import evaluate_multi_label
+from vitclassifier.urls import shown
 
 
 def evaluate_checkpoint(config: TrainConfig, output_dir: Path | None = None) -> dict:
@@ -38,8 +39,8 @@ def evaluate_checkpoint(config: TrainConfig, output_dir: Path | None = None) -> 
                          data.label_column, task=data.task, separator=data.label_separator)  # seed: no effect
     if (source.task_line() == "multi-label") != loaded.multi_label:
         kinds = ("one class", "several labels") if loaded.multi_label else ("several labels", "one class")
-        raise UserError(f"--data {data.folder} has {kinds[0]} per image but the model {model_path} gives "
-                        f"{kinds[1]}: evaluate it on data of its own kind")
+        raise UserError(f"--data {shown(data.folder)} has {kinds[0]} per image but the model {model_path} "
+                        f"gives {kinds[1]}: evaluate it on data of its own kind")
     root, dataset = source.evaluation_source(loaded.labels, model_path, eval_transform(loaded.prep),
                                              loaded.prep.resize_size, data.batch_size)
     ctx = EvalContext(loaded.device, loaded.dtype)

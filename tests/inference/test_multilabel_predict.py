@@ -76,3 +76,28 @@ def test_the_web_page_shows_the_set() -> None:
     shown = label_set_html({"labels": {"<cat>": 0.91, "dog": 0.5}})
     assert "&lt;cat&gt; 91.0%" in shown and "dog 50.0%" in shown
     assert "none" in label_set_html({"labels": {}}) and label_set_html({"predictions": []}) == ""
+
+
+@pytest.mark.slow
+def test_what_out_and_data_cannot_do_yet_is_refused_in_one_line(multi_label_run, trained_run, tmp_path: Path,
+                                                               capsys) -> None:
+    labels_file, run = multi_label_run
+    images = sorted((labels_file.parent / "scenes").glob("*.jpg"))[:2]
+    out = tmp_path / "rows.jsonl"
+    cases = [
+        (["--model", str(run / "best"), "--image", *map(str, images), "--out", str(out)], "several labels"),
+        (["--model", str(trained_run / "best"), "--data", str(labels_file), "--out", str(out)],
+         "several labels per image: --data takes one class"),
+        (["--model", str(trained_run / "best"), "--image", str(images[0]), "--out", str(out), "--threshold",
+          "0.5"], "--threshold works with --image"),
+    ]
+    for argv, words in cases:
+        capsys.readouterr()
+        assert predict.main(argv) == 2
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert not out.exists()
+    capsys.readouterr()
+    assert train.main(["--lr-find", "--data", str(labels_file), "--model", str(run / "best"),
+                       "--output-dir", str(tmp_path / "lr")]) == 2
+    assert "--lr-find measures one class per image" in capsys.readouterr().err

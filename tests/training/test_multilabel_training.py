@@ -16,7 +16,7 @@ import train
 from vitclassifier.config import TrainConfig
 from vitclassifier.data.transforms import eval_transform
 from vitclassifier.model.checkpoint import load_checkpoint
-from vitclassifier.training.auto import plan_recipe
+from vitclassifier.training.auto import plan_run
 from vitclassifier.training.distributed import World
 from vitclassifier.training.multilabel import multi_label_loss
 
@@ -84,7 +84,7 @@ def test_single_label_options_are_refused(tmp_path: Path, tiny_vit: Path, scenes
 
 def test_the_automatic_recipe_skips_with_a_reason(scenes: Path, tiny_vit: Path, capsys) -> None:
     config = TrainConfig.from_options({"data": scenes, "model": str(tiny_vit), "recipe": "auto"})
-    kept, plan = plan_recipe(config, set(), World(), torch.device("cpu"))
+    kept, plan = plan_run(config, set(), World(), torch.device("cpu"))
     assert kept == config and "several labels per image" in plan.info["recipe"]["skipped"]
     assert "several labels per image" in capsys.readouterr().out
 

@@ -120,8 +120,9 @@ class RetryingReader(io.RawIOBase):
 
     def __init__(self, url: str, opener: Callable[[], io.IOBase]):
         super().__init__()
-        self.url, self.opener, self.position = url, opener, 0
-        self.file = self._retry(opener)
+        self.url, self.opener, self.position, self.file = url, opener, 0, None
+        # a retry re-opens the file itself (_reopen): opening again would leak that connection
+        self.file = self._retry(lambda: self.file if self.file is not None else opener())
 
     def readable(self) -> bool:
         return True

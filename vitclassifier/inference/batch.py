@@ -27,9 +27,11 @@ from vitclassifier.data.folders import utf8_safe
 from vitclassifier.data.sources import open_source
 from vitclassifier.data.transforms import eval_transform
 from vitclassifier.devices import autocast
+from vitclassifier.errors import UserError
 from vitclassifier.export.files import model_files
 from vitclassifier.inference.loading import LoadedModel
 from vitclassifier.inference.predict import expand_inputs, ranked, top_k_results, tta_views
+from vitclassifier.urls import shown
 
 TABLE_ROWS = 20  # the terminal shows the first rows; the rest are in --out
 BARRIER_TIMEOUT = datetime.timedelta(hours=24)  # processes wait for the slowest at the end
@@ -90,6 +92,9 @@ def data_inputs(data: Path | str, form: str, columns: tuple[str | None, str | No
                 loaded: LoadedModel, batch_size: int) -> Inputs:
     """--data: the images train.py --evaluate scores, labelled by the model's classes."""
     source = open_source(data, form, 0.2, 0, *columns)
+    if source.task_line() == "multi-label":
+        raise UserError(f"--data {shown(data)} has several labels per image: --data takes one class per "
+                        f"image for now")
     where, dataset = source.evaluation_source(loaded.labels, model, eval_transform(loaded.prep),
                                               loaded.prep.resize_size, batch_size)
     if isinstance(dataset, ImageFolderDataset):

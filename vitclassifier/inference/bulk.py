@@ -3,6 +3,7 @@ under torchrun. Loading, listing and predicting are in inference/batch.py, the o
 rules in inference/outfile.py, the score in inference/scoring.py."""
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -73,9 +74,23 @@ def report(tally: Tally, inputs: Inputs, out: Path | None) -> None:
         print(tally.score.line(printable(inputs.where)))
 
 
+def refuse_unsupported(args: PredictConfig) -> None:
+    """What --out / --data cannot do yet, said before the model is loaded and any image predicted."""
+    if args.threshold is not None:
+        raise UserError("--threshold works with --image (and --json) only: --out and --data write the top-k")
+    if args.out is not None and args.out.suffix == ".parquet" and importlib.util.find_spec("pyarrow") is None:
+        raise UserError(f"--out {printable(args.out)}: writing parquet needs pyarrow (pip install pyarrow), "
+                        f"or write .jsonl or .csv")
+
+
 def load(args: PredictConfig, device: str) -> tuple[LoadedModel, Inputs]:
+    refuse_unsupported(args)
     loaded = load_for_prediction(args.model, prediction_device(args.model, device, args.runtime),
                                  args.precision, args.quantize, args.compile, args.runtime)
+    if loaded.multi_label:
+        raise UserError(f"--out and --data take models with one class per image for now; "
+                        f"{printable(args.model)} gives several labels per image: predict with --image (and "
+                        f"--json)")
     if args.data is not None:
         inputs = data_inputs(args.data, args.data_format, (args.image_column, args.label_column), args.model,
                              loaded, args.batch_size)

@@ -40,6 +40,7 @@ from vitclassifier.training.distributed import World, augmentation_seeds, on_mai
 from vitclassifier.training.features import extract_features
 from vitclassifier.training.label_checks import Flipped, check_augmentation
 from vitclassifier.training.lr_finder import LRCurve, lr_range_test
+from vitclassifier.training.multilabel import check_options
 from vitclassifier.training.output import refuse_unclaimable
 from vitclassifier.training.probe import Probe, feature_tensors, fit_probe
 from vitclassifier.training.recipe import class_weights, make_optimizer, mix_batches
@@ -75,6 +76,7 @@ def plan_run(config: TrainConfig, given: set[str], world: World,
     if config.recipe.recipe == "fixed" and not config.recipe.folds:
         return config, Plan(None, {"recipe": {"recipe": "fixed"}})
     source = open_data(config, quiet=True)
+    check_options(config, source.task_line() == "multi-label")  # the task's refusals before any work
     folds = cross_validate(config, source, world, device) if config.recipe.folds else None
     config, plan = plan_recipe(config, given, world, device, source)
     if folds is not None:
@@ -133,6 +135,8 @@ def find_lr(config: TrainConfig, given: set[str], picture: Path) -> LRCurve:
     source, device = open_data(config, quiet=True), pick_device(config.runtime.device)
     if source.streamed:
         raise UserError("--lr-find needs a listed data set: streamed shards are read in order only")
+    if source.task_line() == "multi-label":
+        raise UserError("--lr-find measures one class per image: it does not take several labels per image")
     dtype = autocast_dtype(device, config.runtime.precision)
     model, prep, _ = build_model(config, source.labels, device, dtype, None)
     curve = measure(config, given, source, model, prep, device, dtype, lr_find=True).curve
